@@ -1,0 +1,164 @@
+//! Node configuration: built-in defaults, then a TOML file (`--config`), then environment
+//! variables (`DHT_STORE_*`), then command-line flags, each overriding the one before.
+//!
+//! `config/node.toml` is a commented example holding every setting at its default.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::protocol::{AddressEncoding, Limits, PeerAddr};
+use crate::storage::StorageOptions;
+
+/// Everything a node can be told. Field docs are the reference; `config/node.toml` mirrors them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The data directory: sled database, ring state, lock file. Created if missing.
+    pub data: PathBuf,
+    /// The IPv4 address the node advertises to peers (and listens on unless `listen` is set).
+    /// The node's id is SHA-1 of "host:port", so it must be how peers reach this node.
+    pub host: Ipv4Addr,
+    /// TCP port to listen on and advertise.
+    pub port: u16,
+    /// Address to bind, when it differs from `host` (e.g. 0.0.0.0 behind NAT).
+    pub listen: Option<Ipv4Addr>,
+    /// Any member of an existing ring, HOST:PORT, to join through. Ignored when the data
+    /// directory already holds ring state for this address.
+    pub join: Option<String>,
+    /// How PeerAddresses travel: `compact` (6 bytes) or `text` (old peers). One per ring.
+    pub address_encoding: AddressEncoding,
+    /// Largest value accepted, in bytes; larger ones get `F` and the connection is closed.
+    pub max_value_size: u64,
+    /// Most client connections served at once; further ones wait in the accept backlog.
+    pub max_connections: usize,
+    /// Seconds a connection may stay silent between requests before it is closed (0: never).
+    pub idle_timeout_secs: u64,
+    /// Seconds a connection may stall inside a message or a write (0: never).
+    pub io_timeout_secs: u64,
+    /// sled's page cache, in MiB: the bulk of the node's memory use.
+    pub cache_capacity_mb: u64,
+    /// Seconds in-flight requests get to finish after SIGINT/SIGTERM before the node flushes
+    /// and exits anyway.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data: PathBuf::from("dht-data"),
+            host: Ipv4Addr::LOCALHOST,
+            port: 5000,
+            listen: None,
+            join: None,
+            address_encoding: AddressEncoding::Compact,
+            max_value_size: 64 << 20,
+            max_connections: 1024,
+            idle_timeout_secs: 300,
+            io_timeout_secs: 30,
+            cache_capacity_mb: 64,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+fn secs(n: u64) -> Option<Duration> {
+    (n > 0).then(|| Duration::from_secs(n))
+}
+
+impl Config {
+    /// Defaults, overridden by the TOML file at `path` if one is given.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Checks the settings that have no meaning at some values.
+    pub fn validate(&self) -> Result<()> {
+        if self.port == 0 {
+            return Err(Error::Config(
+                "port 0 cannot be advertised to peers: give a port number".into(),
+            ));
+        }
+        if self.host.is_unspecified() {
+            return Err(Error::Config(
+                "host 0.0.0.0 cannot be advertised to peers: give the address they reach this \
+                 node at, and use --listen 0.0.0.0 to bind every interface"
+                    .into(),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(Error::Config("max_connections must be at least 1".into()));
+        }
+        if let Some(j) = &self.join {
+            crate::protocol::parse_addr(j)?;
+        }
+        Ok(())
+    }
+
+    /// The address peers reach this node at; its id derives from it.
+    pub fn advertised(&self) -> PeerAddr {
+        PeerAddr::new(self.host, self.port)
+    }
+
+    /// The address to bind.
+    pub fn bind_addr(&self) -> PeerAddr {
+        PeerAddr::new(self.listen.unwrap_or(self.host), self.port)
+    }
+
+    pub fn join_addr(&self) -> Result<Option<PeerAddr>> {
+        self.join.as_deref().map(crate::protocol::parse_addr).transpose()
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_value: self.max_value_size,
+            idle_timeout: secs(self.idle_timeout_secs),
+            io_timeout: secs(self.io_timeout_secs),
+        }
+    }
+
+    pub fn storage(&self) -> StorageOptions {
+        StorageOptions {
+            cache_capacity: self.cache_capacity_mb << 20,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses_and_equals_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/node.toml");
+        let c = Config::load(Some(&path)).unwrap();
+        let d = Config::default();
+        assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    }
+
+    #[test]
+    fn unknown_settings_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "prot = 5001\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("prot"), "{e}");
+    }
+
+    #[test]
+    fn advertising_0_0_0_0_is_refused() {
+        let c = Config {
+            host: Ipv4Addr::UNSPECIFIED,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,68 @@
+//! The one error type of the crate.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in dht-store, from a peer's garbage to a full disk.
+///
+/// Variants that come from the wire (`UnknownCommand`, `Truncated`, `ValueTooLarge`,
+/// `BadAddress`) end one connection and nothing else; storage variants fail one request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+
+    #[error("stored ring state is unreadable: {0}")]
+    Decode(#[from] bincode::error::DecodeError),
+
+    #[error("could not encode ring state: {0}")]
+    Encode(#[from] bincode::error::EncodeError),
+
+    #[error("unknown command {0:?}")]
+    UnknownCommand(String),
+
+    #[error("connection closed inside a message")]
+    Truncated,
+
+    #[error("the connection timed out")]
+    Timeout,
+
+    #[error("valSize {size} is over the limit of {limit} bytes")]
+    ValueTooLarge { size: u64, limit: u64 },
+
+    #[error("bad peer address: {0}")]
+    BadAddress(String),
+
+    #[error("unexpected status byte {0:#04x}")]
+    BadStatus(u8),
+
+    #[error("data directory {} is in use by another dht-store process{}", dir.display(), pid.as_ref().map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    DataDirLocked { dir: PathBuf, pid: Option<String> },
+
+    #[error("configuration error: {0}")]
+    Config(String),
+
+    #[error("the OWN walk for {key} did not end within {hops} hops")]
+    HopLimit { key: String, hops: usize },
+
+    #[error("{0}")]
+    Peer(String),
+
+    #[error("durable flush failed: {0}")]
+    Flush(String),
+}
+
+impl Error {
+    /// An I/O error that means the peer went away inside a message becomes `Truncated`.
+    pub fn from_io(e: std::io::Error) -> Error {
+        match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => Error::Truncated,
+            std::io::ErrorKind::TimedOut => Error::Timeout,
+            _ => Error::Io(e),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

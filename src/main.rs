@@ -1,0 +1,299 @@
+//! `dht-store`: run a node, or talk to one.
+
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use dht_store::client::{Client, Router};
+use dht_store::config::Config;
+use dht_store::protocol::{parse_addr, AddressEncoding, HashKey, PeerAddr};
+use dht_store::{node, Error};
+
+/// A persistent storage node for a distributed hash table.
+///
+/// Without a subcommand, runs a node: it serves the DHT wire protocol on HOST:PORT from a sled
+/// database in DIR, and resumes its place and data from DIR after any restart. Without --join
+/// it starts a ring of one. Logs go to stderr (filter with RUST_LOG, e.g. RUST_LOG=debug);
+/// SIGINT or SIGTERM finish requests in flight, flush and exit 0.
+///
+/// Settings come from built-in defaults, then --config FILE (TOML, see config/node.toml), then
+/// DHT_STORE_* environment variables, then flags.
+///
+/// The other subcommands are clients: they hash KEY with SHA-1, find its owner by walking OWN
+/// from --peer, and exit 0 (done / found), 1 (absent) or 2 (error).
+#[derive(Parser, Debug)]
+#[command(name = "dht-store", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(flatten)]
+    node: NodeArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Flags of a node; each overrides the config file and has a DHT_STORE_* variable.
+#[derive(Args, Debug)]
+struct NodeArgs {
+    /// Data directory (created if missing) [default: ./dht-data]
+    #[arg(long, env = "DHT_STORE_DATA", value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// TCP port to listen on and advertise [default: 5000]
+    #[arg(long, env = "DHT_STORE_PORT")]
+    port: Option<u16>,
+    /// IPv4 address to advertise and listen on; the node id is SHA-1 of "HOST:PORT"
+    /// [default: 127.0.0.1]
+    #[arg(long, env = "DHT_STORE_HOST", value_name = "IPV4")]
+    host: Option<Ipv4Addr>,
+    /// Address to bind instead of --host (e.g. 0.0.0.0)
+    #[arg(long, env = "DHT_STORE_LISTEN", value_name = "IPV4")]
+    listen: Option<Ipv4Addr>,
+    /// Join the ring through this member; ignored when DIR already holds ring state
+    #[arg(long, env = "DHT_STORE_JOIN", value_name = "HOST:PORT")]
+    join: Option<String>,
+    /// PeerAddress encoding of the ring [default: compact]
+    #[arg(long, env = "DHT_STORE_ADDRESS_ENCODING", value_enum)]
+    address_encoding: Option<AddressEncoding>,
+    /// TOML configuration file (see config/node.toml)
+    #[arg(long, env = "DHT_STORE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Largest value accepted, bytes [default: 67108864]
+    #[arg(long, env = "DHT_STORE_MAX_VALUE_SIZE", value_name = "BYTES")]
+    max_value_size: Option<u64>,
+    /// Most connections served at once [default: 1024]
+    #[arg(long, env = "DHT_STORE_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<usize>,
+    /// Seconds of silence between requests before a connection is closed; 0 never [default: 300]
+    #[arg(long, env = "DHT_STORE_IDLE_TIMEOUT", value_name = "SECS")]
+    idle_timeout: Option<u64>,
+    /// Seconds a message or a write may stall before the connection is closed; 0 never
+    /// [default: 30]
+    #[arg(long, env = "DHT_STORE_IO_TIMEOUT", value_name = "SECS")]
+    io_timeout: Option<u64>,
+    /// sled page cache, MiB [default: 64]
+    #[arg(long, env = "DHT_STORE_CACHE_MB", value_name = "MIB")]
+    cache_capacity_mb: Option<u64>,
+}
+
+impl NodeArgs {
+    fn into_config(self) -> Result<Config, Error> {
+        let mut c = Config::load(self.config.as_deref())?;
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { c.$field = v; } )* };
+        }
+        set!(data, port, host, address_encoding, max_value_size, max_connections, cache_capacity_mb);
+        if let Some(v) = self.idle_timeout {
+            c.idle_timeout_secs = v;
+        }
+        if let Some(v) = self.io_timeout {
+            c.io_timeout_secs = v;
+        }
+        if self.listen.is_some() {
+            c.listen = self.listen;
+        }
+        if self.join.is_some() {
+            c.join = self.join;
+        }
+        Ok(c)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Store VALUE (or --file PATH, or stdin) under KEY at its owner
+    Put {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// The value; without it (and without --file) the value is read from stdin
+        value: Option<String>,
+        /// Read the value from this file
+        #[arg(long, conflicts_with = "value")]
+        file: Option<PathBuf>,
+    },
+    /// Print the value under KEY to stdout; exit 1 if absent
+    Get(KeyArgs),
+    /// Exit 0 if KEY is stored, 1 if not
+    Exists(KeyArgs),
+    /// Remove KEY; exit 1 if it was absent
+    Rm(KeyArgs),
+    /// Print the owner of KEY and the hops the OWN walk took
+    Owner(KeyArgs),
+    /// Print a peer's INF text
+    Info(PeerArgs),
+}
+
+/// Where a client command starts.
+#[derive(Args, Debug)]
+struct PeerArgs {
+    /// Any peer of the ring
+    #[arg(long, env = "DHT_STORE_PEER", default_value = "127.0.0.1:5000", value_name = "HOST:PORT")]
+    peer: String,
+    /// PeerAddress encoding of the ring
+    #[arg(long, env = "DHT_STORE_ADDRESS_ENCODING", value_enum, default_value_t = AddressEncoding::Compact)]
+    address_encoding: AddressEncoding,
+    /// Longest OWN walk before giving up
+    #[arg(long, default_value_t = 64)]
+    max_hops: usize,
+}
+
+impl PeerArgs {
+    fn peer(&self) -> Result<PeerAddr, Error> {
+        parse_addr(&self.peer)
+    }
+
+    fn router(&self) -> Result<Router, Error> {
+        Ok(Router::new(self.peer()?, self.address_encoding).with_max_hops(self.max_hops))
+    }
+}
+
+/// A key: user text hashed with SHA-1, or a HashKey given directly.
+#[derive(Args, Debug)]
+struct KeyArgs {
+    /// The key (its UTF-8 bytes are hashed with SHA-1)
+    #[arg(required_unless_present = "hash")]
+    key: Option<String>,
+    /// Give the 40-hex-digit HashKey directly instead of KEY
+    #[arg(long, value_name = "HEX", conflicts_with = "key")]
+    hash: Option<String>,
+    #[command(flatten)]
+    peer: PeerArgs,
+}
+
+impl KeyArgs {
+    fn hash_key(&self) -> Result<HashKey, Error> {
+        match (&self.hash, &self.key) {
+            (Some(h), _) => h.parse(),
+            (None, Some(k)) => Ok(HashKey::of(k.as_bytes())),
+            (None, None) => Err(Error::Config("give KEY or --hash HEX".into())),
+        }
+    }
+}
+
+/// Exit codes of the client commands.
+const FOUND: u8 = 0;
+const ABSENT: u8 = 1;
+const FAILED: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_node = cli.command.is_none();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new(if is_node { "info" } else { "warn" })),
+        )
+        .init();
+    let runtime = if is_node {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("dht-store: cannot start the async runtime: {e}");
+            return ExitCode::from(FAILED);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            None => run_node(cli.node).await.map(|_| FOUND),
+            Some(cmd) => run_client(cmd).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("dht-store: {e}");
+            ExitCode::from(FAILED)
+        }
+    }
+}
+
+async fn run_node(args: NodeArgs) -> Result<(), Error> {
+    let config = args.into_config()?;
+    node::run(config, shutdown_signal()).await
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+fn read_value(value: Option<String>, file: Option<PathBuf>) -> Result<Vec<u8>, Error> {
+    if let Some(v) = value {
+        return Ok(v.into_bytes());
+    }
+    if let Some(path) = file {
+        return std::fs::read(&path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())));
+    }
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::Config(format!("cannot read the value from stdin: {e}")))?;
+    Ok(buf)
+}
+
+async fn run_client(cmd: Command) -> Result<u8, Error> {
+    match cmd {
+        Command::Put { key, value, file } => {
+            let k = key.hash_key()?;
+            let v = read_value(value, file)?;
+            if key.peer.router()?.put(&k, &v).await? {
+                Ok(FOUND)
+            } else {
+                Err(Error::Peer(format!("the owner of {k} answered F: the value was not stored")))
+            }
+        }
+        Command::Get(key) => {
+            let k = key.hash_key()?;
+            match key.peer.router()?.get(&k).await? {
+                Some(v) => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&v)?;
+                    out.flush()?;
+                    Ok(FOUND)
+                }
+                None => {
+                    eprintln!("dht-store: {} is absent", key.key.as_deref().unwrap_or(&k.to_string()));
+                    Ok(ABSENT)
+                }
+            }
+        }
+        Command::Exists(key) => {
+            let k = key.hash_key()?;
+            Ok(if key.peer.router()?.exists(&k).await? { FOUND } else { ABSENT })
+        }
+        Command::Rm(key) => {
+            let k = key.hash_key()?;
+            Ok(if key.peer.router()?.remove(&k).await? { FOUND } else { ABSENT })
+        }
+        Command::Owner(key) => {
+            let k = key.hash_key()?;
+            let (owner, hops) = key.peer.router()?.owner(&k).await?;
+            println!("{owner} owns {k} ({hops} hops from {})", key.peer.peer);
+            Ok(FOUND)
+        }
+        Command::Info(peer) => {
+            let mut c = Client::connect(peer.peer()?, peer.address_encoding).await?;
+            print!("{}", c.inf().await?);
+            Ok(FOUND)
+        }
+    }
+}

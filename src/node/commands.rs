@@ -1,0 +1,136 @@
+//! One handler per protocol command: each reads what follows its request on the wire, asks the
+//! [`Node`], and writes the answer exactly as PROTOCOL.md sections 3 to 5 say.
+//!
+//! A handler returns an error only when the connection must end (a peer that broke the
+//! protocol, a value over the limit, a dead socket); a failed request is an answer (`F`).
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, warn};
+
+use super::{Node, Written};
+use crate::error::{Error, Result};
+use crate::protocol::{Connection, HashKey, PeerAddr, Request, Status};
+
+/// Runs one request to its end and flushes the answer.
+pub async fn execute<S: AsyncRead + AsyncWrite>(
+    node: &Node,
+    conn: &mut Connection<S>,
+    req: Request,
+) -> Result<()> {
+    match req {
+        Request::Ins(key) => ins(node, conn, key).await?,
+        Request::Rem(key) => rem(node, conn, key).await?,
+        Request::Get(key) => get(node, conn, key).await?,
+        Request::Exi(key) => exi(node, conn, key).await?,
+        Request::Own(key) => {
+            let answer = node.ring().own_answer(&key, &[]);
+            conn.write_addr(&answer).await?
+        }
+        Request::Con(joiner) => con(node, conn, joiner).await?,
+        Request::Dis(leaver) => dis(node, conn, leaver).await?,
+        Request::Pul => conn.write_status(Status::T).await?,
+        Request::Inf => conn.write_value(node.info().as_bytes()).await?,
+        Request::Abd => {
+            let succ = node.ring().successor.addr;
+            conn.write_addr(&succ).await?
+        }
+    }
+    conn.flush().await
+}
+
+/// INS: `N` if not ours; else `T`, read the Value, store it, flush, `T` (or `F`).
+async fn ins<S: AsyncRead + AsyncWrite>(node: &Node, conn: &mut Connection<S>, key: HashKey) -> Result<()> {
+    if !node.owns(&key) {
+        return conn.write_status(Status::N).await;
+    }
+    conn.write_status(Status::T).await?;
+    conn.flush().await?;
+    let value = match conn.read_value().await {
+        Ok(v) => v,
+        Err(e @ Error::ValueTooLarge { .. }) => {
+            // PROTOCOL.md 5: refuse with F, then close, without reading or allocating it.
+            conn.write_status(Status::F).await?;
+            conn.flush().await?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    let status = match node.insert(&key, value).await {
+        Ok(Written::Done) => Status::T,
+        Ok(_) => {
+            debug!(%key, "INS: the key stopped being ours while its value arrived");
+            Status::F
+        }
+        Err(e) => {
+            warn!(%key, "INS not stored: {e}");
+            Status::F
+        }
+    };
+    conn.write_status(status).await
+}
+
+/// REM: `N` if not ours, `T` removed (flushed), `F` absent (or the removal failed).
+async fn rem<S: AsyncRead + AsyncWrite>(node: &Node, conn: &mut Connection<S>, key: HashKey) -> Result<()> {
+    let status = match node.remove(&key).await {
+        Ok(Written::Done) => Status::T,
+        Ok(Written::Absent) => Status::F,
+        Ok(Written::NotMine) => Status::N,
+        Err(e) => {
+            warn!(%key, "REM failed: {e}");
+            Status::F
+        }
+    };
+    conn.write_status(status).await
+}
+
+/// GET: `N` not ours, `F` absent, `T` and the Value.
+async fn get<S: AsyncRead + AsyncWrite>(node: &Node, conn: &mut Connection<S>, key: HashKey) -> Result<()> {
+    let found = {
+        let ring = node.ring();
+        if !ring.owns(&key) {
+            None
+        } else {
+            Some(node.storage.get(&key))
+        }
+    };
+    match found {
+        None => conn.write_status(Status::N).await,
+        Some(Ok(None)) => conn.write_status(Status::F).await,
+        Some(Ok(Some(v))) => {
+            conn.write_status(Status::T).await?;
+            conn.write_value(&v).await
+        }
+        Some(Err(e)) => {
+            // The protocol has no error answer after GET's key: F ("absent") would be a lie
+            // that a client may act on, so the connection ends instead.
+            Err(e)
+        }
+    }
+}
+
+/// EXI: `N` not ours, `T` present, `F` absent.
+async fn exi<S: AsyncRead + AsyncWrite>(node: &Node, conn: &mut Connection<S>, key: HashKey) -> Result<()> {
+    let found = {
+        let ring = node.ring();
+        ring.owns(&key).then(|| node.storage.contains(&key))
+    };
+    match found {
+        None => conn.write_status(Status::N).await,
+        Some(Ok(true)) => conn.write_status(Status::T).await,
+        Some(Ok(false)) => conn.write_status(Status::F).await,
+        Some(Err(e)) => Err(e),
+    }
+}
+
+/// CON: handing part of our range to a joining peer. Not served by this version: `N` makes
+/// the joiner look for another owner, and leaves our range and data as they are.
+async fn con<S: AsyncRead + AsyncWrite>(_node: &Node, conn: &mut Connection<S>, joiner: PeerAddr) -> Result<()> {
+    warn!(%joiner, "CON refused with N: this version does not hand over ranges yet");
+    conn.write_status(Status::N).await
+}
+
+/// DIS: taking over a leaving peer's range. Not served by this version (answered `N`).
+async fn dis<S: AsyncRead + AsyncWrite>(_node: &Node, conn: &mut Connection<S>, leaver: PeerAddr) -> Result<()> {
+    warn!(%leaver, "DIS refused with N: this version does not take over ranges yet");
+    conn.write_status(Status::N).await
+}

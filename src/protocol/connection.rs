@@ -1,0 +1,307 @@
+//! [`Connection`]: the protocol's primitives read from and written to one byte stream.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufStream};
+use tokio_io_timeout::TimeoutStream;
+
+use super::{parse_addr, AddressEncoding, HashKey, PeerAddr, Request, Status, MAX_TEXT_ADDRESS};
+use crate::error::{Error, Result};
+
+/// What a connection refuses or gives up on, so that no peer can make us allocate, or wait,
+/// without bound.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest valSize accepted; a larger one is refused before anything is allocated.
+    pub max_value: u64,
+    /// Longest silence allowed between two requests (`None`: wait for ever).
+    pub idle_timeout: Option<Duration>,
+    /// Longest silence allowed inside a message, and longest a write may stall.
+    pub io_timeout: Option<Duration>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_value: 64 << 20,
+            idle_timeout: Some(Duration::from_secs(300)),
+            io_timeout: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// Values are read in pieces of at most this many bytes, and the buffer grows only as bytes
+/// actually arrive, so a peer announcing a large valSize and sending little costs little.
+const READ_CHUNK: usize = 1 << 20;
+
+/// One TCP (or other) stream carrying protocol messages, buffered both ways.
+///
+/// Reads are exact: a stream that ends inside a field is [`Error::Truncated`]. Writes are
+/// buffered until [`Connection::flush`], so that a whole answer leaves in one syscall.
+pub struct Connection<S> {
+    /// The stream, buffered so that a 23-byte request is one read syscall, and wrapped in
+    /// per-operation timeouts so that a silent peer cannot hold a task for ever.
+    stream: BufStream<Pin<Box<TimeoutStream<S>>>>,
+    /// How PeerAddresses are encoded on this ring; fixed per node.
+    encoding: AddressEncoding,
+    /// Size and time limits applied to everything read.
+    limits: Limits,
+}
+
+impl<S: AsyncRead + AsyncWrite> Connection<S> {
+    pub fn new(stream: S, encoding: AddressEncoding, limits: Limits) -> Connection<S> {
+        let mut timed = TimeoutStream::new(stream);
+        timed.set_read_timeout(limits.io_timeout);
+        timed.set_write_timeout(limits.io_timeout);
+        Connection {
+            stream: BufStream::new(Box::pin(timed)),
+            encoding,
+            limits,
+        }
+    }
+
+    pub fn encoding(&self) -> AddressEncoding {
+        self.encoding
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The underlying stream (e.g. for its peer address).
+    pub fn get_ref(&self) -> &S {
+        self.stream.get_ref().as_ref().get_ref().get_ref()
+    }
+
+    fn set_read_timeout(&mut self, t: Option<Duration>) {
+        self.stream
+            .get_mut()
+            .as_mut()
+            .set_read_timeout_pinned(t);
+    }
+
+    /// Waits for the next request. `Ok(None)` when the peer closed the connection cleanly
+    /// between two requests; an error for an unknown command or a request cut short.
+    pub async fn read_request(&mut self) -> Result<Option<Request>> {
+        self.set_read_timeout(self.limits.idle_timeout);
+        let first = self.stream.fill_buf().await.map_err(Error::from_io)?;
+        if first.is_empty() {
+            return Ok(None);
+        }
+        self.set_read_timeout(self.limits.io_timeout);
+        let mut cmd = [0u8; 3];
+        self.read_exact(&mut cmd).await?;
+        let req = match &cmd {
+            b"INS" => Request::Ins(self.read_key().await?),
+            b"REM" => Request::Rem(self.read_key().await?),
+            b"GET" => Request::Get(self.read_key().await?),
+            b"EXI" => Request::Exi(self.read_key().await?),
+            b"OWN" => Request::Own(self.read_key().await?),
+            b"CON" => Request::Con(self.read_addr().await?),
+            b"DIS" => Request::Dis(self.read_addr().await?),
+            b"PUL" => Request::Pul,
+            b"INF" => Request::Inf,
+            b"ABD" => Request::Abd,
+            other => {
+                return Err(Error::UnknownCommand(
+                    String::from_utf8_lossy(other).escape_debug().to_string(),
+                ))
+            }
+        };
+        Ok(Some(req))
+    }
+
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<()> {
+        self.stream
+            .read_exact(buf)
+            .await
+            .map_err(Error::from_io)?;
+        Ok(())
+    }
+
+    pub async fn read_key(&mut self) -> Result<HashKey> {
+        let mut k = [0u8; 20];
+        self.read_exact(&mut k).await?;
+        Ok(HashKey(k))
+    }
+
+    pub async fn read_int(&mut self) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.read_exact(&mut b).await?;
+        Ok(u64::from_be_bytes(b))
+    }
+
+    pub async fn read_status(&mut self) -> Result<Status> {
+        let mut b = [0u8; 1];
+        self.read_exact(&mut b).await?;
+        Status::from_byte(b[0])
+    }
+
+    /// A PeerAddress in this connection's encoding.
+    pub async fn read_addr(&mut self) -> Result<PeerAddr> {
+        match self.encoding {
+            AddressEncoding::Compact => {
+                let mut b = [0u8; 6];
+                self.read_exact(&mut b).await?;
+                Ok(PeerAddr::new(
+                    [b[0], b[1], b[2], b[3]].into(),
+                    u16::from_be_bytes([b[4], b[5]]),
+                ))
+            }
+            AddressEncoding::Text => {
+                let n = self.read_int().await?;
+                if n > MAX_TEXT_ADDRESS {
+                    return Err(Error::BadAddress(format!(
+                        "text address of {n} bytes (limit {MAX_TEXT_ADDRESS})"
+                    )));
+                }
+                let mut b = [0u8; MAX_TEXT_ADDRESS as usize];
+                let b = &mut b[..n as usize];
+                self.read_exact(b).await?;
+                let text = std::str::from_utf8(b)
+                    .map_err(|_| Error::BadAddress("text address is not ASCII".into()))?;
+                parse_addr(text)
+            }
+        }
+    }
+
+    /// The Int valSize of a Value, checked against the limit before anything is allocated.
+    pub async fn read_value_len(&mut self) -> Result<u64> {
+        let n = self.read_int().await?;
+        if n > self.limits.max_value {
+            return Err(Error::ValueTooLarge {
+                size: n,
+                limit: self.limits.max_value,
+            });
+        }
+        Ok(n)
+    }
+
+    /// The `n` bytes of a Value whose length was already read and checked.
+    pub async fn read_value_bytes(&mut self, n: u64) -> Result<Vec<u8>> {
+        let n = usize::try_from(n).map_err(|_| Error::ValueTooLarge {
+            size: n,
+            limit: self.limits.max_value,
+        })?;
+        let mut out = Vec::with_capacity(n.min(READ_CHUNK));
+        while out.len() < n {
+            let want = (n - out.len()).min(READ_CHUNK);
+            let start = out.len();
+            out.resize(start + want, 0);
+            self.read_exact(&mut out[start..]).await?;
+        }
+        Ok(out)
+    }
+
+    /// A whole Value: its length (checked) and then its bytes.
+    pub async fn read_value(&mut self) -> Result<Vec<u8>> {
+        let n = self.read_value_len().await?;
+        self.read_value_bytes(n).await
+    }
+
+    async fn write_all(&mut self, b: &[u8]) -> Result<()> {
+        self.stream.write_all(b).await.map_err(Error::from_io)
+    }
+
+    pub async fn write_status(&mut self, s: Status) -> Result<()> {
+        self.write_all(&[s.byte()]).await
+    }
+
+    pub async fn write_int(&mut self, n: u64) -> Result<()> {
+        self.write_all(&n.to_be_bytes()).await
+    }
+
+    pub async fn write_key(&mut self, k: &HashKey) -> Result<()> {
+        self.write_all(k.as_bytes()).await
+    }
+
+    /// A Value: its length, then its bytes.
+    pub async fn write_value(&mut self, v: &[u8]) -> Result<()> {
+        self.write_int(v.len() as u64).await?;
+        self.write_all(v).await
+    }
+
+    /// Raw bytes, e.g. a command name.
+    pub async fn write_raw(&mut self, b: &[u8]) -> Result<()> {
+        self.write_all(b).await
+    }
+
+    /// A PeerAddress in this connection's encoding.
+    pub async fn write_addr(&mut self, a: &PeerAddr) -> Result<()> {
+        match self.encoding {
+            AddressEncoding::Compact => {
+                let mut b = [0u8; 6];
+                b[..4].copy_from_slice(&a.ip().octets());
+                b[4..].copy_from_slice(&a.port().to_be_bytes());
+                self.write_all(&b).await
+            }
+            AddressEncoding::Text => self.write_value(a.to_string().as_bytes()).await,
+        }
+    }
+
+    /// Sends everything buffered.
+    pub async fn flush(&mut self) -> Result<()> {
+        self.stream.flush().await.map_err(Error::from_io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(enc: AddressEncoding) -> (Connection<tokio::io::DuplexStream>, Connection<tokio::io::DuplexStream>) {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        (
+            Connection::new(a, enc, Limits::default()),
+            Connection::new(b, enc, Limits::default()),
+        )
+    }
+
+    #[tokio::test]
+    async fn addresses_round_trip_in_both_encodings() {
+        for enc in [AddressEncoding::Compact, AddressEncoding::Text] {
+            let (mut a, mut b) = pair(enc);
+            let addr: PeerAddr = "127.0.0.1:5000".parse().unwrap();
+            a.write_raw(b"CON").await.unwrap();
+            a.write_addr(&addr).await.unwrap();
+            a.flush().await.unwrap();
+            assert_eq!(b.read_request().await.unwrap(), Some(Request::Con(addr)));
+        }
+    }
+
+    #[tokio::test]
+    async fn compact_address_bytes_match_the_protocol_example() {
+        let (mut a, b) = pair(AddressEncoding::Compact);
+        a.write_addr(&"127.0.0.1:5000".parse().unwrap()).await.unwrap();
+        a.flush().await.unwrap();
+        drop(a);
+        let mut raw = Vec::new();
+        let mut inner = b.stream.into_inner();
+        inner.read_to_end(&mut raw).await.unwrap();
+        assert_eq!(raw, [0x7f, 0, 0, 1, 0x13, 0x88]);
+    }
+
+    #[tokio::test]
+    async fn oversized_value_is_refused_before_reading_it() {
+        let (mut a, mut b) = pair(AddressEncoding::Compact);
+        a.write_int(u64::MAX).await.unwrap();
+        a.flush().await.unwrap();
+        assert!(matches!(
+            b.read_value().await,
+            Err(Error::ValueTooLarge { size: u64::MAX, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn clean_close_between_requests_is_none_and_inside_is_truncated() {
+        let (a, mut b) = pair(AddressEncoding::Compact);
+        drop(a);
+        assert!(b.read_request().await.unwrap().is_none());
+        let (mut a, mut b) = pair(AddressEncoding::Compact);
+        a.write_raw(b"GET\x01\x02").await.unwrap();
+        a.flush().await.unwrap();
+        drop(a);
+        assert!(matches!(b.read_request().await, Err(Error::Truncated)));
+    }
+}

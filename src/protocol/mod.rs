@@ -1,0 +1,219 @@
+//! The wire protocol of `../shared/PROTOCOL.md`: its value types, its requests and the
+//! [`Connection`] that reads and writes them.
+//!
+//! This module knows nothing of sled, of the ring or of ownership: it turns bytes into typed
+//! values and back, and refuses what the protocol or the configured limits forbid.
+
+mod connection;
+
+pub use connection::{Connection, Limits};
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// A peer's address: the IPv4 address and port other peers reach it at.
+///
+/// Its compact wire form is 6 bytes (4 address bytes, then the port big-endian); its text form
+/// is an Int length then ASCII `a.b.c.d:port`.
+pub type PeerAddr = SocketAddrV4;
+
+/// Longest text address accepted on the wire (PROTOCOL.md section 6).
+pub const MAX_TEXT_ADDRESS: u64 = 64;
+
+/// A 160-bit position on the ring: a key's SHA-1 or a peer's id.
+///
+/// Stored and sent as the 20 bytes of the number, big-endian. Because of that the derived
+/// byte-wise `Ord` is numeric order, and sled's byte order of keys is ring order.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct HashKey(pub [u8; 20]);
+
+impl HashKey {
+    pub const ZERO: HashKey = HashKey([0; 20]);
+    pub const MAX: HashKey = HashKey([0xff; 20]);
+
+    /// SHA-1 of arbitrary bytes: how a client turns a user key into a HashKey.
+    pub fn of(bytes: &[u8]) -> HashKey {
+        use sha1::{Digest, Sha1};
+        HashKey(Sha1::digest(bytes).into())
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 20] {
+        &self.0
+    }
+
+    /// `self - other` modulo 2^160.
+    pub fn wrapping_sub(&self, other: &HashKey) -> HashKey {
+        let mut out = [0u8; 20];
+        let mut borrow = 0i16;
+        for i in (0..20).rev() {
+            let mut d = self.0[i] as i16 - other.0[i] as i16 - borrow;
+            borrow = if d < 0 { 1 } else { 0 };
+            if d < 0 {
+                d += 256;
+            }
+            out[i] = d as u8;
+        }
+        HashKey(out)
+    }
+
+    /// `self + other` modulo 2^160.
+    pub fn wrapping_add(&self, other: &HashKey) -> HashKey {
+        let mut out = [0u8; 20];
+        let mut carry = 0u16;
+        for i in (0..20).rev() {
+            let s = self.0[i] as u16 + other.0[i] as u16 + carry;
+            out[i] = s as u8;
+            carry = s >> 8;
+        }
+        HashKey(out)
+    }
+
+    /// 2^bit, for bit in 0..160.
+    pub fn pow2(bit: u32) -> HashKey {
+        let mut out = [0u8; 20];
+        if bit < 160 {
+            out[19 - (bit / 8) as usize] = 1 << (bit % 8);
+        }
+        HashKey(out)
+    }
+
+    /// The key one below this one, wrapping 0 to 2^160-1.
+    pub fn prev(&self) -> HashKey {
+        self.wrapping_sub(&HashKey::pow2(0))
+    }
+}
+
+impl fmt::Display for HashKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for HashKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HashKey({self})")
+    }
+}
+
+impl FromStr for HashKey {
+    type Err = Error;
+
+    /// 40 hex digits (upper or lower case).
+    fn from_str(s: &str) -> Result<HashKey> {
+        let s = s.trim();
+        if s.len() != 40 || !s.is_ascii() {
+            return Err(Error::Config(format!(
+                "a HashKey is 40 hex digits, got {:?}",
+                s
+            )));
+        }
+        let mut out = [0u8; 20];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
+                .map_err(|_| Error::Config(format!("{s:?} is not hexadecimal")))?;
+        }
+        Ok(HashKey(out))
+    }
+}
+
+/// How a PeerAddress travels: the 6-byte compact form or the old Int-length text form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AddressEncoding {
+    #[default]
+    Compact,
+    Text,
+}
+
+impl fmt::Display for AddressEncoding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AddressEncoding::Compact => "compact",
+            AddressEncoding::Text => "text",
+        })
+    }
+}
+
+/// Parses the text form `a.b.c.d:port` strictly: dotted decimal IPv4 and a decimal port.
+pub fn parse_addr(text: &str) -> Result<PeerAddr> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| Error::BadAddress(format!("{text:?} is not host:port")))?;
+    let ip = Ipv4Addr::from_str(host)
+        .map_err(|_| Error::BadAddress(format!("{host:?} is not an IPv4 address")))?;
+    let port = u16::from_str(port)
+        .map_err(|_| Error::BadAddress(format!("{port:?} is not a port number")))?;
+    Ok(SocketAddrV4::new(ip, port))
+}
+
+/// One answer byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Yes, done, go on.
+    T,
+    /// No, failed, absent.
+    F,
+    /// Not mine: I do not own that key.
+    N,
+}
+
+impl Status {
+    pub fn byte(self) -> u8 {
+        match self {
+            Status::T => b'T',
+            Status::F => b'F',
+            Status::N => b'N',
+        }
+    }
+
+    pub fn from_byte(b: u8) -> Result<Status> {
+        match b {
+            b'T' => Ok(Status::T),
+            b'F' => Ok(Status::F),
+            b'N' => Ok(Status::N),
+            other => Err(Error::BadStatus(other)),
+        }
+    }
+}
+
+/// A request as it arrives: the command and the argument that follows it on the wire.
+///
+/// The rest of an exchange (the Value of INS, the entries of CON and DIS) is read by the
+/// command's handler, because it comes only after the node's first answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    Ins(HashKey),
+    Rem(HashKey),
+    Get(HashKey),
+    Exi(HashKey),
+    Own(HashKey),
+    Con(PeerAddr),
+    Dis(PeerAddr),
+    Pul,
+    Inf,
+    Abd,
+}
+
+impl Request {
+    /// The three ASCII bytes of the command, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Ins(_) => "INS",
+            Request::Rem(_) => "REM",
+            Request::Get(_) => "GET",
+            Request::Exi(_) => "EXI",
+            Request::Own(_) => "OWN",
+            Request::Con(_) => "CON",
+            Request::Dis(_) => "DIS",
+            Request::Pul => "PUL",
+            Request::Inf => "INF",
+            Request::Abd => "ABD",
+        }
+    }
+}

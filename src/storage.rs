@@ -1,0 +1,502 @@
+//! The node's data on disk: one sled database per data directory.
+//!
+//! # Durability contract
+//!
+//! [`Storage::insert`], [`Storage::remove`] and [`Storage::save_ring`] apply a change to sled's
+//! in-memory state and hand back a [`Ticket`]; [`Storage::sync`] on that ticket returns only once
+//! the change is flushed (written and fsynced) by sled. A node answers `T` only after `sync`.
+//! Flushes are a group commit: one flusher thread flushes everything written so far, and every
+//! writer whose change preceded that flush is released by it, so N concurrent writers share one
+//! fsync instead of paying one each.
+//!
+//! # Layout of a data directory
+//!
+//! ```text
+//! DIR/LOCK        an exclusive advisory lock (flock) held by the running node; holds its pid
+//! DIR/db/         the sled database
+//!   tree "data"   key: the 20 bytes of the HashKey, big-endian; value: the raw value bytes
+//!   tree "ring"   key: b"state"; value: a RingRecord (below)
+//! ```
+//!
+//! Because keys are the big-endian numbers, sled's byte order is ring order: an arc of the ring
+//! is one sled range, or two when it wraps past 2^160-1 (see [`crate::ring::arc_ranges`]).
+//!
+//! A RingRecord is encoded with bincode 2 (big-endian, fixed-width integers):
+//!
+//! ```text
+//! u8 version (= 1)
+//! addr me                 4 bytes IPv4, u16 port
+//! addr successor
+//! addr second_successor
+//! u8 0 | u8 1, addr       predecessor, absent or present
+//! u64 n, n × addr         fingers
+//! ```
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use crate::error::{Error, Result};
+use crate::protocol::{HashKey, PeerAddr};
+use crate::ring::{self, Peer, RingState};
+
+/// Version byte in front of a stored RingRecord.
+const RING_RECORD_VERSION: u8 = 1;
+/// Key of the ring state in the "ring" tree.
+const RING_KEY: &[u8] = b"state";
+
+/// The persisted form of [`RingState`]: addresses only (ids are recomputed from them).
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct RingRecord {
+    pub version: u8,
+    pub me: PeerAddr,
+    pub successor: PeerAddr,
+    pub second_successor: PeerAddr,
+    pub predecessor: Option<PeerAddr>,
+    pub fingers: Vec<PeerAddr>,
+}
+
+impl From<&RingState> for RingRecord {
+    fn from(r: &RingState) -> Self {
+        RingRecord {
+            version: RING_RECORD_VERSION,
+            me: r.me.addr,
+            successor: r.successor.addr,
+            second_successor: r.second_successor.addr,
+            predecessor: r.predecessor.map(|p| p.addr),
+            fingers: r.fingers.iter().map(|p| p.addr).collect(),
+        }
+    }
+}
+
+impl From<&RingRecord> for RingState {
+    fn from(r: &RingRecord) -> Self {
+        RingState {
+            me: Peer::new(r.me),
+            successor: Peer::new(r.successor),
+            second_successor: Peer::new(r.second_successor),
+            predecessor: r.predecessor.map(Peer::new),
+            fingers: r.fingers.iter().copied().map(Peer::new).collect(),
+        }
+    }
+}
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_big_endian()
+        .with_fixed_int_encoding()
+}
+
+/// Proof that a change was applied; [`Storage::sync`] waits until it is durable.
+#[must_use = "a change is durable only after Storage::sync"]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+/// What the flusher has made durable so far.
+#[derive(Clone, Debug, Default)]
+struct Durable {
+    /// Every change with a ticket up to this one is flushed.
+    seq: u64,
+    /// Changes with tickets above `seq` and up to this one were in a flush that failed.
+    failed: u64,
+    /// Why that flush failed.
+    error: Option<Arc<str>>,
+}
+
+/// The writers' side of the group commit.
+struct Pending {
+    /// Ticket of the latest change applied to sled.
+    written: u64,
+    /// Set when the storage closes: the flusher makes a last flush and ends.
+    stop: bool,
+}
+
+/// Group commit: writers count their changes here; one flusher thread flushes them in groups.
+struct GroupCommit {
+    /// Changes applied and not yet known durable.
+    pending: Mutex<Pending>,
+    /// Wakes the flusher when `pending.written` moves.
+    wake: Condvar,
+    /// Published after each flush; writers wait on it.
+    durable: watch::Sender<Durable>,
+}
+
+impl GroupCommit {
+    fn note_write(&self) -> Ticket {
+        let seq = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.written += 1;
+            p.written
+        };
+        self.wake.notify_one();
+        Ticket(seq)
+    }
+
+    /// The flusher thread's loop: flush whatever was written since the last flush, publish.
+    fn run(self: Arc<Self>, db: sled::Db) {
+        let mut done = 0u64;
+        loop {
+            let target = {
+                let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                while p.written <= done && !p.stop {
+                    p = self.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+                }
+                if p.written <= done {
+                    break; // stopping, and nothing is left to flush
+                }
+                p.written
+            };
+            match db.flush() {
+                Ok(_) => self.durable.send_modify(|d| d.seq = target),
+                Err(e) => {
+                    error!("flush failed: {e}; {} change(s) not acknowledged", target - done);
+                    self.durable.send_modify(|d| {
+                        d.failed = target;
+                        d.error = Some(e.to_string().into());
+                    });
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+            done = target;
+        }
+        debug!("flusher stopped");
+    }
+}
+
+/// The exclusive lock on a data directory, held for the life of the node.
+struct DirLock {
+    /// Kept open: the flock lives as long as this file handle.
+    _file: File,
+}
+
+impl DirLock {
+    fn acquire(dir: &Path) -> Result<DirLock> {
+        let path = dir.join("LOCK");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = pid.trim().to_string();
+                return Err(Error::DataDirLocked {
+                    dir: dir.to_path_buf(),
+                    pid: (!pid.is_empty()).then_some(pid),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::Io(e)),
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(file, "{}", std::process::id())?;
+        file.sync_all()?;
+        Ok(DirLock { _file: file })
+    }
+}
+
+/// sled 0.34 can refuse to start after a crash during snapshot writing because a left-over
+/// `snap.*.generating` file is taken for a snapshot (sled#1527). Such a file is never complete
+/// (a finished snapshot is renamed to `snap.*`), so it is safe to delete before opening.
+fn remove_unfinished_snapshots(db_dir: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(db_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            warn!("removing unfinished sled snapshot {} left by a crash", entry.path().display());
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Settings of the storage engine.
+#[derive(Clone, Debug)]
+pub struct StorageOptions {
+    /// sled's page cache size in bytes: the bulk of the node's memory.
+    pub cache_capacity: u64,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        StorageOptions {
+            cache_capacity: 64 << 20,
+        }
+    }
+}
+
+/// A data directory opened by this process: entries and ring state in sled.
+pub struct Storage {
+    /// The directory, for messages.
+    dir: PathBuf,
+    /// The whole database; flushing it flushes both trees.
+    db: sled::Db,
+    /// The entries, keyed by the HashKey's 20 bytes.
+    data: sled::Tree,
+    /// The ring state record.
+    ring: sled::Tree,
+    /// Shared with the flusher thread.
+    commit: Arc<GroupCommit>,
+    /// The flusher thread, joined on drop.
+    flusher: Option<JoinHandle<()>>,
+    /// Held last: no other process opens the directory while we have it.
+    _lock: DirLock,
+}
+
+impl Storage {
+    /// Opens (creating if needed) the data directory `dir`: takes its lock first, so that a
+    /// second process on the same directory fails here without touching anything.
+    pub fn open(dir: &Path, opts: &StorageOptions) -> Result<Storage> {
+        std::fs::create_dir_all(dir)?;
+        let lock = DirLock::acquire(dir)?;
+        let db_dir = dir.join("db");
+        remove_unfinished_snapshots(&db_dir)?;
+        let db = sled::Config::new()
+            .path(&db_dir)
+            .cache_capacity(opts.cache_capacity)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let data = db.open_tree("data")?;
+        let ring = db.open_tree("ring")?;
+        let commit = Arc::new(GroupCommit {
+            pending: Mutex::new(Pending {
+                written: 0,
+                stop: false,
+            }),
+            wake: Condvar::new(),
+            durable: watch::channel(Durable::default()).0,
+        });
+        let flusher = {
+            let commit = commit.clone();
+            let db = db.clone();
+            std::thread::Builder::new()
+                .name("dht-flusher".into())
+                .spawn(move || commit.run(db))?
+        };
+        info!("opened data directory {}", dir.display());
+        Ok(Storage {
+            dir: dir.to_path_buf(),
+            db,
+            data,
+            ring,
+            commit,
+            flusher: Some(flusher),
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn get(&self, key: &HashKey) -> Result<Option<sled::IVec>> {
+        Ok(self.data.get(key.as_bytes())?)
+    }
+
+    pub fn contains(&self, key: &HashKey) -> Result<bool> {
+        Ok(self.data.contains_key(key.as_bytes())?)
+    }
+
+    /// Inserts or replaces; durable after [`Storage::sync`] of the ticket.
+    pub fn insert(&self, key: &HashKey, value: Vec<u8>) -> Result<Ticket> {
+        self.data.insert(key.as_bytes(), value)?;
+        Ok(self.commit.note_write())
+    }
+
+    /// Removes; `true` if the key was there. Durable after [`Storage::sync`] of the ticket.
+    pub fn remove(&self, key: &HashKey) -> Result<(bool, Ticket)> {
+        let was = self.data.remove(key.as_bytes())?.is_some();
+        Ok((was, self.commit.note_write()))
+    }
+
+    /// Waits until the change behind `ticket` (and every change before it) is flushed.
+    pub async fn sync(&self, ticket: Ticket) -> Result<()> {
+        let mut rx = self.commit.durable.subscribe();
+        let d = rx
+            .wait_for(|d| d.seq >= ticket.0 || d.failed >= ticket.0)
+            .await
+            .map_err(|_| Error::Flush("the flusher has stopped".into()))?;
+        if d.seq >= ticket.0 {
+            Ok(())
+        } else {
+            Err(Error::Flush(d.error.as_deref().unwrap_or("unknown error").to_string()))
+        }
+    }
+
+    /// Flushes everything now, on the calling thread.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The ring state stored in this directory, if any.
+    pub fn load_ring(&self) -> Result<Option<RingState>> {
+        let Some(raw) = self.ring.get(RING_KEY)? else {
+            return Ok(None);
+        };
+        let (rec, _): (RingRecord, usize) = bincode::decode_from_slice(&raw, bincode_config())?;
+        if rec.version != RING_RECORD_VERSION {
+            return Err(Error::Config(format!(
+                "{}: ring state version {} is not supported (expected {RING_RECORD_VERSION})",
+                self.dir.display(),
+                rec.version
+            )));
+        }
+        Ok(Some(RingState::from(&rec)))
+    }
+
+    /// Stores the ring state; durable after [`Storage::sync`] of the ticket.
+    pub fn save_ring(&self, state: &RingState) -> Result<Ticket> {
+        let bytes = bincode::encode_to_vec(RingRecord::from(state), bincode_config())?;
+        self.ring.insert(RING_KEY, bytes)?;
+        Ok(self.commit.note_write())
+    }
+
+    /// Number of entries held (a full scan: for diagnostics, not for the request path).
+    pub fn count(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The entries of the arc `[from, to)` in ring order, streamed from sled (one or two range
+    /// scans; nothing is collected). sled iterators are not snapshots: writes to the arc made
+    /// during the scan may or may not be seen, so callers fence the arc first.
+    pub fn iter_arc(
+        &self,
+        from: &HashKey,
+        to: &HashKey,
+    ) -> impl Iterator<Item = Result<(HashKey, sled::IVec)>> + '_ {
+        ring::arc_ranges(from, to)
+            .into_iter()
+            .flat_map(move |(start, end)| match end {
+                Some(end) => self.data.range(start.0..end.0),
+                None => self.data.range(start.0..),
+            })
+            .map(|r| {
+                let (k, v) = r?;
+                let key: [u8; 20] = k.as_ref().try_into().map_err(|_| {
+                    Error::Config(format!("a stored key is {} bytes, not 20", k.len()))
+                })?;
+                Ok((HashKey(key), v))
+            })
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        {
+            let mut p = self.commit.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.stop = true;
+        }
+        self.commit.wake.notify_one();
+        if let Some(t) = self.flusher.take() {
+            let _ = t.join();
+        }
+        if let Err(e) = self.db.flush() {
+            error!("final flush of {} failed: {e}", self.dir.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(n: u8) -> HashKey {
+        let mut b = [0u8; 20];
+        b[0] = n;
+        HashKey(b)
+    }
+
+    #[tokio::test]
+    async fn writes_are_durable_after_sync_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+            let t = s.insert(&k(1), b"one".to_vec()).unwrap();
+            s.sync(t).await.unwrap();
+            let (was, t) = s.remove(&k(2)).unwrap();
+            assert!(!was);
+            s.sync(t).await.unwrap();
+            let state = RingState::alone("127.0.0.1:5000".parse().unwrap());
+            s.sync(s.save_ring(&state).unwrap()).await.unwrap();
+        }
+        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        assert_eq!(s.get(&k(1)).unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(
+            s.load_ring().unwrap(),
+            Some(RingState::alone("127.0.0.1:5000".parse().unwrap()))
+        );
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_dir_is_refused_with_the_dir_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        let err = Storage::open(dir.path(), &StorageOptions::default())
+            .err()
+            .expect("second open must fail");
+        let msg = err.to_string();
+        assert!(matches!(err, Error::DataDirLocked { .. }), "{msg}");
+        assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+        assert!(msg.contains(&std::process::id().to_string()), "{msg}");
+    }
+
+    #[test]
+    fn unfinished_snapshot_files_are_removed_before_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Storage::open(dir.path(), &StorageOptions::default()).unwrap());
+        let junk = dir.path().join("db").join("snap.00000000000000FF.generating");
+        std::fs::write(&junk, b"half a snapshot").unwrap();
+        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        assert!(!junk.exists());
+        drop(s);
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_share_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(Storage::open(dir.path(), &StorageOptions::default()).unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..64u8 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let t = s.insert(&k(i), vec![i; 100]).unwrap();
+                s.sync(t).await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(s.count(), 64);
+    }
+
+    #[test]
+    fn arcs_stream_in_ring_order_and_wrap() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        for n in [0u8, 10, 20, 30, 255] {
+            let _ = s.insert(&k(n), vec![n]).unwrap();
+        }
+        let keys = |from, to| -> Vec<u8> {
+            s.iter_arc(&k(from), &k(to)).map(|r| r.unwrap().0 .0[0]).collect()
+        };
+        assert_eq!(keys(10, 30), vec![10, 20]);
+        assert_eq!(keys(30, 10), vec![30, 255, 0], "wrapping arc: top range, then from 0");
+        assert_eq!(keys(20, 20), vec![0, 10, 20, 30, 255], "whole circle");
+    }
+}
