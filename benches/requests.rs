@@ -1,1 +1,740 @@
-fn main(){}
+//! Request benchmark (issue 2): `cargo bench --bench requests`.
+//!
+//! Starts a real `dht-store` node (the binary cargo built for this bench, so a release-like
+//! build) on a free loopback port with a temporary data directory, then, for each number of
+//! persistent connections N, runs N tokio tasks that each hold one [`Client`] and
+//!
+//! 1. INS 100-byte values under distinct keys for `BENCH_SECS` seconds (default 3), then
+//! 2. GET the keys they inserted (round robin) for as long,
+//!
+//! timing every request. It prints ops/s and latency percentiles per (operation, N).
+//!
+//! Every INS must answer `T` (stored durably) and every GET must return exactly the value that
+//! was inserted: failures are counted, printed, and make the bench exit non-zero.
+//!
+//! If `redis-server` and `redis-benchmark` are on PATH, the same load is run against Redis with
+//! `--appendonly yes --appendfsync always` as a baseline, and our/Redis ratios are printed.
+//!
+//! Environment:
+//! - `BENCH_SECS`    seconds per (operation, N) phase (default 3)
+//! - `BENCH_CONNS`   comma-separated connection counts (default `1,8,32`)
+//! - `BENCH_VALUE`   value size in bytes (default 100)
+//! - `BENCH_THREADS` worker threads of the bench's tokio runtime (default: number of cores)
+//! - `BENCH_REDIS=0` skip the Redis baseline even if Redis is installed
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dht_store::client::{Client, Lookup};
+use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr, Status};
+use tokio::sync::Barrier;
+
+/// Settings read from the environment.
+#[derive(Clone, Debug)]
+struct Settings {
+    secs: f64,
+    conns: Vec<usize>,
+    value_size: usize,
+    threads: usize,
+    redis: bool,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let secs = var("BENCH_SECS")
+            .map(|v| {
+                v.trim()
+                    .parse::<f64>()
+                    .expect("BENCH_SECS: a number of seconds")
+            })
+            .unwrap_or(3.0);
+        let conns = var("BENCH_CONNS")
+            .map(|v| {
+                v.split(',')
+                    .map(|n| n.trim().parse::<usize>().expect("BENCH_CONNS: e.g. 1,8,32"))
+                    .filter(|&n| n > 0)
+                    .collect()
+            })
+            .unwrap_or_else(|| vec![1, 8, 32]);
+        let value_size = var("BENCH_VALUE")
+            .map(|v| v.trim().parse().expect("BENCH_VALUE: bytes"))
+            .unwrap_or(100);
+        let threads = var("BENCH_THREADS")
+            .map(|v| v.trim().parse().expect("BENCH_THREADS: a count"))
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let redis = var("BENCH_REDIS").is_none_or(|v| v != "0");
+        Settings {
+            secs,
+            conns,
+            value_size,
+            threads: threads.max(1),
+            redis,
+        }
+    }
+
+    fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.secs.max(0.1))
+    }
+}
+
+/// The operation a phase measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Ins,
+    Get,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Ins => "INS",
+            Op::Get => "GET",
+        }
+    }
+}
+
+/// The outcome of one phase: one operation at one connection count.
+#[derive(Clone, Debug)]
+struct PhaseResult {
+    op: Op,
+    conns: usize,
+    /// Requests that succeeded (timed).
+    ok: u64,
+    /// Requests that did not (INS not `T`, GET not the inserted value, or an error).
+    failures: u64,
+    /// Wall time of the phase, from the common start to the last task's end.
+    elapsed: Duration,
+    /// Latency percentiles of the successful requests.
+    lat: Latency,
+}
+
+impl PhaseResult {
+    fn ops_per_sec(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Latency {
+    p50: Duration,
+    p99: Duration,
+    p999: Duration,
+    max: Duration,
+}
+
+impl Latency {
+    /// Percentiles (nearest rank) of latencies in nanoseconds; sorts them.
+    fn of(nanos: &mut [u64]) -> Latency {
+        if nanos.is_empty() {
+            return Latency::default();
+        }
+        nanos.sort_unstable();
+        let rank = |q: f64| {
+            let i = ((q * nanos.len() as f64).ceil() as usize).clamp(1, nanos.len()) - 1;
+            Duration::from_nanos(nanos[i])
+        };
+        Latency {
+            p50: rank(0.50),
+            p99: rank(0.99),
+            p999: rank(0.999),
+            max: Duration::from_nanos(nanos[nanos.len() - 1]),
+        }
+    }
+}
+
+/// What one task did in one phase.
+#[derive(Default)]
+struct TaskOutcome {
+    /// Latency of every successful request, nanoseconds.
+    nanos: Vec<u64>,
+    failures: u64,
+    /// First few failure descriptions, for the report.
+    errors: Vec<String>,
+    /// INS phase: indices of the keys answered `T`, for the GET phase to read back.
+    inserted: Vec<u64>,
+}
+
+impl TaskOutcome {
+    fn fail(&mut self, what: String) {
+        self.failures += 1;
+        if self.errors.len() < 3 {
+            self.errors.push(what);
+        }
+    }
+}
+
+/// The key of request `i` of task `task` in the run with `conns` connections: distinct across
+/// tasks, phases and runs.
+fn key_for(conns: usize, task: usize, i: u64) -> HashKey {
+    let mut b = [0u8; 24];
+    b[..4].copy_from_slice(b"bnch");
+    b[4..8].copy_from_slice(&(conns as u32).to_be_bytes());
+    b[8..16].copy_from_slice(&(task as u64).to_be_bytes());
+    b[16..24].copy_from_slice(&i.to_be_bytes());
+    HashKey::of(&b)
+}
+
+/// The value stored under `key`: derived from it, so a GET can check it got the right one.
+fn value_for(key: &HashKey, size: usize) -> Vec<u8> {
+    (0..size)
+        .map(|j| key.0[j % 20] ^ (j as u8).wrapping_mul(31))
+        .collect()
+}
+
+/// What one task of a phase is to do.
+struct TaskSpec {
+    addr: PeerAddr,
+    op: Op,
+    conns: usize,
+    task: usize,
+    value_size: usize,
+    /// GET phase: indices of the keys this task inserted.
+    to_read: Vec<u64>,
+    duration: Duration,
+    /// Passed by every task and the phase once connected, so that all start together.
+    start: Arc<Barrier>,
+}
+
+/// One connection's loop for one phase.
+async fn run_task(spec: TaskSpec) -> TaskOutcome {
+    let TaskSpec {
+        addr,
+        op,
+        conns,
+        task,
+        value_size,
+        to_read,
+        duration,
+        start,
+    } = spec;
+    let mut out = TaskOutcome::default();
+    let mut client = match Client::connect(addr, AddressEncoding::Compact).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            out.fail(format!("connect: {e}"));
+            None
+        }
+    };
+    start.wait().await;
+    let began = Instant::now();
+    let mut i: u64 = 0;
+    while began.elapsed() < duration {
+        let Some(c) = client.as_mut() else {
+            // Lost the connection: try again (and count it) rather than measure nothing.
+            match Client::connect(addr, AddressEncoding::Compact).await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    out.fail(format!("reconnect: {e}"));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            continue;
+        };
+        match op {
+            Op::Ins => {
+                let key = key_for(conns, task, i);
+                let value = value_for(&key, value_size);
+                let t0 = Instant::now();
+                let res = c.ins(&key, &value).await;
+                let dt = t0.elapsed();
+                match res {
+                    Ok(Status::T) => {
+                        out.nanos.push(dt.as_nanos() as u64);
+                        out.inserted.push(i);
+                    }
+                    Ok(s) => out.fail(format!("INS {key} answered {s:?}, not T")),
+                    Err(e) => {
+                        out.fail(format!("INS {key}: {e}"));
+                        client = None;
+                    }
+                }
+            }
+            Op::Get => {
+                if to_read.is_empty() {
+                    out.fail("GET: this task inserted no key to read".into());
+                    break;
+                }
+                let idx = to_read[(i % to_read.len() as u64) as usize];
+                let key = key_for(conns, task, idx);
+                let t0 = Instant::now();
+                let res = c.get(&key).await;
+                let dt = t0.elapsed();
+                match res {
+                    Ok(Lookup::Found(v)) if v == value_for(&key, value_size) => {
+                        out.nanos.push(dt.as_nanos() as u64);
+                    }
+                    Ok(Lookup::Found(v)) => out.fail(format!(
+                        "GET {key}: a {}-byte value that is not the one inserted",
+                        v.len()
+                    )),
+                    Ok(other) => out.fail(format!("GET {key} answered {other:?}")),
+                    Err(e) => {
+                        out.fail(format!("GET {key}: {e}"));
+                        client = None;
+                    }
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Runs one phase: `conns` tasks doing `op` for the configured time.
+async fn run_phase(
+    addr: PeerAddr,
+    op: Op,
+    conns: usize,
+    settings: &Settings,
+    mut to_read: Vec<Vec<u64>>,
+) -> (PhaseResult, Vec<Vec<u64>>, Vec<String>) {
+    let start = Arc::new(Barrier::new(conns + 1));
+    let mut handles = Vec::with_capacity(conns);
+    for task in 0..conns {
+        let reads = to_read
+            .get_mut(task)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        handles.push(tokio::spawn(run_task(TaskSpec {
+            addr,
+            op,
+            conns,
+            task,
+            value_size: settings.value_size,
+            to_read: reads,
+            duration: settings.duration(),
+            start: start.clone(),
+        })));
+    }
+    start.wait().await;
+    let began = Instant::now();
+    let mut nanos = Vec::new();
+    let mut failures = 0;
+    let mut errors = Vec::new();
+    let mut inserted = Vec::with_capacity(conns);
+    for h in handles {
+        match h.await {
+            Ok(mut o) => {
+                nanos.append(&mut o.nanos);
+                failures += o.failures;
+                errors.extend(o.errors);
+                inserted.push(o.inserted);
+            }
+            Err(e) => {
+                failures += 1;
+                errors.push(format!("task panicked: {e}"));
+                inserted.push(Vec::new());
+            }
+        }
+    }
+    let elapsed = began.elapsed();
+    let result = PhaseResult {
+        op,
+        conns,
+        ok: nanos.len() as u64,
+        failures,
+        elapsed,
+        lat: Latency::of(&mut nanos),
+    };
+    (result, inserted, errors)
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0}us", d.as_secs_f64() * 1e6)
+}
+
+fn print_result(r: &PhaseResult) {
+    println!(
+        "{:<4} conns={:<3} ops/s={:>8.0}  p50={:>7}  p99={:>7}  p999={:>7}  max={:>8}  n={:<8} failures={}",
+        r.op.name(),
+        r.conns,
+        r.ops_per_sec(),
+        us(r.lat.p50),
+        us(r.lat.p99),
+        us(r.lat.p999),
+        us(r.lat.max),
+        r.ok,
+        r.failures
+    );
+}
+
+/// A free loopback port (bound, then released: another process could take it in between,
+/// which start-up would then report).
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("no free loopback port")
+        .port()
+}
+
+fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(cmd).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn print_machine() {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let nproc = command_output("nproc", &[]).unwrap_or_else(|| cores.to_string());
+    let kernel = command_output("uname", &["-r"]).unwrap_or_else(|| "?".into());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    println!("machine: nproc={nproc} kernel={kernel} cpu={cpu}");
+}
+
+/// A child process killed when dropped (also on panic).
+struct Reaped {
+    name: &'static str,
+    child: Child,
+}
+
+impl Reaped {
+    /// SIGTERM, a few seconds to exit, then SIGKILL.
+    fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                if !status.success() {
+                    eprintln!("{} exited with {status} after SIGTERM", self.name);
+                }
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "{} did not exit within 10s of SIGTERM: killing it",
+            self.name
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts the node and waits until it answers PUL with `T`.
+async fn start_node(data: &Path, log: &Path) -> Result<(Reaped, PeerAddr), String> {
+    let port = free_port();
+    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let child = Command::new(env!("CARGO_BIN_EXE_dht-store"))
+        .arg("--data")
+        .arg(data)
+        .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", env!("CARGO_BIN_EXE_dht-store")))?;
+    let mut node = Reaped {
+        name: "dht-store",
+        child,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = node.child.try_wait() {
+            return Err(format!("dht-store exited at start-up with {status}"));
+        }
+        if let Ok(mut c) = Client::connect(addr, AddressEncoding::Compact).await {
+            if let Ok(Status::T) = c.pul().await {
+                return Ok((node, addr));
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("dht-store did not answer PUL on {addr} within 30s"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Redis figures for one connection count, as `redis-benchmark --csv` reports them.
+#[derive(Clone, Copy, Debug)]
+struct RedisFigures {
+    set: f64,
+    get: f64,
+    set_p50_ms: f64,
+    set_p99_ms: f64,
+    get_p50_ms: f64,
+    get_p99_ms: f64,
+}
+
+fn on_path(cmd: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            let p = dir.join(cmd);
+            p.is_file()
+        })
+    })
+}
+
+/// Runs Redis (AOF, fsync always) on a free port and `redis-benchmark` at each connection
+/// count. `Ok(None)` when Redis is not installed.
+fn redis_baseline(
+    settings: &Settings,
+    ours: &[PhaseResult],
+) -> Result<Option<Vec<(usize, RedisFigures)>>, String> {
+    if !on_path("redis-server") || !on_path("redis-benchmark") {
+        return Ok(None);
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start redis-server: {e}"))?;
+    let mut redis = Reaped {
+        name: "redis-server",
+        child,
+    };
+    // Wait for PONG.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pong = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(1)))?;
+            s.write_all(b"PING\r\n")?;
+            let mut b = [0u8; 7];
+            s.read_exact(&mut b)?;
+            Ok(&b == b"+PONG\r\n")
+        });
+        if let Ok(true) = pong {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "redis-server did not answer PING on port {port} within 10s"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut figures = Vec::new();
+    for &conns in &settings.conns {
+        // Aim at about BENCH_SECS per test, from our own rate at this N (Redis is usually in
+        // the same range), with a floor so that short runs still mean something.
+        let ours_rate = |op: Op| {
+            ours.iter()
+                .find(|r| r.op == op && r.conns == conns)
+                .map_or(10_000.0, |r| r.ops_per_sec())
+        };
+        let n = ((ours_rate(Op::Ins).max(ours_rate(Op::Get)) * settings.secs) as u64)
+            .clamp(10_000, 2_000_000);
+        let out = Command::new("redis-benchmark")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                "set,get",
+                "-c",
+                &conns.to_string(),
+                "-d",
+                &settings.value_size.to_string(),
+                "-n",
+                &n.to_string(),
+                "-r",
+                "1000000",
+                "--csv",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run redis-benchmark: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "redis-benchmark failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let row = |test: &str| -> Option<Vec<f64>> {
+            text.lines()
+                .find(|l| l.starts_with(&format!("\"{test}\"")))
+                .map(|l| {
+                    l.split(',')
+                        .skip(1)
+                        .map(|f| f.trim_matches('"').parse().unwrap_or(f64::NAN))
+                        .collect()
+                })
+        };
+        // Columns after the test name: rps, avg, min, p50, p95, p99, max.
+        let (Some(set), Some(get)) = (row("SET"), row("GET")) else {
+            return Err(format!("unexpected redis-benchmark output:\n{text}"));
+        };
+        let col = |r: &Vec<f64>, i: usize| r.get(i).copied().unwrap_or(f64::NAN);
+        let f = RedisFigures {
+            set: col(&set, 0),
+            get: col(&get, 0),
+            set_p50_ms: col(&set, 3),
+            set_p99_ms: col(&set, 5),
+            get_p50_ms: col(&get, 3),
+            get_p99_ms: col(&get, 5),
+        };
+        println!(
+            "redis conns={conns:<3} SET/s={:>8.0} (p50={:.0}us p99={:.0}us)  GET/s={:>8.0} (p50={:.0}us p99={:.0}us)  n={n}",
+            f.set,
+            f.set_p50_ms * 1e3,
+            f.set_p99_ms * 1e3,
+            f.get,
+            f.get_p50_ms * 1e3,
+            f.get_p99_ms * 1e3,
+        );
+        figures.push((conns, f));
+    }
+    redis.stop();
+    Ok(Some(figures))
+}
+
+fn main() -> ExitCode {
+    let settings = Settings::from_env();
+    print_machine();
+    println!(
+        "settings: BENCH_SECS={} conns={:?} value={}B bench runtime threads={}",
+        settings.secs, settings.conns, settings.value_size, settings.threads
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.threads)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let data = dir.path().join("data");
+    let log = dir.path().join("node.log");
+
+    let outcome: Result<(Vec<PhaseResult>, Vec<String>), String> = rt.block_on(async {
+        let (mut node, addr) = start_node(&data, &log).await?;
+        println!(
+            "node: {} on {addr}, data {}",
+            env!("CARGO_BIN_EXE_dht-store"),
+            data.display()
+        );
+        println!();
+        let mut results = Vec::new();
+        let mut errors = Vec::new();
+        for &conns in &settings.conns {
+            let (ins, inserted, mut e) =
+                run_phase(addr, Op::Ins, conns, &settings, Vec::new()).await;
+            print_result(&ins);
+            errors.append(&mut e);
+            results.push(ins);
+            let (get, _, mut e) = run_phase(addr, Op::Get, conns, &settings, inserted).await;
+            print_result(&get);
+            errors.append(&mut e);
+            results.push(get);
+        }
+        // The node must still be alive after the load.
+        let alive = match Client::connect(addr, AddressEncoding::Compact).await {
+            Ok(mut c) => matches!(c.pul().await, Ok(Status::T)),
+            Err(_) => false,
+        };
+        if !alive {
+            errors.push("the node did not answer PUL after the run".into());
+        }
+        node.stop();
+        Ok((results, errors))
+    });
+
+    let (results, errors) = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("benchmark could not run: {e}");
+            if let Ok(l) = std::fs::read_to_string(&log) {
+                eprintln!("node log:\n{l}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+
+    println!();
+    if settings.redis {
+        match redis_baseline(&settings, &results) {
+            Ok(None) => println!("redis-server not installed: no baseline in this run"),
+            Ok(Some(figures)) => {
+                println!();
+                for (conns, f) in figures {
+                    let ratio = |op: Op, theirs: f64| {
+                        results
+                            .iter()
+                            .find(|r| r.op == op && r.conns == conns)
+                            .map_or(f64::NAN, |r| r.ops_per_sec() / theirs)
+                    };
+                    println!(
+                        "ours/redis conns={conns:<3} INS/SET={:.2}  GET/GET={:.2}",
+                        ratio(Op::Ins, f.set),
+                        ratio(Op::Get, f.get)
+                    );
+                }
+            }
+            Err(e) => println!("redis baseline failed: {e}"),
+        }
+    } else {
+        println!("BENCH_REDIS=0: no Redis baseline in this run");
+    }
+
+    let failures: u64 = results.iter().map(|r| r.failures).sum();
+    if failures > 0 || !errors.is_empty() {
+        eprintln!();
+        eprintln!("FAILED: {failures} request(s) failed");
+        for e in errors.iter().take(20) {
+            eprintln!("  {e}");
+        }
+        if let Ok(l) = std::fs::read_to_string(&log) {
+            if !l.trim().is_empty() {
+                eprintln!("node log (last 40 lines):");
+                let lines: Vec<&str> = l.lines().collect();
+                for line in &lines[lines.len().saturating_sub(40)..] {
+                    eprintln!("  {line}");
+                }
+            }
+        }
+        return ExitCode::FAILURE;
+    }
+    println!("all requests succeeded (every INS answered T, every GET returned its value)");
+    ExitCode::SUCCESS
+}

@@ -48,10 +48,18 @@ impl Client {
         .await
     }
 
-    pub async fn connect_with(peer: PeerAddr, encoding: AddressEncoding, limits: Limits) -> Result<Client> {
+    pub async fn connect_with(
+        peer: PeerAddr,
+        encoding: AddressEncoding,
+        limits: Limits,
+    ) -> Result<Client> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer))
             .await
-            .map_err(|_| Error::Peer(format!("{peer} did not accept a connection within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|_| {
+                Error::Peer(format!(
+                    "{peer} did not accept a connection within {CONNECT_TIMEOUT:?}"
+                ))
+            })?
             .map_err(|e| Error::Peer(format!("cannot connect to {peer}: {e}")))?;
         stream.set_nodelay(true)?;
         Ok(Client {
@@ -127,7 +135,8 @@ impl Client {
         self.conn.write_raw(b"INF").await?;
         self.conn.flush().await?;
         let v = self.conn.read_value().await?;
-        String::from_utf8(v).map_err(|_| Error::Peer(format!("{}: INF text is not UTF-8", self.peer)))
+        String::from_utf8(v)
+            .map_err(|_| Error::Peer(format!("{}: INF text is not UTF-8", self.peer)))
     }
 
     /// ABD: the peer's successor.
@@ -230,14 +239,19 @@ impl Router {
             };
             match ask(client).await {
                 Ok(Some(v)) => return Ok(v),
-                Ok(None) => last = format!("{owner} answered N (not mine) after the OWN walk ended there"),
+                Ok(None) => {
+                    last = format!("{owner} answered N (not mine) after the OWN walk ended there")
+                }
                 Err(e) => {
                     self.conns.remove(&owner);
                     last = e.to_string();
                 }
             }
         }
-        Err(Error::Peer(format!("gave up after {} attempts: {last}", self.attempts)))
+        Err(Error::Peer(format!(
+            "gave up after {} attempts: {last}",
+            self.attempts
+        )))
     }
 
     /// Stores `value` under `key` at its owner; `Ok(true)` when stored, `Ok(false)` on `F`.

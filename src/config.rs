@@ -114,7 +114,10 @@ impl Config {
     }
 
     pub fn join_addr(&self) -> Result<Option<PeerAddr>> {
-        self.join.as_deref().map(crate::protocol::parse_addr).transpose()
+        self.join
+            .as_deref()
+            .map(crate::protocol::parse_addr)
+            .transpose()
     }
 
     pub fn limits(&self) -> Limits {

@@ -83,7 +83,15 @@ impl NodeArgs {
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = self.$field { c.$field = v; } )* };
         }
-        set!(data, port, host, address_encoding, max_value_size, max_connections, cache_capacity_mb);
+        set!(
+            data,
+            port,
+            host,
+            address_encoding,
+            max_value_size,
+            max_connections,
+            cache_capacity_mb
+        );
         if let Some(v) = self.idle_timeout {
             c.idle_timeout_secs = v;
         }
@@ -128,7 +136,12 @@ enum Command {
 #[derive(Args, Debug)]
 struct PeerArgs {
     /// Any peer of the ring
-    #[arg(long, env = "DHT_STORE_PEER", default_value = "127.0.0.1:5000", value_name = "HOST:PORT")]
+    #[arg(
+        long,
+        env = "DHT_STORE_PEER",
+        default_value = "127.0.0.1:5000",
+        value_name = "HOST:PORT"
+    )]
     peer: String,
     /// PeerAddress encoding of the ring
     #[arg(long, env = "DHT_STORE_ADDRESS_ENCODING", value_enum, default_value_t = AddressEncoding::Compact)]
@@ -187,9 +200,13 @@ fn main() -> ExitCode {
         )
         .init();
     let runtime = if is_node {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     };
     let runtime = match runtime {
         Ok(r) => r,
@@ -258,7 +275,9 @@ async fn run_client(cmd: Command) -> Result<u8, Error> {
             if key.peer.router()?.put(&k, &v).await? {
                 Ok(FOUND)
             } else {
-                Err(Error::Peer(format!("the owner of {k} answered F: the value was not stored")))
+                Err(Error::Peer(format!(
+                    "the owner of {k} answered F: the value was not stored"
+                )))
             }
         }
         Command::Get(key) => {
@@ -271,18 +290,29 @@ async fn run_client(cmd: Command) -> Result<u8, Error> {
                     Ok(FOUND)
                 }
                 None => {
-                    eprintln!("dht-store: {} is absent", key.key.as_deref().unwrap_or(&k.to_string()));
+                    eprintln!(
+                        "dht-store: {} is absent",
+                        key.key.as_deref().unwrap_or(&k.to_string())
+                    );
                     Ok(ABSENT)
                 }
             }
         }
         Command::Exists(key) => {
             let k = key.hash_key()?;
-            Ok(if key.peer.router()?.exists(&k).await? { FOUND } else { ABSENT })
+            Ok(if key.peer.router()?.exists(&k).await? {
+                FOUND
+            } else {
+                ABSENT
+            })
         }
         Command::Rm(key) => {
             let k = key.hash_key()?;
-            Ok(if key.peer.router()?.remove(&k).await? { FOUND } else { ABSENT })
+            Ok(if key.peer.router()?.remove(&k).await? {
+                FOUND
+            } else {
+                ABSENT
+            })
         }
         Command::Owner(key) => {
             let k = key.hash_key()?;

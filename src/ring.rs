@@ -160,7 +160,10 @@ mod tests {
         // SHA-1(b"127.0.0.1:5000"), computed independently (Python's hashlib).
         let expect: HashKey = "b660cd6180a4629b8e5f3c7eaeedcddf07dd1b1d".parse().unwrap();
         assert_eq!(id_of(&addr(5000)), expect);
-        assert_eq!(HashKey::of(b"abc").to_string(), "a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert_eq!(
+            HashKey::of(b"abc").to_string(),
+            "a9993e364706816aba3e25717850c26c9cd0d89d"
+        );
     }
 
     #[test]
@@ -192,10 +195,18 @@ mod tests {
     #[test]
     fn owner_is_largest_id_at_or_below_the_key_wrapping() {
         let ids = [k(100), k(200), k(300)];
-        assert_eq!(owner_of(&k(100), &ids), Some(k(100)), "key equal to a peer id");
+        assert_eq!(
+            owner_of(&k(100), &ids),
+            Some(k(100)),
+            "key equal to a peer id"
+        );
         assert_eq!(owner_of(&k(199), &ids), Some(k(100)));
         assert_eq!(owner_of(&k(200), &ids), Some(k(200)));
-        assert_eq!(owner_of(&k(99), &ids), Some(k(300)), "below every id wraps to the largest");
+        assert_eq!(
+            owner_of(&k(99), &ids),
+            Some(k(300)),
+            "below every id wraps to the largest"
+        );
         assert_eq!(owner_of(&HashKey::ZERO, &ids), Some(k(300)), "key 0");
         assert_eq!(owner_of(&HashKey::MAX, &ids), Some(k(300)), "key 2^160-1");
         assert_eq!(owner_of(&k(5), &[] as &[HashKey]), None);
@@ -240,7 +251,15 @@ mod tests {
         let ring = ring_of(&[5000, 5001]);
         let (a, b) = (&ring[0], &ring[1]);
         assert!(a.me.id < b.me.id);
-        for key in [HashKey::ZERO, HashKey::MAX, a.me.id, b.me.id, a.me.id.prev(), b.me.id.prev(), k(1)] {
+        for key in [
+            HashKey::ZERO,
+            HashKey::MAX,
+            a.me.id,
+            b.me.id,
+            a.me.id.prev(),
+            b.me.id.prev(),
+            k(1),
+        ] {
             assert_ne!(a.owns(&key), b.owns(&key), "exactly one owner of {key}");
             let owner = owner_of(&key, &[a.me.id, b.me.id]).unwrap();
             assert_eq!(a.owns(&key), owner == a.me.id);
@@ -282,7 +301,10 @@ mod tests {
     #[test]
     fn arc_ranges_cover_the_arc_in_byte_order() {
         assert_eq!(arc_ranges(&k(1), &k(5)), vec![(k(1), Some(k(5)))]);
-        assert_eq!(arc_ranges(&k(5), &k(1)), vec![(k(5), None), (HashKey::ZERO, Some(k(1)))]);
+        assert_eq!(
+            arc_ranges(&k(5), &k(1)),
+            vec![(k(5), None), (HashKey::ZERO, Some(k(1)))]
+        );
         assert_eq!(arc_ranges(&k(5), &HashKey::ZERO), vec![(k(5), None)]);
         assert_eq!(arc_ranges(&k(5), &k(5)), vec![(HashKey::ZERO, None)]);
     }

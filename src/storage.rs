@@ -154,7 +154,10 @@ impl GroupCommit {
             match db.flush() {
                 Ok(_) => self.durable.send_modify(|d| d.seq = target),
                 Err(e) => {
-                    error!("flush failed: {e}; {} change(s) not acknowledged", target - done);
+                    error!(
+                        "flush failed: {e}; {} change(s) not acknowledged",
+                        target - done
+                    );
                     self.durable.send_modify(|d| {
                         d.failed = target;
                         d.error = Some(e.to_string().into());
@@ -218,7 +221,10 @@ fn remove_unfinished_snapshots(db_dir: &Path) -> Result<()> {
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if name.starts_with("snap.") && name.ends_with(".generating") {
-            warn!("removing unfinished sled snapshot {} left by a crash", entry.path().display());
+            warn!(
+                "removing unfinished sled snapshot {} left by a crash",
+                entry.path().display()
+            );
             std::fs::remove_file(entry.path())?;
         }
     }
@@ -334,7 +340,9 @@ impl Storage {
         if d.seq >= ticket.0 {
             Ok(())
         } else {
-            Err(Error::Flush(d.error.as_deref().unwrap_or("unknown error").to_string()))
+            Err(Error::Flush(
+                d.error.as_deref().unwrap_or("unknown error").to_string(),
+            ))
         }
     }
 
@@ -399,7 +407,11 @@ impl Storage {
 impl Drop for Storage {
     fn drop(&mut self) {
         {
-            let mut p = self.commit.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut p = self
+                .commit
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             p.stop = true;
         }
         self.commit.wake.notify_one();
@@ -460,7 +472,10 @@ mod tests {
     fn unfinished_snapshot_files_are_removed_before_open() {
         let dir = tempfile::tempdir().unwrap();
         drop(Storage::open(dir.path(), &StorageOptions::default()).unwrap());
-        let junk = dir.path().join("db").join("snap.00000000000000FF.generating");
+        let junk = dir
+            .path()
+            .join("db")
+            .join("snap.00000000000000FF.generating");
         std::fs::write(&junk, b"half a snapshot").unwrap();
         let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
         assert!(!junk.exists());
@@ -493,10 +508,16 @@ mod tests {
             let _ = s.insert(&k(n), vec![n]).unwrap();
         }
         let keys = |from, to| -> Vec<u8> {
-            s.iter_arc(&k(from), &k(to)).map(|r| r.unwrap().0 .0[0]).collect()
+            s.iter_arc(&k(from), &k(to))
+                .map(|r| r.unwrap().0 .0[0])
+                .collect()
         };
         assert_eq!(keys(10, 30), vec![10, 20]);
-        assert_eq!(keys(30, 10), vec![30, 255, 0], "wrapping arc: top range, then from 0");
+        assert_eq!(
+            keys(30, 10),
+            vec![30, 255, 0],
+            "wrapping arc: top range, then from 0"
+        );
         assert_eq!(keys(20, 20), vec![0, 10, 20, 30, 255], "whole circle");
     }
 }

@@ -39,7 +39,11 @@ pub async fn execute<S: AsyncRead + AsyncWrite>(
 }
 
 /// INS: `N` if not ours; else `T`, read the Value, store it, flush, `T` (or `F`).
-async fn ins<S: AsyncRead + AsyncWrite>(node: &Node, conn: &mut Connection<S>, key: HashKey) -> Result<()> {
+async fn ins<S: AsyncRead + AsyncWrite>(
+    node: &Node,
+    conn: &mut Connection<S>,
+    key: HashKey,
+) -> Result<()> {
     if !node.owns(&key) {
         return conn.write_status(Status::N).await;
     }
@@ -70,7 +74,11 @@ async fn ins<S: AsyncRead + AsyncWrite>(node: &Node, conn: &mut Connection<S>, k
 }
 
 /// REM: `N` if not ours, `T` removed (flushed), `F` absent (or the removal failed).
-async fn rem<S: AsyncRead + AsyncWrite>(node: &Node, conn: &mut Connection<S>, key: HashKey) -> Result<()> {
+async fn rem<S: AsyncRead + AsyncWrite>(
+    node: &Node,
+    conn: &mut Connection<S>,
+    key: HashKey,
+) -> Result<()> {
     let status = match node.remove(&key).await {
         Ok(Written::Done) => Status::T,
         Ok(Written::Absent) => Status::F,
@@ -84,7 +92,11 @@ async fn rem<S: AsyncRead + AsyncWrite>(node: &Node, conn: &mut Connection<S>, k
 }
 
 /// GET: `N` not ours, `F` absent, `T` and the Value.
-async fn get<S: AsyncRead + AsyncWrite>(node: &Node, conn: &mut Connection<S>, key: HashKey) -> Result<()> {
+async fn get<S: AsyncRead + AsyncWrite>(
+    node: &Node,
+    conn: &mut Connection<S>,
+    key: HashKey,
+) -> Result<()> {
     let found = {
         let ring = node.ring();
         if !ring.owns(&key) {
@@ -109,7 +121,11 @@ async fn get<S: AsyncRead + AsyncWrite>(node: &Node, conn: &mut Connection<S>, k
 }
 
 /// EXI: `N` not ours, `T` present, `F` absent.
-async fn exi<S: AsyncRead + AsyncWrite>(node: &Node, conn: &mut Connection<S>, key: HashKey) -> Result<()> {
+async fn exi<S: AsyncRead + AsyncWrite>(
+    node: &Node,
+    conn: &mut Connection<S>,
+    key: HashKey,
+) -> Result<()> {
     let found = {
         let ring = node.ring();
         ring.owns(&key).then(|| node.storage.contains(&key))
@@ -124,13 +140,21 @@ async fn exi<S: AsyncRead + AsyncWrite>(node: &Node, conn: &mut Connection<S>, k
 
 /// CON: handing part of our range to a joining peer. Not served by this version: `N` makes
 /// the joiner look for another owner, and leaves our range and data as they are.
-async fn con<S: AsyncRead + AsyncWrite>(_node: &Node, conn: &mut Connection<S>, joiner: PeerAddr) -> Result<()> {
+async fn con<S: AsyncRead + AsyncWrite>(
+    _node: &Node,
+    conn: &mut Connection<S>,
+    joiner: PeerAddr,
+) -> Result<()> {
     warn!(%joiner, "CON refused with N: this version does not hand over ranges yet");
     conn.write_status(Status::N).await
 }
 
 /// DIS: taking over a leaving peer's range. Not served by this version (answered `N`).
-async fn dis<S: AsyncRead + AsyncWrite>(_node: &Node, conn: &mut Connection<S>, leaver: PeerAddr) -> Result<()> {
+async fn dis<S: AsyncRead + AsyncWrite>(
+    _node: &Node,
+    conn: &mut Connection<S>,
+    leaver: PeerAddr,
+) -> Result<()> {
     warn!(%leaver, "DIS refused with N: this version does not take over ranges yet");
     conn.write_status(Status::N).await
 }

@@ -119,8 +119,15 @@ impl Node {
             ring.me.id,
             peer(&ring.successor),
             peer(&ring.second_successor),
-            ring.predecessor.as_ref().map(peer).unwrap_or_else(|| "unknown".into()),
-            if fingers.is_empty() { "none".into() } else { fingers.join(", ") },
+            ring.predecessor
+                .as_ref()
+                .map(peer)
+                .unwrap_or_else(|| "unknown".into()),
+            if fingers.is_empty() {
+                "none".into()
+            } else {
+                fingers.join(", ")
+            },
             self.storage.count(),
             self.config.address_encoding,
             self.started.elapsed().as_secs(),
@@ -173,9 +180,9 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
                 .into(),
         ));
     }
-    let listener = TcpListener::bind(config.bind_addr()).await.map_err(|e| {
-        Error::Config(format!("cannot listen on {}: {e}", config.bind_addr()))
-    })?;
+    let listener = TcpListener::bind(config.bind_addr())
+        .await
+        .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.bind_addr())))?;
     let node = Arc::new(Node::new(config, storage, ring.clone()));
     if fresh {
         node.set_ring(ring).await?;

@@ -75,10 +75,7 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
     }
 
     fn set_read_timeout(&mut self, t: Option<Duration>) {
-        self.stream
-            .get_mut()
-            .as_mut()
-            .set_read_timeout_pinned(t);
+        self.stream.get_mut().as_mut().set_read_timeout_pinned(t);
     }
 
     /// Waits for the next request. `Ok(None)` when the peer closed the connection cleanly
@@ -113,10 +110,7 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
     }
 
     async fn read_exact(&mut self, buf: &mut [u8]) -> Result<()> {
-        self.stream
-            .read_exact(buf)
-            .await
-            .map_err(Error::from_io)?;
+        self.stream.read_exact(buf).await.map_err(Error::from_io)?;
         Ok(())
     }
 
@@ -250,7 +244,12 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
 mod tests {
     use super::*;
 
-    fn pair(enc: AddressEncoding) -> (Connection<tokio::io::DuplexStream>, Connection<tokio::io::DuplexStream>) {
+    fn pair(
+        enc: AddressEncoding,
+    ) -> (
+        Connection<tokio::io::DuplexStream>,
+        Connection<tokio::io::DuplexStream>,
+    ) {
         let (a, b) = tokio::io::duplex(1 << 16);
         (
             Connection::new(a, enc, Limits::default()),
@@ -273,7 +272,9 @@ mod tests {
     #[tokio::test]
     async fn compact_address_bytes_match_the_protocol_example() {
         let (mut a, b) = pair(AddressEncoding::Compact);
-        a.write_addr(&"127.0.0.1:5000".parse().unwrap()).await.unwrap();
+        a.write_addr(&"127.0.0.1:5000".parse().unwrap())
+            .await
+            .unwrap();
         a.flush().await.unwrap();
         drop(a);
         let mut raw = Vec::new();

@@ -1,0 +1,150 @@
+//! Helpers shared by the integration tests: real `dht-store` processes on real sled
+//! directories in temp dirs, talked to over real TCP.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use dht_store::client::Client;
+use dht_store::protocol::{AddressEncoding, PeerAddr, Status};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_dht-store");
+
+/// A port nobody listens on right now (bound and released).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A running node process, killed when dropped.
+pub struct TestNode {
+    pub child: Option<Child>,
+    pub addr: PeerAddr,
+    pub data: PathBuf,
+    pub log: PathBuf,
+    pub args: Vec<String>,
+}
+
+impl TestNode {
+    /// Starts `dht-store --data DATA --port PORT --host HOST EXTRA...` and waits until it
+    /// answers PUL.
+    pub async fn start(data: &Path, addr: PeerAddr, extra: &[&str]) -> TestNode {
+        let mut n = TestNode {
+            child: None,
+            addr,
+            data: data.to_path_buf(),
+            log: data.with_extension("log"),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        n.restart().await;
+        n
+    }
+
+    /// Starts a node on 127.0.0.1 and a free port, in a fresh directory under `root`.
+    pub async fn start_new(root: &Path, extra: &[&str]) -> TestNode {
+        let port = free_port();
+        let addr: PeerAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        TestNode::start(&root.join(format!("node{port}")), addr, extra).await
+    }
+
+    pub fn spawn(&self) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open node log");
+        Command::new(BIN)
+            .arg("--data")
+            .arg(&self.data)
+            .arg("--port")
+            .arg(self.addr.port().to_string())
+            .arg("--host")
+            .arg(self.addr.ip().to_string())
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn dht-store")
+    }
+
+    /// (Re)starts the process and waits for PUL.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "node still running");
+        self.child = Some(self.spawn());
+        self.wait_ready().await;
+    }
+
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "node {} exited at start with {status}: {}",
+                    self.addr,
+                    self.log_text()
+                );
+            }
+            if let Ok(mut c) = Client::connect(self.addr, AddressEncoding::Compact).await {
+                if let Ok(Status::T) = c.pul().await {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} not ready: {}",
+                self.addr,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// Sends `sig` and waits for the process to end.
+    pub fn stop(&mut self, sig: i32) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe {
+            libc::kill(child.id() as i32, sig);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("node {} did not stop after signal {sig}", self.addr);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr, AddressEncoding::Compact)
+            .await
+            .expect("connect to node")
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Restarts of real node processes: SIGKILL, SIGTERM, and a second process on a used data dir.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{TestNode, BIN};
+use dht_store::client::Lookup;
+use dht_store::protocol::{HashKey, Status};
+
+fn key(name: &str) -> HashKey {
+    HashKey::of(name.as_bytes())
+}
+
+async fn write_keys(node: &TestNode, prefix: &str, n: usize) {
+    let mut c = node.client().await;
+    for i in 0..n {
+        let st = c
+            .ins(
+                &key(&format!("{prefix}{i}")),
+                format!("value {i}").as_bytes(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(st, Status::T, "INS {prefix}{i}");
+    }
+}
+
+async fn check_keys(node: &TestNode, prefix: &str, n: usize) {
+    let mut c = node.client().await;
+    for i in 0..n {
+        assert_eq!(
+            c.get(&key(&format!("{prefix}{i}"))).await.unwrap(),
+            Lookup::Found(format!("value {i}").into_bytes()),
+            "{prefix}{i} after restart"
+        );
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_values_survive_sigkill() {
+    let root = tempfile::tempdir().unwrap();
+    let mut node = TestNode::start_new(root.path(), &[]).await;
+    // Many concurrent writers, so that acknowledgements come from shared group flushes.
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let addr = node.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut c = dht_store::client::Client::connect(addr, Default::default())
+                .await
+                .unwrap();
+            for i in 0..100 {
+                let st = c
+                    .ins(&key(&format!("k{t}-{i}")), format!("value {i}").as_bytes())
+                    .await
+                    .unwrap();
+                assert_eq!(st, Status::T);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // The kill comes right after the last acknowledgement: nothing had time to flush lazily.
+    node.stop(libc::SIGKILL);
+    node.restart().await;
+    for t in 0..8 {
+        check_keys(&node, &format!("k{t}-"), 100).await;
+    }
+    // Removals are durable too.
+    let mut c = node.client().await;
+    assert_eq!(c.rem(&key("k0-0")).await.unwrap(), Status::T);
+    node.stop(libc::SIGKILL);
+    node.restart().await;
+    let mut c = node.client().await;
+    assert_eq!(c.exi(&key("k0-0")).await.unwrap(), Status::F);
+    assert_eq!(c.exi(&key("k0-1")).await.unwrap(), Status::T);
+}
+
+#[tokio::test]
+async fn values_survive_sigterm_and_the_node_exits_0() {
+    let root = tempfile::tempdir().unwrap();
+    let mut node = TestNode::start_new(root.path(), &[]).await;
+    write_keys(&node, "t", 200).await;
+    let status = node.stop(libc::SIGTERM);
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    assert!(
+        node.log_text().contains("SIGTERM received"),
+        "{}",
+        node.log_text()
+    );
+    node.restart().await;
+    check_keys(&node, "t", 200).await;
+    assert!(
+        node.log_text().contains("resuming ring state"),
+        "{}",
+        node.log_text()
+    );
+    let status = node.stop(libc::SIGINT);
+    assert!(status.success(), "exit status after SIGINT: {status}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_request_in_flight_finish() {
+    let root = tempfile::tempdir().unwrap();
+    let mut node = TestNode::start_new(root.path(), &[]).await;
+    let mut c = node.client().await;
+    // Start an INS, get the go-ahead, then signal before sending the value.
+    let conn = c.connection();
+    conn.write_raw(b"INS").await.unwrap();
+    conn.write_key(&key("in-flight")).await.unwrap();
+    conn.flush().await.unwrap();
+    assert_eq!(conn.read_status().await.unwrap(), Status::T);
+    unsafe {
+        libc::kill(node.pid(), libc::SIGTERM);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    conn.write_value(b"finished").await.unwrap();
+    conn.flush().await.unwrap();
+    assert_eq!(
+        conn.read_status().await.unwrap(),
+        Status::T,
+        "the in-flight INS completes"
+    );
+    let status = node.stop(libc::SIGTERM);
+    assert!(status.success());
+    node.restart().await;
+    let mut c = node.client().await;
+    assert_eq!(
+        c.get(&key("in-flight")).await.unwrap(),
+        Lookup::Found(b"finished".to_vec())
+    );
+}
+
+#[tokio::test]
+async fn a_second_process_on_a_used_data_dir_fails_at_once_and_harms_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let node = TestNode::start_new(root.path(), &[]).await;
+    write_keys(&node, "a", 50).await;
+
+    // Same dir, another port: must fail at once with one sentence naming the dir.
+    let other_port = common::free_port();
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .arg("--data")
+        .arg(&node.data)
+        .args(["--port", &other_port.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let dir = node.data.display().to_string();
+    assert!(
+        err.contains(&format!(
+            "data directory {dir} is in use by another dht-store process"
+        )),
+        "stderr: {err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+    // And the same port too (it must not even try to bind).
+    let out = Command::new(BIN)
+        .arg("--data")
+        .arg(&node.data)
+        .args(["--port", &node.addr.port().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    // The first keeps serving, reads and durable writes alike.
+    check_keys(&node, "a", 50).await;
+    write_keys(&node, "b", 50).await;
+    check_keys(&node, "b", 50).await;
+    assert!(node.data.join("LOCK").exists());
+}
+
+#[tokio::test]
+async fn a_resumed_node_ignores_join_and_says_so() {
+    let root = tempfile::tempdir().unwrap();
+    let mut node = TestNode::start_new(root.path(), &[]).await;
+    write_keys(&node, "r", 10).await;
+    node.stop(libc::SIGTERM);
+    node.args = vec!["--join".into(), "127.0.0.1:1".into()];
+    node.restart().await;
+    check_keys(&node, "r", 10).await;
+    assert!(
+        node.log_text().contains("ignoring --join"),
+        "{}",
+        node.log_text()
+    );
+}
