@@ -213,11 +213,7 @@ impl Router {
     }
 
     /// Routes one keyed request: walk to the owner, ask, and again while it answers `N`.
-    async fn routed<T>(
-        &mut self,
-        key: &HashKey,
-        mut ask: impl AsyncFnMut(&mut Client) -> Result<Option<T>>,
-    ) -> Result<T> {
+    async fn routed(&mut self, key: &HashKey, op: Op<'_>) -> Result<Answer> {
         let mut last = String::new();
         for attempt in 0..self.attempts {
             if attempt > 0 {
@@ -237,65 +233,78 @@ impl Router {
                     continue;
                 }
             };
-            match ask(client).await {
-                Ok(Some(v)) => return Ok(v),
-                Ok(None) => {
-                    last = format!("{owner} answered N (not mine) after the OWN walk ended there")
-                }
+            let answer = match op {
+                Op::Put(value) => client.ins(key, value).await.map(|s| match s {
+                    Status::N => None,
+                    s => Some(Answer::Yes(s == Status::T)),
+                }),
+                Op::Get => client.get(key).await.map(|l| match l {
+                    Lookup::NotMine => None,
+                    Lookup::Absent => Some(Answer::Value(None)),
+                    Lookup::Found(v) => Some(Answer::Value(Some(v))),
+                }),
+                Op::Exists => client.exi(key).await.map(|s| match s {
+                    Status::N => None,
+                    s => Some(Answer::Yes(s == Status::T)),
+                }),
+                Op::Remove => client.rem(key).await.map(|s| match s {
+                    Status::N => None,
+                    s => Some(Answer::Yes(s == Status::T)),
+                }),
+            };
+            match answer {
+                Ok(Some(a)) => return Ok(a),
+                Ok(None) => last = format!("{owner} answered N (not mine) after the OWN walk ended there"),
                 Err(e) => {
                     self.conns.remove(&owner);
                     last = e.to_string();
                 }
             }
         }
-        Err(Error::Peer(format!(
-            "gave up after {} attempts: {last}",
-            self.attempts
-        )))
+        Err(Error::Peer(format!("gave up after {} attempts: {last}", self.attempts)))
     }
 
     /// Stores `value` under `key` at its owner; `Ok(true)` when stored, `Ok(false)` on `F`.
     pub async fn put(&mut self, key: &HashKey, value: &[u8]) -> Result<bool> {
-        self.routed(key, async |c: &mut Client| {
-            Ok(match c.ins(key, value).await? {
-                Status::N => None,
-                s => Some(s == Status::T),
-            })
-        })
-        .await
+        self.routed(key, Op::Put(value)).await.map(Answer::yes)
     }
 
     /// The value under `key`, if any.
     pub async fn get(&mut self, key: &HashKey) -> Result<Option<Vec<u8>>> {
-        self.routed(key, async |c: &mut Client| {
-            Ok(match c.get(key).await? {
-                Lookup::NotMine => None,
-                Lookup::Absent => Some(None),
-                Lookup::Found(v) => Some(Some(v)),
-            })
-        })
-        .await
+        match self.routed(key, Op::Get).await? {
+            Answer::Value(v) => Ok(v),
+            Answer::Yes(_) => Err(Error::Peer("GET answered as a yes/no".into())),
+        }
     }
 
     /// Whether `key` is stored.
     pub async fn exists(&mut self, key: &HashKey) -> Result<bool> {
-        self.routed(key, async |c: &mut Client| {
-            Ok(match c.exi(key).await? {
-                Status::N => None,
-                s => Some(s == Status::T),
-            })
-        })
-        .await
+        self.routed(key, Op::Exists).await.map(Answer::yes)
     }
 
     /// Removes `key`; `Ok(true)` if it was there.
     pub async fn remove(&mut self, key: &HashKey) -> Result<bool> {
-        self.routed(key, async |c: &mut Client| {
-            Ok(match c.rem(key).await? {
-                Status::N => None,
-                s => Some(s == Status::T),
-            })
-        })
-        .await
+        self.routed(key, Op::Remove).await.map(Answer::yes)
+    }
+}
+
+/// A keyed request the router sends to an owner.
+#[derive(Clone, Copy)]
+enum Op<'a> {
+    Put(&'a [u8]),
+    Get,
+    Exists,
+    Remove,
+}
+
+/// The owner's answer, once it was not `N`.
+enum Answer {
+    Yes(bool),
+    Value(Option<Vec<u8>>),
+}
+
+impl Answer {
+    fn yes(self) -> bool {
+        matches!(self, Answer::Yes(true))
     }
 }

@@ -44,6 +44,23 @@ pub struct Config {
     /// Seconds in-flight requests get to finish after SIGINT/SIGTERM before the node flushes
     /// and exits anyway.
     pub shutdown_grace_secs: u64,
+    /// Milliseconds between two rounds of ring maintenance (PUL/ABD of the successor, one
+    /// finger, the predecessor).
+    pub maintenance_interval_ms: u64,
+    /// Consecutive failed PULs after which the successor counts as dead.
+    pub dead_after: u32,
+    /// Fingers kept, at id + 2^159, id + 2^158, ...: more shortens OWN walks.
+    pub fingers: usize,
+    /// Seconds a handoff waits for INS requests already told T in the moving arc; stragglers
+    /// then get F.
+    pub drain_timeout_secs: u64,
+    /// Seconds a handoff sender waits for the receiver's final T (its last flush).
+    pub handoff_ack_timeout_secs: u64,
+    /// Seconds between handoff progress lines in the log.
+    pub progress_interval_secs: u64,
+    /// Seconds between two repair passes (misplaced entries to their owners); passes also run
+    /// at start and after every handoff.
+    pub repair_interval_secs: u64,
 }
 
 impl Default for Config {
@@ -61,6 +78,13 @@ impl Default for Config {
             io_timeout_secs: 30,
             cache_capacity_mb: 64,
             shutdown_grace_secs: 10,
+            maintenance_interval_ms: 1000,
+            dead_after: 3,
+            fingers: 8,
+            drain_timeout_secs: 5,
+            handoff_ack_timeout_secs: 300,
+            progress_interval_secs: 5,
+            repair_interval_secs: 60,
         }
     }
 }

@@ -130,6 +130,13 @@ enum Command {
     Owner(KeyArgs),
     /// Print a peer's INF text
     Info(PeerArgs),
+    /// Make the node running on DIR hand everything it owns to its predecessor (DIS) and
+    /// exit; exits 0 once the predecessor confirmed. Uses DIR/admin.sock, never the network.
+    Leave {
+        /// Data directory of the running node
+        #[arg(long, env = "DHT_STORE_DATA", value_name = "DIR")]
+        data: PathBuf,
+    },
 }
 
 /// Where a client command starts.
@@ -318,6 +325,11 @@ async fn run_client(cmd: Command) -> Result<u8, Error> {
             let k = key.hash_key()?;
             let (owner, hops) = key.peer.router()?.owner(&k).await?;
             println!("{owner} owns {k} ({hops} hops from {})", key.peer.peer);
+            Ok(FOUND)
+        }
+        Command::Leave { data } => {
+            let msg = node::request_leave(&data).await?;
+            println!("{msg}");
             Ok(FOUND)
         }
         Command::Info(peer) => {

@@ -16,7 +16,12 @@
 //! DIR/db/         the sled database
 //!   tree "data"   key: the 20 bytes of the HashKey, big-endian; value: the raw value bytes
 //!   tree "ring"   key: b"state"; value: a RingRecord (below)
+//!                 key: b"handoff"; value: a HandoffRecord (below), present only while a
+//!                 join or leave is in progress or must be finished after a crash
 //! ```
+//!
+//! The ring state and the handoff record live in one tree so that a change of both is one
+//! atomic sled batch ([`Storage::save_state`]).
 //!
 //! Because keys are the big-endian numbers, sled's byte order is ring order: an arc of the ring
 //! is one sled range, or two when it wraps past 2^160-1 (see [`crate::ring::arc_ranges`]).
@@ -31,6 +36,9 @@
 //! u8 0 | u8 1, addr       predecessor, absent or present
 //! u64 n, n × addr         fingers
 //! ```
+//!
+//! A HandoffRecord is encoded the same way: a u32 variant index, then the variant's fields in
+//! order (addresses as above, a phase as a u32 index, a bool as one byte). See [`HandoffRecord`].
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -44,6 +52,44 @@ use tracing::{debug, error, info, warn};
 use crate::error::{Error, Result};
 use crate::protocol::{HashKey, PeerAddr};
 use crate::ring::{self, Peer, RingState};
+
+/// Key of the in-progress handoff in the "ring" tree.
+const HANDOFF_KEY: &[u8] = b"handoff";
+/// Entries written (or deleted) per sled batch when a range moves: big enough to amortise the
+/// batch, small enough that sled 0.34 does not balloon (10k-entry batches took GBs of RAM).
+pub const BATCH_ENTRIES: usize = 1000;
+
+/// Where a handoff stands; what a restart must do with it is in ARCHITECTURE.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub enum Phase {
+    /// Entries are (or were being) sent; the receiver's `T` was not seen.
+    Streaming,
+    /// The receiver's `T` was seen and the ring state switched; the handed entries are still
+    /// to be deleted here.
+    Handed,
+}
+
+/// A handoff in progress, persisted so that a restart can finish or undo it.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub enum HandoffRecord {
+    /// We serve a CON: `[id(joiner), id(successor))` moves to `joiner`.
+    ServingCon {
+        joiner: PeerAddr,
+        successor: PeerAddr,
+        second_successor: PeerAddr,
+        phase: Phase,
+    },
+    /// We are joining through `from`. `fresh`: we held no entries before, so whatever is in
+    /// the data tree came from this CON and is dropped if it does not complete.
+    ReceivingCon { from: PeerAddr, fresh: bool },
+    /// We are leaving: everything we own moves to `to`.
+    Leaving { to: PeerAddr, phase: Phase },
+    /// We take over `[id(leaver), id(successor))` from a leaving `leaver`.
+    ReceivingDis {
+        leaver: PeerAddr,
+        successor: PeerAddr,
+    },
+}
 
 /// Version byte in front of a stored RingRecord.
 const RING_RECORD_VERSION: u8 = 1;
@@ -373,6 +419,103 @@ impl Storage {
         let bytes = bincode::encode_to_vec(RingRecord::from(state), bincode_config())?;
         self.ring.insert(RING_KEY, bytes)?;
         Ok(self.commit.note_write())
+    }
+
+    /// Changes the ring state and the handoff record in one atomic batch. `Some(None)` removes
+    /// that record (a departed node has no ring state; a finished handoff no record); `None`
+    /// leaves it as it is.
+    pub fn save_state(
+        &self,
+        ring: Option<Option<&RingState>>,
+        handoff: Option<Option<&HandoffRecord>>,
+    ) -> Result<Ticket> {
+        let mut batch = sled::Batch::default();
+        match ring {
+            Some(Some(r)) => batch.insert(
+                RING_KEY,
+                bincode::encode_to_vec(RingRecord::from(r), bincode_config())?,
+            ),
+            Some(None) => batch.remove(RING_KEY),
+            None => {}
+        }
+        match handoff {
+            Some(Some(h)) => batch.insert(HANDOFF_KEY, bincode::encode_to_vec(h, bincode_config())?),
+            Some(None) => batch.remove(HANDOFF_KEY),
+            None => {}
+        }
+        self.ring.apply_batch(batch)?;
+        Ok(self.commit.note_write())
+    }
+
+    /// The handoff record left by an unfinished join or leave, if any.
+    pub fn load_handoff(&self) -> Result<Option<HandoffRecord>> {
+        let Some(raw) = self.ring.get(HANDOFF_KEY)? else {
+            return Ok(None);
+        };
+        let (rec, _): (HandoffRecord, usize) = bincode::decode_from_slice(&raw, bincode_config())?;
+        Ok(Some(rec))
+    }
+
+    /// Writes a group of entries in one sled batch; durable after [`Storage::sync`].
+    pub fn insert_batch(&self, entries: &mut Vec<(HashKey, Vec<u8>)>) -> Result<Ticket> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in entries.drain(..) {
+            batch.insert(&k.0[..], v);
+        }
+        self.data.apply_batch(batch)?;
+        Ok(self.commit.note_write())
+    }
+
+    /// Removes `key` only if it still holds `value` (a misplaced entry handed to its owner,
+    /// unless it changed meanwhile). Returns whether it was removed.
+    pub fn remove_if_unchanged(&self, key: &HashKey, value: &[u8]) -> Result<(bool, Ticket)> {
+        let done = self
+            .data
+            .compare_and_swap(key.as_bytes(), Some(value), None::<&[u8]>)?
+            .is_ok();
+        Ok((done, self.commit.note_write()))
+    }
+
+    /// Whether the data tree holds no entry at all.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Entries and value bytes in the arc `[from, to)` (a scan).
+    pub fn count_arc(&self, from: &HashKey, to: &HashKey) -> Result<(u64, u64)> {
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for r in self.iter_arc(from, to) {
+            let (_, v) = r?;
+            n += 1;
+            bytes += v.len() as u64;
+        }
+        Ok((n, bytes))
+    }
+
+    /// Deletes every entry of the arc `[from, to)`, in batches, streaming the keys (never
+    /// collecting them all). Returns how many were deleted; durable after [`Storage::sync`].
+    pub fn delete_arc(&self, from: &HashKey, to: &HashKey) -> Result<(u64, Ticket)> {
+        let mut deleted = 0u64;
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        for (start, end) in ring::arc_ranges(from, to) {
+            let range = match end {
+                Some(end) => self.data.range(start.0..end.0),
+                None => self.data.range(start.0..),
+            };
+            for key in range.keys() {
+                batch.remove(key?);
+                in_batch += 1;
+                if in_batch == BATCH_ENTRIES {
+                    self.data.apply_batch(std::mem::take(&mut batch))?;
+                    deleted += in_batch as u64;
+                    in_batch = 0;
+                }
+            }
+        }
+        self.data.apply_batch(batch)?;
+        deleted += in_batch as u64;
+        Ok((deleted, self.commit.note_write()))
     }
 
     /// Number of entries held (a full scan: for diagnostics, not for the request path).

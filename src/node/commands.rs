@@ -7,7 +7,7 @@
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
-use super::{Node, Written};
+use super::{handoff, Node, Written};
 use crate::error::{Error, Result};
 use crate::protocol::{Connection, HashKey, PeerAddr, Request, Status};
 
@@ -23,7 +23,7 @@ pub async fn execute<S: AsyncRead + AsyncWrite>(
         Request::Get(key) => get(node, conn, key).await?,
         Request::Exi(key) => exi(node, conn, key).await?,
         Request::Own(key) => {
-            let answer = node.ring().own_answer(&key, &[]);
+            let answer = node.own_answer(&key).await;
             conn.write_addr(&answer).await?
         }
         Request::Con(joiner) => con(node, conn, joiner).await?,
@@ -39,14 +39,10 @@ pub async fn execute<S: AsyncRead + AsyncWrite>(
 }
 
 /// INS: `N` if not ours; else `T`, read the Value, store it, flush, `T` (or `F`).
-async fn ins<S: AsyncRead + AsyncWrite>(
-    node: &Node,
-    conn: &mut Connection<S>,
-    key: HashKey,
-) -> Result<()> {
-    if !node.owns(&key) {
+async fn ins<S: AsyncRead + AsyncWrite>(node: &Node, conn: &mut Connection<S>, key: HashKey) -> Result<()> {
+    let Some(slot) = node.gate.begin_insert(&key, || node.owns(&key)).await else {
         return conn.write_status(Status::N).await;
-    }
+    };
     conn.write_status(Status::T).await?;
     conn.flush().await?;
     let value = match conn.read_value().await {
@@ -59,7 +55,7 @@ async fn ins<S: AsyncRead + AsyncWrite>(
         }
         Err(e) => return Err(e),
     };
-    let status = match node.insert(&key, value).await {
+    let status = match node.finish_insert(slot, value).await {
         Ok(Written::Done) => Status::T,
         Ok(_) => {
             debug!(%key, "INS: the key stopped being ours while its value arrived");
@@ -99,7 +95,7 @@ async fn get<S: AsyncRead + AsyncWrite>(
 ) -> Result<()> {
     let found = {
         let ring = node.ring();
-        if !ring.owns(&key) {
+        if node.departed() || !ring.owns(&key) {
             None
         } else {
             Some(node.storage.get(&key))
@@ -128,7 +124,7 @@ async fn exi<S: AsyncRead + AsyncWrite>(
 ) -> Result<()> {
     let found = {
         let ring = node.ring();
-        ring.owns(&key).then(|| node.storage.contains(&key))
+        (!node.departed() && ring.owns(&key)).then(|| node.storage.contains(&key))
     };
     match found {
         None => conn.write_status(Status::N).await,
@@ -138,23 +134,12 @@ async fn exi<S: AsyncRead + AsyncWrite>(
     }
 }
 
-/// CON: handing part of our range to a joining peer. Not served by this version: `N` makes
-/// the joiner look for another owner, and leaves our range and data as they are.
-async fn con<S: AsyncRead + AsyncWrite>(
-    _node: &Node,
-    conn: &mut Connection<S>,
-    joiner: PeerAddr,
-) -> Result<()> {
-    warn!(%joiner, "CON refused with N: this version does not hand over ranges yet");
-    conn.write_status(Status::N).await
+/// CON: a joining peer asks for its part of our range (see `handoff`).
+async fn con<S: AsyncRead + AsyncWrite>(node: &Node, conn: &mut Connection<S>, joiner: PeerAddr) -> Result<()> {
+    handoff::serve_con(node, conn, joiner).await
 }
 
-/// DIS: taking over a leaving peer's range. Not served by this version (answered `N`).
-async fn dis<S: AsyncRead + AsyncWrite>(
-    _node: &Node,
-    conn: &mut Connection<S>,
-    leaver: PeerAddr,
-) -> Result<()> {
-    warn!(%leaver, "DIS refused with N: this version does not take over ranges yet");
-    conn.write_status(Status::N).await
+/// DIS: our successor leaves and hands us its range (see `handoff`).
+async fn dis<S: AsyncRead + AsyncWrite>(node: &Node, conn: &mut Connection<S>, leaver: PeerAddr) -> Result<()> {
+    handoff::serve_dis(node, conn, leaver).await
 }

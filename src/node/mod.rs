@@ -1,22 +1,37 @@
-//! The running node: shared state ([`Node`]), start-up and resume ([`run`]), the TCP server
-//! (`server`), and one handler per protocol command (`commands`).
+//! The running node: shared state ([`Node`]), start-up, resume and crash recovery ([`run`]),
+//! the TCP server (`server`), one handler per protocol command (`commands`), joining and
+//! leaving (`handoff`), ring maintenance and the repair pass (`maintenance`), and the local
+//! admin socket (`admin`).
 
+mod admin;
 mod commands;
+pub mod fault;
+mod gate;
+mod handoff;
+mod maintenance;
+mod progress;
 mod server;
+mod walk;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::protocol::{HashKey, PeerAddr};
-use crate::ring::RingState;
-use crate::storage::Storage;
+use crate::ring::{Peer, RingState};
+use crate::storage::{HandoffRecord, Storage};
 
+pub use admin::request_leave;
+pub use gate::WriteGate;
+pub use progress::Progress;
 pub use server::Shutdown;
 
 /// The outcome of a write at this node.
@@ -30,18 +45,35 @@ pub enum Written {
     NotMine,
 }
 
-/// State shared by every connection of one node.
+/// State shared by every connection and task of one node.
 pub struct Node {
     /// Settings, fixed for the life of the process.
     pub config: Config,
-    /// The data directory: entries and ring state.
+    /// The data directory: entries, ring state, handoff record.
     pub storage: Storage,
-    /// What we know of the ring. A std lock: it is held only for in-memory reads and a
-    /// sled call, never across an `.await`, so that no request waits on another's network I/O.
+    /// What we know of the ring. A std lock: held only for in-memory reads, never across an
+    /// `.await`. Changes that move ownership are made under the [`WriteGate`] as well.
     ring: RwLock<RingState>,
+    /// Where writes meet a moving arc.
+    pub gate: WriteGate,
+    /// One handoff (serving CON or DIS, joining, leaving, a repair chunk) at a time.
+    handoff: tokio::sync::Mutex<()>,
+    /// The handoff running now, for INF.
+    progress: Mutex<Option<Arc<Progress>>>,
+    /// Set once a leave completed: we own nothing and answer `N` to every data request.
+    departed: AtomicBool,
+    /// Peers seen alive lately, so that OWN does not PUL a peer on every answer.
+    alive: Mutex<HashMap<PeerAddr, Instant>>,
+    /// Asks the server to stop (after a completed leave).
+    stop: Notify,
+    /// Wakes the repair pass (after a handoff).
+    repair: Notify,
     /// When the node started serving, for INF.
     started: Instant,
 }
+
+/// How long a peer counts as alive after it last answered.
+const ALIVE_FOR: Duration = Duration::from_secs(2);
 
 impl Node {
     pub fn new(config: Config, storage: Storage, ring: RingState) -> Node {
@@ -49,6 +81,13 @@ impl Node {
             config,
             storage,
             ring: RwLock::new(ring),
+            gate: WriteGate::default(),
+            handoff: tokio::sync::Mutex::new(()),
+            progress: Mutex::new(None),
+            departed: AtomicBool::new(false),
+            alive: Mutex::new(HashMap::new()),
+            stop: Notify::new(),
+            repair: Notify::new(),
             started: Instant::now(),
         }
     }
@@ -57,90 +96,233 @@ impl Node {
         self.ring.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn ring_mut(&self) -> RwLockWriteGuard<'_, RingState> {
-        self.ring.write().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub fn me(&self) -> PeerAddr {
         self.ring().me.addr
     }
 
+    pub fn departed(&self) -> bool {
+        self.departed.load(Ordering::Acquire)
+    }
+
+    /// Whether we own `key` now.
     pub fn owns(&self, key: &HashKey) -> bool {
-        self.ring().owns(key)
+        !self.departed() && self.ring().owns(key)
+    }
+
+    /// Replaces the in-memory ring state and persists it (with the handoff record change
+    /// given), under the write gate so that every write sees the switch atomically. `None`
+    /// means we left: we own nothing and the ring state is removed. Returns once durable.
+    pub async fn switch_ring(
+        &self,
+        state: Option<RingState>,
+        handoff: Option<Option<&HandoffRecord>>,
+    ) -> Result<()> {
+        let ticket = self.gate.exclusive(|| -> Result<_> {
+            let t = self.storage.save_state(Some(state.as_ref()), handoff)?;
+            match state {
+                Some(s) => *self.ring.write().unwrap_or_else(|e| e.into_inner()) = s,
+                None => self.departed.store(true, Ordering::Release),
+            }
+            Ok(t)
+        })?;
+        self.storage.sync(ticket).await
+    }
+
+    /// Changes the ring state with `f` (which sees the current state, under the write gate)
+    /// and persists it, if `f` returns `true`.
+    pub async fn update_ring(&self, f: impl FnOnce(&mut RingState) -> bool) -> Result<bool> {
+        let ticket = self.gate.exclusive(|| -> Result<_> {
+            let mut next = self.ring().clone();
+            if self.departed() || !f(&mut next) {
+                return Ok(None);
+            }
+            let t = self.storage.save_state(Some(Some(&next)), None)?;
+            *self.ring.write().unwrap_or_else(|e| e.into_inner()) = next;
+            Ok(Some(t))
+        })?;
+        match ticket {
+            Some(t) => {
+                self.storage.sync(t).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Persists (or clears) the handoff record alone and waits until it is durable.
+    pub async fn set_handoff(&self, rec: Option<&HandoffRecord>) -> Result<()> {
+        let t = self.storage.save_state(None, Some(rec))?;
+        self.storage.sync(t).await
     }
 
     /// Stores `value` under `key` if we own it, and returns once it is flushed.
     pub async fn insert(&self, key: &HashKey, value: Vec<u8>) -> Result<Written> {
-        let ticket = {
-            let ring = self.ring();
-            if !ring.owns(key) {
-                return Ok(Written::NotMine);
-            }
-            self.storage.insert(key, value)?
+        let Some(slot) = self.gate.begin_insert(key, || self.owns(key)).await else {
+            return Ok(Written::NotMine);
         };
-        self.storage.sync(ticket).await?;
-        Ok(Written::Done)
+        self.finish_insert(slot, value).await
+    }
+
+    /// Applies an INS registered with [`WriteGate::begin_insert`].
+    pub async fn finish_insert(&self, slot: gate::Slot<'_>, value: Vec<u8>) -> Result<Written> {
+        let key = slot.key;
+        let applied = self.gate.finish_insert(slot, || -> Result<Option<_>> {
+            if !self.owns(&key) {
+                return Ok(None);
+            }
+            Ok(Some(self.storage.insert(&key, value)?))
+        });
+        match applied {
+            gate::Pass::Go(Ok(Some(ticket))) => {
+                self.storage.sync(ticket).await?;
+                Ok(Written::Done)
+            }
+            gate::Pass::Go(Ok(None)) | gate::Pass::Closed => Ok(Written::NotMine),
+            gate::Pass::Go(Err(e)) => Err(e),
+        }
     }
 
     /// Removes `key` if we own it, and returns once the removal is flushed.
     pub async fn remove(&self, key: &HashKey) -> Result<Written> {
-        let (was, ticket) = {
-            let ring = self.ring();
-            if !ring.owns(key) {
-                return Ok(Written::NotMine);
-            }
-            self.storage.remove(key)?
+        let applied = self
+            .gate
+            .pass(key, || -> Result<Option<_>> {
+                if !self.owns(key) {
+                    return Ok(None);
+                }
+                Ok(Some(self.storage.remove(key)?))
+            })
+            .await?;
+        let Some((was, ticket)) = applied else {
+            return Ok(Written::NotMine);
         };
         self.storage.sync(ticket).await?;
         Ok(if was { Written::Done } else { Written::Absent })
     }
 
-    /// Replaces the ring state and persists it durably.
-    pub async fn set_ring(&self, state: RingState) -> Result<()> {
-        let ticket = {
-            let mut ring = self.ring_mut();
-            let t = self.storage.save_ring(&state)?;
-            *ring = state;
-            t
-        };
-        self.storage.sync(ticket).await
+    /// Notes that `peer` answered just now.
+    pub fn mark_alive(&self, peer: PeerAddr) {
+        self.alive
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer, Instant::now());
     }
 
-    /// The INF text: address, id, neighbours, fingers, entries held.
+    fn recently_alive(&self, peer: &PeerAddr) -> bool {
+        self.alive
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+            .is_some_and(|t| t.elapsed() < ALIVE_FOR)
+    }
+
+    /// Drops a dead peer from the fingers and the predecessor (the successors are the
+    /// maintenance's to replace). In memory only: the next persisted change carries it.
+    pub fn forget(&self, peer: PeerAddr) {
+        let mut ring = self.ring.write().unwrap_or_else(|e| e.into_inner());
+        let me = ring.me;
+        for f in ring.fingers.iter_mut() {
+            if f.addr == peer {
+                *f = me;
+            }
+        }
+        if ring.predecessor.is_some_and(|p| p.addr == peer) {
+            ring.predecessor = None;
+        }
+        self.alive
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&peer);
+    }
+
+    /// The OWN answer: the closest known peer at or below `key`, checking with PUL that a peer
+    /// we name is alive (unless it answered lately) and dropping it if not.
+    pub async fn own_answer(&self, key: &HashKey) -> PeerAddr {
+        let mut skip = Vec::new();
+        loop {
+            let (answer, me) = {
+                let ring = self.ring();
+                (ring.own_answer(key, &skip), ring.me.addr)
+            };
+            if answer == me || self.recently_alive(&answer) {
+                return answer;
+            }
+            if walk::pul(answer, self.config.address_encoding).await {
+                self.mark_alive(answer);
+                return answer;
+            }
+            warn!(peer = %answer, "peer does not answer PUL: dropped from OWN answers");
+            skip.push(answer);
+            self.forget(answer);
+        }
+    }
+
+    /// Marks the start of a handoff for INF and the periodic log.
+    pub fn begin_progress(&self, label: String) -> Arc<Progress> {
+        let p = Progress::start(label, Duration::from_secs(self.config.progress_interval_secs.max(1)));
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.clone());
+        p
+    }
+
+    /// Logs the summary line of a handoff and clears it from INF.
+    pub fn end_progress(&self, p: &Progress, outcome: &str) {
+        info!("handoff {outcome}: {}", p.line());
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The INF text: address, id, neighbours, fingers, entries held, handoff in progress.
     pub fn info(&self) -> String {
         let ring = self.ring().clone();
-        let peer = |p: &crate::ring::Peer| format!("{} ({})", p.addr, p.id);
-        let fingers: Vec<String> = ring.fingers.iter().map(|p| p.addr.to_string()).collect();
+        let peer = |p: &Peer| format!("{} ({})", p.addr, p.id);
+        let mut fingers: Vec<String> = ring
+            .fingers
+            .iter()
+            .filter(|p| p.addr != ring.me.addr)
+            .map(|p| p.addr.to_string())
+            .collect();
+        fingers.dedup();
+        let handoff = self
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|p| p.line())
+            .unwrap_or_else(|| "none".into());
         format!(
             "dht-store {}\naddress {}\nid {}\nsuccessor {}\nsecond successor {}\npredecessor {}\n\
-             fingers {}\nkeys {}\naddress encoding {}\nuptime {}s\n",
+             fingers {}\nkeys {}\naddress encoding {}\nhandoff {}\nstate {}\nuptime {}s\n",
             env!("CARGO_PKG_VERSION"),
             ring.me.addr,
             ring.me.id,
             peer(&ring.successor),
             peer(&ring.second_successor),
-            ring.predecessor
-                .as_ref()
-                .map(peer)
-                .unwrap_or_else(|| "unknown".into()),
-            if fingers.is_empty() {
-                "none".into()
-            } else {
-                fingers.join(", ")
-            },
+            ring.predecessor.as_ref().map(peer).unwrap_or_else(|| "unknown".into()),
+            if fingers.is_empty() { "none".into() } else { fingers.join(", ") },
             self.storage.count(),
             self.config.address_encoding,
+            handoff,
+            if self.departed() { "departed" } else { "member" },
             self.started.elapsed().as_secs(),
         )
     }
 }
 
-/// Decides the ring state to start with: resume what the data directory holds, or start anew.
-fn initial_ring(config: &Config, storage: &Storage) -> Result<(RingState, bool)> {
+/// How the node enters the ring.
+enum Start {
+    /// The data directory holds our ring state: resume it (after checking our place).
+    Resume(RingState),
+    /// No usable ring state: join through this peer.
+    Join(PeerAddr),
+    /// No usable ring state and nobody to join: a ring of one.
+    Alone,
+}
+
+fn start_mode(config: &Config, storage: &Storage) -> Result<Start> {
     let me = config.advertised();
+    let join = config.join_addr()?;
     match storage.load_ring()? {
         Some(state) if state.me.addr == me => {
-            if config.join.is_some() {
+            if join.is_some() {
                 info!(
                     "{} already holds ring state for {me}: resuming it and ignoring --join",
                     storage.dir().display()
@@ -152,40 +334,52 @@ fn initial_ring(config: &Config, storage: &Storage) -> Result<(RingState, bool)>
                     state.successor.addr
                 );
             }
-            Ok((state, false))
+            Ok(Start::Resume(state))
         }
-        Some(state) => {
-            warn!(
-                "{} held the ring state of {}, but this node is {me}: its id changes, so it starts \
-                 a new place in the ring and keeps the entries",
-                storage.dir().display(),
-                state.me.addr
-            );
-            Ok((RingState::alone(me), true))
+        other => {
+            if let Some(state) = other {
+                warn!(
+                    "{} held the ring state of {}, but this node is {me}: its id changes, so it \
+                     takes a new place in the ring; entries it does not own there go to their \
+                     owners",
+                    storage.dir().display(),
+                    state.me.addr
+                );
+            }
+            Ok(match join {
+                Some(j) => Start::Join(j),
+                None => Start::Alone,
+            })
         }
-        None => Ok((RingState::alone(me), true)),
     }
 }
 
-/// Runs a node until `shutdown` completes: opens the data directory, resumes or starts the ring,
-/// serves, and on shutdown lets in-flight requests finish and flushes.
+/// Runs a node until `shutdown` completes (or a leave ends it): opens the data directory,
+/// finishes any handoff a crash interrupted, resumes or joins or starts the ring, serves, and
+/// on shutdown lets in-flight requests finish and flushes.
 pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
     config.validate()?;
     let storage = Storage::open(&config.data, &config.storage())?;
-    let (ring, fresh) = initial_ring(&config, &storage)?;
-    if fresh && config.join.is_some() {
-        return Err(Error::Config(
-            "joining an existing ring (--join) is not available in this version yet; start \
-             without --join to run a ring of one"
-                .into(),
-        ));
-    }
+    let me = config.advertised();
+    // Bound before joining, so that a port in use fails at once; connections wait in the
+    // backlog until we serve (PROTOCOL.md 6, Readiness).
     let listener = TcpListener::bind(config.bind_addr())
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.bind_addr())))?;
-    let node = Arc::new(Node::new(config, storage, ring.clone()));
-    if fresh {
-        node.set_ring(ring).await?;
+    let initial = storage.load_ring()?.filter(|r| r.me.addr == me);
+    let node = Arc::new(Node::new(
+        config,
+        storage,
+        initial.unwrap_or_else(|| RingState::alone(me)),
+    ));
+    handoff::recover(&node).await?;
+    match start_mode(&node.config, &node.storage)? {
+        Start::Resume(state) => {
+            node.switch_ring(Some(state), None).await?;
+            handoff::check_place(&node).await?;
+        }
+        Start::Join(seed) => handoff::join(&node, seed).await?,
+        Start::Alone => node.switch_ring(Some(RingState::alone(me)), None).await?,
     }
     info!(
         "serving {} id {} ({} addresses, data {})",
@@ -194,7 +388,26 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
         node.config.address_encoding,
         node.storage.dir().display()
     );
-    server::serve(node.clone(), listener, shutdown).await;
+    let admin = admin::start(node.clone())?;
+    let tasks = [
+        tokio::spawn(maintenance::run(node.clone())),
+        tokio::spawn(maintenance::repair_loop(node.clone())),
+    ];
+    node.repair.notify_one();
+    let stop = {
+        let node = node.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = node.stop.notified() => info!("stopping after the leave"),
+            }
+        }
+    };
+    server::serve(node.clone(), listener, stop).await;
+    for t in tasks {
+        t.abort();
+    }
+    admin.close();
     node.storage.flush()?;
     info!("flushed {}; stopped", node.storage.dir().display());
     Ok(())

@@ -1,0 +1,669 @@
+//! Joining and leaving: the CON and DIS exchanges of PROTOCOL.md section 4 on both sides, the
+//! recovery of a handoff interrupted by a crash, and the restart check of our place.
+//!
+//! Entries move straight between sled and the socket: the sender streams a range iterator
+//! (fenced by the [`super::WriteGate`], since sled iterators are not snapshots), the receiver
+//! writes batches of at most [`BATCH_ENTRIES`] entries or [`BATCH_BYTES`] bytes. Nothing is
+//! collected in memory. What each side persists at each step, and why that loses nothing on a
+//! crash, is in ARCHITECTURE.md ("Crash safety of handoffs").
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tracing::{info, warn};
+
+use super::{fault, walk, Node, Progress};
+use crate::error::{Error, Result};
+use crate::protocol::{Connection, HashKey, Limits, PeerAddr, Status};
+use crate::ring::{id_of, in_arc, Peer, RingState};
+use crate::storage::{HandoffRecord, Phase, BATCH_ENTRIES};
+
+/// A receiver writes a batch once it holds this many value bytes (so 8 MiB values go one by one).
+pub const BATCH_BYTES: usize = 4 << 20;
+/// A receiver syncs to disk every this many bytes, so that its final flush is short.
+const SYNC_EVERY: u64 = 64 << 20;
+/// Attempts of a join (CON answered `N` or failed) before giving up.
+const JOIN_ATTEMPTS: usize = 20;
+/// Attempts of a leave (DIS answered `N` or failed) before giving up.
+const LEAVE_ATTEMPTS: usize = 5;
+
+/// Limits of a handoff connection we open: the node's value limit, and patience for the
+/// other side's final flush.
+fn handoff_limits(node: &Node) -> Limits {
+    let mut l = node.config.limits();
+    l.idle_timeout = l.io_timeout;
+    l
+}
+
+async fn connect(node: &Node, peer: PeerAddr) -> Result<Connection<TcpStream>> {
+    let s = tokio::time::timeout(walk::ASK_TIMEOUT, TcpStream::connect(peer))
+        .await
+        .map_err(|_| Error::Peer(format!("{peer} did not accept a connection")))?
+        .map_err(|e| Error::Peer(format!("cannot connect to {peer}: {e}")))?;
+    s.set_nodelay(true)?;
+    Ok(Connection::new(s, node.config.address_encoding, handoff_limits(node)))
+}
+
+/// Waits for the final Status of an exchange, allowing the receiver its final flush.
+async fn read_ack<S: AsyncRead + AsyncWrite>(node: &Node, conn: &mut Connection<S>) -> Result<Status> {
+    let limit = Duration::from_secs(node.config.handoff_ack_timeout_secs.max(1));
+    tokio::time::timeout(limit, conn.read_status())
+        .await
+        .map_err(|_| Error::Timeout)?
+}
+
+/// Streams the entries of `[from, to)` out of sled: the Int count, then each HashKey and Value.
+/// The arc must be fenced, so that the count and the entries agree.
+async fn send_arc<S: AsyncRead + AsyncWrite>(
+    node: &Node,
+    conn: &mut Connection<S>,
+    from: &HashKey,
+    to: &HashKey,
+    progress: &Progress,
+    step: &str,
+) -> Result<u64> {
+    let storage = &node.storage;
+    let (n, _bytes) = storage.count_arc(from, to)?;
+    progress.total.store(n, std::sync::atomic::Ordering::Relaxed);
+    fault::point(&format!("{step}:before-count")).await;
+    conn.write_int(n).await?;
+    let mut sent = 0u64;
+    for entry in storage.iter_arc(from, to) {
+        let (k, v) = entry?;
+        if sent == n {
+            return Err(Error::Peer(format!(
+                "the arc changed while it was fenced: more than the {n} entries counted"
+            )));
+        }
+        conn.write_key(&k).await?;
+        conn.write_value(&v).await?;
+        sent += 1;
+        progress.add(1, v.len() as u64);
+        if sent == n / 2 && n > 1 {
+            conn.flush().await?;
+            fault::point(&format!("{step}:mid-stream")).await;
+        }
+    }
+    if sent != n {
+        return Err(Error::Peer(format!(
+            "the arc changed while it was fenced: {sent} entries sent of {n} counted"
+        )));
+    }
+    conn.flush().await?;
+    fault::point(&format!("{step}:after-last-entry")).await;
+    Ok(n)
+}
+
+/// Receives `n` entries of the arc `[from, to)` into sled in bounded batches, and returns once
+/// they are all durable. An entry outside the arc or over the value limit aborts (`F`).
+async fn receive_arc<S: AsyncRead + AsyncWrite>(
+    node: &Node,
+    conn: &mut Connection<S>,
+    n: u64,
+    from: &HashKey,
+    to: &HashKey,
+    progress: &Progress,
+    step: &str,
+) -> Result<()> {
+    let storage = &node.storage;
+    let mut batch: Vec<(HashKey, Vec<u8>)> = Vec::with_capacity(BATCH_ENTRIES.min(n as usize));
+    let mut batch_bytes = 0usize;
+    let mut since_sync = 0u64;
+    let mut ticket = None;
+    for i in 0..n {
+        let key = conn.read_key().await?;
+        if !in_arc(&key, from, to) {
+            conn.write_status(Status::F).await?;
+            conn.flush().await?;
+            return Err(Error::Peer(format!(
+                "entry {key} lies outside the arc [{from}, {to}) being handed over"
+            )));
+        }
+        let len = match conn.read_value_len().await {
+            Ok(len) => len,
+            Err(e) => {
+                if matches!(e, Error::ValueTooLarge { .. }) {
+                    conn.write_status(Status::F).await?;
+                    conn.flush().await?;
+                }
+                return Err(e);
+            }
+        };
+        let value = conn.read_value_bytes(len).await?;
+        batch_bytes += value.len();
+        since_sync += value.len() as u64;
+        progress.add(1, len);
+        batch.push((key, value));
+        if batch.len() >= BATCH_ENTRIES || batch_bytes >= BATCH_BYTES {
+            ticket = Some(storage.insert_batch(&mut batch)?);
+            batch_bytes = 0;
+        }
+        if since_sync >= SYNC_EVERY {
+            if let Some(t) = ticket {
+                storage.sync(t).await?;
+            }
+            since_sync = 0;
+        }
+        if i + 1 == n / 2 && n > 1 {
+            fault::point(&format!("{step}:mid-stream")).await;
+        }
+    }
+    if !batch.is_empty() {
+        ticket = Some(storage.insert_batch(&mut batch)?);
+    }
+    if let Some(t) = ticket {
+        storage.sync(t).await?;
+    }
+    Ok(())
+}
+
+/// Serves a CON from `joiner` (we are the current owner of its id), PROTOCOL.md section 4.
+pub async fn serve_con<S: AsyncRead + AsyncWrite>(
+    node: &Node,
+    conn: &mut Connection<S>,
+    joiner: PeerAddr,
+) -> Result<()> {
+    let Ok(_one) = node.handoff.try_lock() else {
+        info!(%joiner, "CON answered N: another handoff is in progress");
+        return conn.write_status(Status::N).await;
+    };
+    let ring = node.ring().clone();
+    let j = Peer::new(joiner);
+    if node.departed() || joiner == ring.me.addr || !ring.owns(&j.id) {
+        info!(%joiner, "CON answered N: we do not own its id");
+        return conn.write_status(Status::N).await;
+    }
+    let (s1, s2) = (ring.successor, ring.second_successor);
+    if !node.gate.fence(j.id, s1.id) {
+        return conn.write_status(Status::N).await;
+    }
+    let result = serve_con_fenced(node, conn, &ring, j, s1, s2).await;
+    node.gate.lift();
+    if let Err(e) = &result {
+        warn!(%joiner, "CON aborted, we keep the range and its entries: {e}");
+        if let Err(e) = node.set_handoff(None).await {
+            warn!("could not clear the handoff record: {e}");
+        }
+    }
+    result
+}
+
+async fn serve_con_fenced<S: AsyncRead + AsyncWrite>(
+    node: &Node,
+    conn: &mut Connection<S>,
+    ring: &RingState,
+    j: Peer,
+    s1: Peer,
+    s2: Peer,
+) -> Result<()> {
+    let cut = node
+        .gate
+        .drain(Duration::from_secs(node.config.drain_timeout_secs))
+        .await;
+    if cut > 0 {
+        warn!("{cut} INS still receiving their value in the moving arc will get F");
+    }
+    node.set_handoff(Some(&HandoffRecord::ServingCon {
+        joiner: j.addr,
+        successor: s1.addr,
+        second_successor: s2.addr,
+        phase: Phase::Streaming,
+    }))
+    .await?;
+    let progress = node.begin_progress(format!("CON to {} (sending [{}, {}))", j.addr, j.id, s1.id));
+    conn.write_status(Status::T).await?;
+    conn.write_addr(&s1.addr).await?;
+    conn.write_addr(&s2.addr).await?;
+    let sent = send_arc(node, conn, &j.id, &s1.id, &progress, "con-serve").await;
+    let sent = match sent {
+        Ok(n) => n,
+        Err(e) => {
+            node.end_progress(&progress, "aborted");
+            return Err(e);
+        }
+    };
+    match read_ack(node, conn).await {
+        Ok(Status::T) => {}
+        Ok(other) => {
+            node.end_progress(&progress, "refused");
+            return Err(Error::Peer(format!("{} answered {other:?} instead of T", j.addr)));
+        }
+        Err(e) => {
+            node.end_progress(&progress, "aborted");
+            return Err(e);
+        }
+    }
+    fault::point("con-serve:after-ack").await;
+    // The joiner holds the arc durably: switch, then drop what we handed over.
+    let mut next = ring.clone();
+    next.second_successor = s1;
+    next.successor = j;
+    if next.predecessor.is_none() && ring.is_alone() {
+        next.predecessor = Some(j);
+    }
+    let rec = HandoffRecord::ServingCon {
+        joiner: j.addr,
+        successor: s1.addr,
+        second_successor: s2.addr,
+        phase: Phase::Handed,
+    };
+    node.switch_ring(Some(next), Some(Some(&rec))).await?;
+    node.mark_alive(j.addr);
+    fault::point("con-serve:after-switch").await;
+    finish_handed_arc(node, &j.id, &s1.id).await?;
+    node.end_progress(&progress, &format!("done ({sent} entries to {})", j.addr));
+    node.repair.notify_one();
+    Ok(())
+}
+
+/// Deletes the entries of an arc we handed over, then clears the handoff record.
+async fn finish_handed_arc(node: &Node, from: &HashKey, to: &HashKey) -> Result<()> {
+    let (deleted, t) = node.storage.delete_arc(from, to)?;
+    node.storage.sync(t).await?;
+    node.set_handoff(None).await?;
+    info!("dropped the {deleted} entries handed over");
+    Ok(())
+}
+
+/// Serves a DIS from `leaver` (it must be our successor), PROTOCOL.md section 4.
+pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
+    node: &Node,
+    conn: &mut Connection<S>,
+    leaver: PeerAddr,
+) -> Result<()> {
+    let Ok(_one) = node.handoff.try_lock() else {
+        info!(%leaver, "DIS answered N: another handoff is in progress");
+        return conn.write_status(Status::N).await;
+    };
+    let ring = node.ring().clone();
+    if node.departed() || leaver == ring.me.addr || leaver != ring.successor.addr {
+        info!(%leaver, "DIS answered N: it is not our successor");
+        return conn.write_status(Status::N).await;
+    }
+    conn.write_status(Status::T).await?;
+    conn.flush().await?;
+    let l = Peer::new(leaver);
+    let s1 = Peer::new(conn.read_addr().await?);
+    let s2 = Peer::new(conn.read_addr().await?);
+    let n = conn.read_int().await?;
+    node.set_handoff(Some(&HandoffRecord::ReceivingDis {
+        leaver,
+        successor: s1.addr,
+    }))
+    .await?;
+    let progress = node.begin_progress(format!("DIS from {leaver} (receiving [{}, {}))", l.id, s1.id));
+    progress.total.store(n, std::sync::atomic::Ordering::Relaxed);
+    let received = receive_arc(node, conn, n, &l.id, &s1.id, &progress, "dis-recv").await;
+    if let Err(e) = received {
+        node.end_progress(&progress, "aborted");
+        warn!(%leaver, "DIS aborted: dropping what we received of its range: {e}");
+        let (_, t) = node.storage.delete_arc(&l.id, &s1.id)?;
+        node.storage.sync(t).await?;
+        node.set_handoff(None).await?;
+        return Err(e);
+    }
+    fault::point("dis-recv:before-ack").await;
+    // A peer that names the leaver or us as a successor means "myself" (PROTOCOL.md 6).
+    let me = ring.me;
+    let mine = |p: Peer| if p.addr == leaver || p.addr == me.addr { me } else { p };
+    let mut next = ring.clone();
+    next.successor = mine(s1);
+    next.second_successor = if next.successor == me { me } else { mine(s2) };
+    for f in next.fingers.iter_mut() {
+        if f.addr == leaver {
+            *f = me;
+        }
+    }
+    if next.predecessor.is_some_and(|p| p.addr == leaver) {
+        next.predecessor = None;
+    }
+    node.switch_ring(Some(next), Some(None)).await?;
+    conn.write_status(Status::T).await?;
+    conn.flush().await?;
+    node.end_progress(&progress, &format!("done ({n} entries from {leaver})"));
+    Ok(())
+}
+
+/// Joins the ring through `seed`: finds the owner of our id, runs CON with it (again on `N`),
+/// and returns once we own our arc. Entries we held before (a node given up while it was down,
+/// or a restored directory) are kept; those received overwrite them.
+pub async fn join(node: &Arc<Node>, seed: PeerAddr) -> Result<()> {
+    let _one = node.handoff.lock().await;
+    let me = node.config.advertised();
+    let my_id = id_of(&me);
+    let enc = node.config.address_encoding;
+    let mut last = String::new();
+    for attempt in 0..JOIN_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200 * (attempt as u64).min(10))).await;
+        }
+        let owner = match walk::walk(seed, &my_id, me, enc).await {
+            Ok(o) if o == me => {
+                last = format!("the OWN walk from {seed} ended at this node's own address");
+                continue;
+            }
+            Ok(o) => o,
+            Err(e) => {
+                last = e.to_string();
+                warn!("join: looking up the owner of our id through {seed}: {e}");
+                continue;
+            }
+        };
+        let fresh = node.storage.is_empty();
+        node.set_handoff(Some(&HandoffRecord::ReceivingCon { from: owner, fresh }))
+            .await?;
+        match con_exchange(node, owner, me).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {
+                last = format!("{owner} answered N");
+                info!("join: {owner} answered N to CON; looking the owner up again");
+            }
+            Err(e) => {
+                last = e.to_string();
+                warn!("join: CON with {owner} failed: {e}");
+                if fresh {
+                    let (_, t) = node.storage.delete_arc(&HashKey::ZERO, &HashKey::ZERO)?;
+                    node.storage.sync(t).await?;
+                }
+            }
+        }
+        node.set_handoff(None).await?;
+    }
+    Err(Error::Peer(format!(
+        "could not join the ring through {seed} after {JOIN_ATTEMPTS} attempts: {last}"
+    )))
+}
+
+/// One CON exchange as the joiner. `Ok(false)`: answered `N`.
+async fn con_exchange(node: &Node, owner: PeerAddr, me: PeerAddr) -> Result<bool> {
+    let mut conn = connect(node, owner).await?;
+    conn.write_raw(b"CON").await?;
+    conn.write_addr(&me).await?;
+    conn.flush().await?;
+    match conn.read_status().await? {
+        Status::T => {}
+        Status::N => return Ok(false),
+        Status::F => return Err(Error::Peer(format!("{owner} answered F to CON"))),
+    }
+    let s1 = Peer::new(conn.read_addr().await?);
+    let s2 = Peer::new(conn.read_addr().await?);
+    fault::point("con-join:before-count").await;
+    let n = conn.read_int().await?;
+    let my = Peer::new(me);
+    let p = Peer::new(owner);
+    let progress = node.begin_progress(format!("CON from {owner} (receiving [{}, {}))", my.id, s1.id));
+    progress.total.store(n, std::sync::atomic::Ordering::Relaxed);
+    if let Err(e) = receive_arc(node, &mut conn, n, &my.id, &s1.id, &progress, "con-join").await {
+        node.end_progress(&progress, "aborted");
+        return Err(e);
+    }
+    // S1 == P: a ring of one, so after us comes P and after P, us (PROTOCOL.md 6).
+    let state = RingState {
+        me: my,
+        successor: if s1.addr == me { p } else { s1 },
+        second_successor: if s1.addr == owner || s2.addr == me { my } else { s2 },
+        predecessor: Some(p),
+        fingers: vec![my; node.config.fingers],
+    };
+    node.switch_ring(Some(state), Some(None)).await?;
+    fault::point("con-join:before-ack").await;
+    conn.write_status(Status::T).await?;
+    conn.flush().await?;
+    node.mark_alive(owner);
+    node.end_progress(&progress, &format!("done: joined after {owner}, successor {}", s1.addr));
+    Ok(true)
+}
+
+/// Leaves the ring: hands everything we own to our predecessor with DIS. On success the node
+/// owns nothing, its data directory is emptied, and the caller stops it.
+pub async fn leave(node: &Arc<Node>) -> Result<String> {
+    let _one = node.handoff.lock().await;
+    let ring = node.ring().clone();
+    if node.departed() {
+        return Err(Error::Peer("this node has already left the ring".into()));
+    }
+    if ring.is_alone() {
+        return Err(Error::Peer(format!(
+            "this node is a ring of one: there is nobody to hand its entries to (they stay in {})",
+            node.storage.dir().display()
+        )));
+    }
+    let me = ring.me;
+    if !node.gate.fence(me.id, ring.successor.id) {
+        return Err(Error::Peer("another handoff is in progress".into()));
+    }
+    let result = leave_fenced(node, &ring).await;
+    node.gate.lift();
+    if result.is_err() {
+        if let Err(e) = node.set_handoff(None).await {
+            warn!("could not clear the handoff record: {e}");
+        }
+    }
+    result
+}
+
+async fn leave_fenced(node: &Node, ring: &RingState) -> Result<String> {
+    let enc = node.config.address_encoding;
+    let me = ring.me;
+    let cut = node
+        .gate
+        .drain(Duration::from_secs(node.config.drain_timeout_secs))
+        .await;
+    if cut > 0 {
+        warn!("{cut} INS still receiving their value will get F");
+    }
+    let pred_key = me.id.prev();
+    let mut last = String::new();
+    for attempt in 0..LEAVE_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(300 * attempt as u64)).await;
+        }
+        // The predecessor is the owner of id - 1 (PROTOCOL.md 6).
+        let start = ring.own_answer(&pred_key, &[]);
+        let start = if start == me.addr { ring.successor.addr } else { start };
+        let pred = match walk::walk(start, &pred_key, me.addr, enc).await {
+            Ok(p) if p == me.addr => {
+                last = "the OWN walk for our predecessor came back to us".into();
+                continue;
+            }
+            Ok(p) => p,
+            Err(e) => {
+                last = e.to_string();
+                continue;
+            }
+        };
+        node.set_handoff(Some(&HandoffRecord::Leaving {
+            to: pred,
+            phase: Phase::Streaming,
+        }))
+        .await?;
+        let progress = node.begin_progress(format!("DIS to {pred} (sending [{}, {}))", me.id, ring.successor.id));
+        match dis_exchange(node, ring, pred, &progress).await {
+            Ok(Some(n)) => {
+                node.end_progress(&progress, &format!("done ({n} entries to {pred})"));
+                // Our range is the predecessor's: own nothing from here on, then empty the dir.
+                let rec = HandoffRecord::Leaving {
+                    to: pred,
+                    phase: Phase::Handed,
+                };
+                node.switch_ring(None, Some(Some(&rec))).await?;
+                fault::point("dis-leave:after-switch").await;
+                finish_departure(node).await?;
+                return Ok(format!("handed {n} entries to {pred}; this node has left the ring"));
+            }
+            Ok(None) => {
+                node.end_progress(&progress, "refused");
+                last = format!("{pred} answered N");
+            }
+            Err(e) => {
+                node.end_progress(&progress, "aborted");
+                last = e.to_string();
+                warn!("leave: DIS with {pred} failed: {e}");
+            }
+        }
+        node.set_handoff(None).await?;
+    }
+    Err(Error::Peer(format!("could not leave after {LEAVE_ATTEMPTS} attempts: {last}")))
+}
+
+/// One DIS exchange as the leaver: `Ok(Some(n))` after the predecessor's `T`, `Ok(None)` on `N`.
+async fn dis_exchange(node: &Node, ring: &RingState, pred: PeerAddr, progress: &Progress) -> Result<Option<u64>> {
+    let mut conn = connect(node, pred).await?;
+    conn.write_raw(b"DIS").await?;
+    conn.write_addr(&ring.me.addr).await?;
+    conn.flush().await?;
+    match conn.read_status().await? {
+        Status::T => {}
+        Status::N => return Ok(None),
+        Status::F => return Err(Error::Peer(format!("{pred} answered F to DIS"))),
+    }
+    conn.write_addr(&ring.successor.addr).await?;
+    conn.write_addr(&ring.second_successor.addr).await?;
+    let n = send_arc(node, &mut conn, &ring.me.id, &ring.successor.id, progress, "dis-leave").await?;
+    match read_ack(node, &mut conn).await? {
+        Status::T => {}
+        other => return Err(Error::Peer(format!("{pred} answered {other:?} instead of T"))),
+    }
+    fault::point("dis-leave:after-ack").await;
+    Ok(Some(n))
+}
+
+/// After a completed leave: empty the data directory and forget the ring.
+async fn finish_departure(node: &Node) -> Result<()> {
+    let (deleted, t) = node.storage.delete_arc(&HashKey::ZERO, &HashKey::ZERO)?;
+    node.storage.sync(t).await?;
+    let t = node.storage.save_state(Some(None), Some(None))?;
+    node.storage.sync(t).await?;
+    info!("left the ring: dropped {deleted} entries handed over; the data directory is empty");
+    Ok(())
+}
+
+/// Finishes or undoes a handoff that a crash interrupted (the handoff record says which),
+/// before the node serves anything.
+pub async fn recover(node: &Arc<Node>) -> Result<()> {
+    let Some(rec) = node.storage.load_handoff()? else {
+        return Ok(());
+    };
+    let enc = node.config.address_encoding;
+    let me = node.config.advertised();
+    warn!("finishing a handoff interrupted by a crash: {rec:?}");
+    match rec {
+        HandoffRecord::ServingCon {
+            joiner,
+            successor,
+            second_successor,
+            phase,
+        } => {
+            let j = Peer::new(joiner);
+            let s1 = Peer::new(successor);
+            let handed = match phase {
+                Phase::Handed => true,
+                // Did the joiner finish (it persists its state before its T)? Ask it.
+                Phase::Streaming => {
+                    let mut answer = Err(Error::Peer("not asked".into()));
+                    for _ in 0..3 {
+                        answer = walk::own(joiner, &j.id, enc).await;
+                        if answer.is_ok() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    match answer {
+                        Ok(a) if a == joiner => true,
+                        Ok(a) => {
+                            info!("{joiner} did not complete its join (OWN answered {a}): we keep the range");
+                            false
+                        }
+                        Err(e) => {
+                            warn!("{joiner} cannot be asked whether it joined ({e}): we keep the range");
+                            false
+                        }
+                    }
+                }
+            };
+            if handed {
+                let mut next = node.ring().clone();
+                if next.successor.addr != joiner {
+                    next.second_successor = s1;
+                    next.successor = j;
+                    let _ = second_successor;
+                }
+                let rec = HandoffRecord::ServingCon {
+                    joiner,
+                    successor,
+                    second_successor,
+                    phase: Phase::Handed,
+                };
+                node.switch_ring(Some(next), Some(Some(&rec))).await?;
+                finish_handed_arc(node, &j.id, &s1.id).await?;
+                info!("completed the CON with {joiner} interrupted by the crash");
+            } else {
+                node.set_handoff(None).await?;
+            }
+        }
+        HandoffRecord::ReceivingCon { from, fresh } => {
+            if fresh {
+                let (n, t) = node.storage.delete_arc(&HashKey::ZERO, &HashKey::ZERO)?;
+                node.storage.sync(t).await?;
+                info!("dropped {n} entries of a CON from {from} that did not complete");
+            }
+            node.set_handoff(None).await?;
+        }
+        HandoffRecord::Leaving { to, phase } => {
+            let handed = match phase {
+                Phase::Handed => true,
+                // Did the predecessor take our range? Then it owns our id now.
+                Phase::Streaming => matches!(walk::own(to, &id_of(&me), enc).await, Ok(a) if a == to),
+            };
+            if handed {
+                node.switch_ring(None, None).await?;
+                finish_departure(node).await?;
+                node.departed.store(false, std::sync::atomic::Ordering::Release);
+                info!("this node had left the ring (to {to}) before the crash: it starts anew");
+            } else {
+                node.set_handoff(None).await?;
+                info!("the leave to {to} did not complete before the crash: resuming as a member");
+            }
+        }
+        HandoffRecord::ReceivingDis { leaver, successor } => {
+            let (n, t) = node
+                .storage
+                .delete_arc(&id_of(&leaver), &id_of(&successor))?;
+            node.storage.sync(t).await?;
+            node.set_handoff(None).await?;
+            info!("dropped {n} entries of a DIS from {leaver} that did not complete");
+        }
+    }
+    Ok(())
+}
+
+/// After a restart: does the ring still route our id to us? If it moved on while we were down
+/// (our predecessor adopted our successor), join again through the current owner, keeping our
+/// entries (PROTOCOL.md 6, "Restart after being given up").
+pub async fn check_place(node: &Arc<Node>) -> Result<()> {
+    let ring = node.ring().clone();
+    if ring.is_alone() {
+        return Ok(());
+    }
+    let enc = node.config.address_encoding;
+    let start = ring.predecessor.unwrap_or(ring.successor).addr;
+    match walk::walk(start, &ring.me.id, ring.me.addr, enc).await {
+        Ok(owner) if owner == ring.me.addr => {
+            info!("the ring still routes our id to us");
+            Ok(())
+        }
+        Ok(owner) => {
+            warn!(
+                "the ring moved on while this node was down ({owner} owns our id): joining again \
+                 through it, keeping our entries"
+            );
+            join(node, owner).await
+        }
+        Err(e) => {
+            warn!("could not check our place in the ring through {start}: {e}");
+            Ok(())
+        }
+    }
+}
