@@ -254,14 +254,19 @@ impl Router {
             };
             match answer {
                 Ok(Some(a)) => return Ok(a),
-                Ok(None) => last = format!("{owner} answered N (not mine) after the OWN walk ended there"),
+                Ok(None) => {
+                    last = format!("{owner} answered N (not mine) after the OWN walk ended there")
+                }
                 Err(e) => {
                     self.conns.remove(&owner);
                     last = e.to_string();
                 }
             }
         }
-        Err(Error::Peer(format!("gave up after {} attempts: {last}", self.attempts)))
+        Err(Error::Peer(format!(
+            "gave up after {} attempts: {last}",
+            self.attempts
+        )))
     }
 
     /// Stores `value` under `key` at its owner; `Ok(true)` when stored, `Ok(false)` on `F`.

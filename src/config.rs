@@ -89,19 +89,76 @@ impl Default for Config {
     }
 }
 
+/// Every setting's name, as in the TOML file (and, upper-cased after `DHT_STORE_`, in the
+/// environment).
+pub const SETTINGS: &[&str] = &[
+    "data",
+    "host",
+    "port",
+    "listen",
+    "join",
+    "address_encoding",
+    "max_value_size",
+    "max_connections",
+    "idle_timeout_secs",
+    "io_timeout_secs",
+    "cache_capacity_mb",
+    "shutdown_grace_secs",
+    "maintenance_interval_ms",
+    "dead_after",
+    "fingers",
+    "drain_timeout_secs",
+    "handoff_ack_timeout_secs",
+    "progress_interval_secs",
+    "repair_interval_secs",
+];
+
 fn secs(n: u64) -> Option<Duration> {
     (n > 0).then(|| Duration::from_secs(n))
 }
 
 impl Config {
-    /// Defaults, overridden by the TOML file at `path` if one is given.
+    /// Defaults, overridden by the TOML file at `path` if one is given, overridden by
+    /// `DHT_STORE_<SETTING>` environment variables (e.g. `DHT_STORE_DEAD_AFTER=5`). Flags are
+    /// applied on top by the caller.
     pub fn load(path: Option<&Path>) -> Result<Config> {
-        let Some(path) = path else {
-            return Ok(Config::default());
+        Config::load_with_env(path, std::env::vars())
+    }
+
+    /// [`Config::load`] with the environment given.
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        for (name, value) in env {
+            let Some(setting) = name.strip_prefix("DHT_STORE_") else {
+                continue;
+            };
+            let setting = setting.to_ascii_lowercase();
+            if !SETTINGS.contains(&setting.as_str()) {
+                continue;
+            }
+            // A number or boolean as itself, anything else as a string.
+            let v = format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(value));
+            table.insert(setting, v);
+        }
+        let what = path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "environment".into());
+        Config::deserialize(table).map_err(|e| Error::Config(format!("{what}: {e}")))
     }
 
     /// Checks the settings that have no meaning at some values.
@@ -166,9 +223,47 @@ mod tests {
     #[test]
     fn the_example_config_parses_and_equals_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/node.toml");
-        let c = Config::load(Some(&path)).unwrap();
+        let c = Config::load_with_env(Some(&path), []).unwrap();
         let d = Config::default();
         assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_ignores_other_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "port = 6000\ndead_after = 9\n").unwrap();
+        let env = [
+            ("DHT_STORE_DEAD_AFTER", "5"),
+            ("DHT_STORE_HOST", "127.0.0.2"),
+            ("DHT_STORE_FAULT", "x"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let c = Config::load_with_env(Some(&p), env).unwrap();
+        assert_eq!(c.port, 6000);
+        assert_eq!(c.dead_after, 5);
+        assert_eq!(c.host, Ipv4Addr::new(127, 0, 0, 2));
+    }
+
+    #[test]
+    fn every_setting_is_listed() {
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/node.toml"))
+                .unwrap();
+        for s in SETTINGS {
+            assert!(
+                text.contains(&format!("{s} =")),
+                "config/node.toml lacks {s}"
+            );
+        }
+        let debug = format!("{:?}", Config::default());
+        for s in SETTINGS {
+            assert!(
+                debug.contains(&format!("{s}:")),
+                "SETTINGS names {s}, Config has no such field"
+            );
+        }
     }
 
     #[test]

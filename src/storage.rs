@@ -439,7 +439,9 @@ impl Storage {
             None => {}
         }
         match handoff {
-            Some(Some(h)) => batch.insert(HANDOFF_KEY, bincode::encode_to_vec(h, bincode_config())?),
+            Some(Some(h)) => {
+                batch.insert(HANDOFF_KEY, bincode::encode_to_vec(h, bincode_config())?)
+            }
             Some(None) => batch.remove(HANDOFF_KEY),
             None => {}
         }

@@ -39,8 +39,12 @@ impl Admin {
 pub fn start(node: Arc<Node>) -> Result<Admin> {
     let path = node.storage.dir().join(SOCKET);
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)
-        .map_err(|e| Error::Config(format!("cannot create the admin socket {}: {e}", path.display())))?;
+    let listener = UnixListener::bind(&path).map_err(|e| {
+        Error::Config(format!(
+            "cannot create the admin socket {}: {e}",
+            path.display()
+        ))
+    })?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let task = tokio::spawn(async move {
         loop {
@@ -97,7 +101,8 @@ async fn serve(node: Arc<Node>, stream: UnixStream) -> Result<()> {
             }
         }
         other => {
-            w.write_all(format!("ERR unknown admin request {other:?}\n").as_bytes()).await?;
+            w.write_all(format!("ERR unknown admin request {other:?}\n").as_bytes())
+                .await?;
         }
     }
     Ok(())
@@ -127,6 +132,7 @@ pub async fn request_leave(dir: &Path) -> Result<String> {
         eprintln!("{line}");
     }
     Err(Error::Peer(
-        "the node closed the admin connection without an answer: the leave may not have completed".into(),
+        "the node closed the admin connection without an answer: the leave may not have completed"
+            .into(),
     ))
 }

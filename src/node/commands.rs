@@ -39,7 +39,11 @@ pub async fn execute<S: AsyncRead + AsyncWrite>(
 }
 
 /// INS: `N` if not ours; else `T`, read the Value, store it, flush, `T` (or `F`).
-async fn ins<S: AsyncRead + AsyncWrite>(node: &Node, conn: &mut Connection<S>, key: HashKey) -> Result<()> {
+async fn ins<S: AsyncRead + AsyncWrite>(
+    node: &Node,
+    conn: &mut Connection<S>,
+    key: HashKey,
+) -> Result<()> {
     let Some(slot) = node.gate.begin_insert(&key, || node.owns(&key)).await else {
         return conn.write_status(Status::N).await;
     };
@@ -135,11 +139,19 @@ async fn exi<S: AsyncRead + AsyncWrite>(
 }
 
 /// CON: a joining peer asks for its part of our range (see `handoff`).
-async fn con<S: AsyncRead + AsyncWrite>(node: &Node, conn: &mut Connection<S>, joiner: PeerAddr) -> Result<()> {
+async fn con<S: AsyncRead + AsyncWrite>(
+    node: &Node,
+    conn: &mut Connection<S>,
+    joiner: PeerAddr,
+) -> Result<()> {
     handoff::serve_con(node, conn, joiner).await
 }
 
 /// DIS: our successor leaves and hands us its range (see `handoff`).
-async fn dis<S: AsyncRead + AsyncWrite>(node: &Node, conn: &mut Connection<S>, leaver: PeerAddr) -> Result<()> {
+async fn dis<S: AsyncRead + AsyncWrite>(
+    node: &Node,
+    conn: &mut Connection<S>,
+    leaver: PeerAddr,
+) -> Result<()> {
     handoff::serve_dis(node, conn, leaver).await
 }

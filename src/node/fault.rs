@@ -7,7 +7,11 @@ use std::sync::OnceLock;
 fn armed() -> Option<&'static str> {
     static FAULT: OnceLock<Option<String>> = OnceLock::new();
     FAULT
-        .get_or_init(|| std::env::var("DHT_STORE_FAULT").ok().filter(|s| !s.is_empty()))
+        .get_or_init(|| {
+            std::env::var("DHT_STORE_FAULT")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
         .as_deref()
 }
 

@@ -43,11 +43,18 @@ async fn connect(node: &Node, peer: PeerAddr) -> Result<Connection<TcpStream>> {
         .map_err(|_| Error::Peer(format!("{peer} did not accept a connection")))?
         .map_err(|e| Error::Peer(format!("cannot connect to {peer}: {e}")))?;
     s.set_nodelay(true)?;
-    Ok(Connection::new(s, node.config.address_encoding, handoff_limits(node)))
+    Ok(Connection::new(
+        s,
+        node.config.address_encoding,
+        handoff_limits(node),
+    ))
 }
 
 /// Waits for the final Status of an exchange, allowing the receiver its final flush.
-async fn read_ack<S: AsyncRead + AsyncWrite>(node: &Node, conn: &mut Connection<S>) -> Result<Status> {
+async fn read_ack<S: AsyncRead + AsyncWrite>(
+    node: &Node,
+    conn: &mut Connection<S>,
+) -> Result<Status> {
     let limit = Duration::from_secs(node.config.handoff_ack_timeout_secs.max(1));
     tokio::time::timeout(limit, conn.read_status())
         .await
@@ -66,7 +73,9 @@ async fn send_arc<S: AsyncRead + AsyncWrite>(
 ) -> Result<u64> {
     let storage = &node.storage;
     let (n, _bytes) = storage.count_arc(from, to)?;
-    progress.total.store(n, std::sync::atomic::Ordering::Relaxed);
+    progress
+        .total
+        .store(n, std::sync::atomic::Ordering::Relaxed);
     fault::point(&format!("{step}:before-count")).await;
     conn.write_int(n).await?;
     let mut sent = 0u64;
@@ -212,7 +221,8 @@ async fn serve_con_fenced<S: AsyncRead + AsyncWrite>(
         phase: Phase::Streaming,
     }))
     .await?;
-    let progress = node.begin_progress(format!("CON to {} (sending [{}, {}))", j.addr, j.id, s1.id));
+    let progress =
+        node.begin_progress(format!("CON to {} (sending [{}, {}))", j.addr, j.id, s1.id));
     conn.write_status(Status::T).await?;
     conn.write_addr(&s1.addr).await?;
     conn.write_addr(&s2.addr).await?;
@@ -228,7 +238,10 @@ async fn serve_con_fenced<S: AsyncRead + AsyncWrite>(
         Ok(Status::T) => {}
         Ok(other) => {
             node.end_progress(&progress, "refused");
-            return Err(Error::Peer(format!("{} answered {other:?} instead of T", j.addr)));
+            return Err(Error::Peer(format!(
+                "{} answered {other:?} instead of T",
+                j.addr
+            )));
         }
         Err(e) => {
             node.end_progress(&progress, "aborted");
@@ -293,8 +306,13 @@ pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
         successor: s1.addr,
     }))
     .await?;
-    let progress = node.begin_progress(format!("DIS from {leaver} (receiving [{}, {}))", l.id, s1.id));
-    progress.total.store(n, std::sync::atomic::Ordering::Relaxed);
+    let progress = node.begin_progress(format!(
+        "DIS from {leaver} (receiving [{}, {}))",
+        l.id, s1.id
+    ));
+    progress
+        .total
+        .store(n, std::sync::atomic::Ordering::Relaxed);
     let received = receive_arc(node, conn, n, &l.id, &s1.id, &progress, "dis-recv").await;
     if let Err(e) = received {
         node.end_progress(&progress, "aborted");
@@ -307,7 +325,13 @@ pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
     fault::point("dis-recv:before-ack").await;
     // A peer that names the leaver or us as a successor means "myself" (PROTOCOL.md 6).
     let me = ring.me;
-    let mine = |p: Peer| if p.addr == leaver || p.addr == me.addr { me } else { p };
+    let mine = |p: Peer| {
+        if p.addr == leaver || p.addr == me.addr {
+            me
+        } else {
+            p
+        }
+    };
     let mut next = ring.clone();
     next.successor = mine(s1);
     next.second_successor = if next.successor == me { me } else { mine(s2) };
@@ -393,8 +417,13 @@ async fn con_exchange(node: &Node, owner: PeerAddr, me: PeerAddr) -> Result<bool
     let n = conn.read_int().await?;
     let my = Peer::new(me);
     let p = Peer::new(owner);
-    let progress = node.begin_progress(format!("CON from {owner} (receiving [{}, {}))", my.id, s1.id));
-    progress.total.store(n, std::sync::atomic::Ordering::Relaxed);
+    let progress = node.begin_progress(format!(
+        "CON from {owner} (receiving [{}, {}))",
+        my.id, s1.id
+    ));
+    progress
+        .total
+        .store(n, std::sync::atomic::Ordering::Relaxed);
     if let Err(e) = receive_arc(node, &mut conn, n, &my.id, &s1.id, &progress, "con-join").await {
         node.end_progress(&progress, "aborted");
         return Err(e);
@@ -403,7 +432,11 @@ async fn con_exchange(node: &Node, owner: PeerAddr, me: PeerAddr) -> Result<bool
     let state = RingState {
         me: my,
         successor: if s1.addr == me { p } else { s1 },
-        second_successor: if s1.addr == owner || s2.addr == me { my } else { s2 },
+        second_successor: if s1.addr == owner || s2.addr == me {
+            my
+        } else {
+            s2
+        },
         predecessor: Some(p),
         fingers: vec![my; node.config.fingers],
     };
@@ -412,7 +445,10 @@ async fn con_exchange(node: &Node, owner: PeerAddr, me: PeerAddr) -> Result<bool
     conn.write_status(Status::T).await?;
     conn.flush().await?;
     node.mark_alive(owner);
-    node.end_progress(&progress, &format!("done: joined after {owner}, successor {}", s1.addr));
+    node.end_progress(
+        &progress,
+        &format!("done: joined after {owner}, successor {}", s1.addr),
+    );
     Ok(true)
 }
 
@@ -462,7 +498,11 @@ async fn leave_fenced(node: &Node, ring: &RingState) -> Result<String> {
         }
         // The predecessor is the owner of id - 1 (PROTOCOL.md 6).
         let start = ring.own_answer(&pred_key, &[]);
-        let start = if start == me.addr { ring.successor.addr } else { start };
+        let start = if start == me.addr {
+            ring.successor.addr
+        } else {
+            start
+        };
         let pred = match walk::walk(start, &pred_key, me.addr, enc).await {
             Ok(p) if p == me.addr => {
                 last = "the OWN walk for our predecessor came back to us".into();
@@ -479,7 +519,10 @@ async fn leave_fenced(node: &Node, ring: &RingState) -> Result<String> {
             phase: Phase::Streaming,
         }))
         .await?;
-        let progress = node.begin_progress(format!("DIS to {pred} (sending [{}, {}))", me.id, ring.successor.id));
+        let progress = node.begin_progress(format!(
+            "DIS to {pred} (sending [{}, {}))",
+            me.id, ring.successor.id
+        ));
         match dis_exchange(node, ring, pred, &progress).await {
             Ok(Some(n)) => {
                 node.end_progress(&progress, &format!("done ({n} entries to {pred})"));
@@ -491,7 +534,9 @@ async fn leave_fenced(node: &Node, ring: &RingState) -> Result<String> {
                 node.switch_ring(None, Some(Some(&rec))).await?;
                 fault::point("dis-leave:after-switch").await;
                 finish_departure(node).await?;
-                return Ok(format!("handed {n} entries to {pred}; this node has left the ring"));
+                return Ok(format!(
+                    "handed {n} entries to {pred}; this node has left the ring"
+                ));
             }
             Ok(None) => {
                 node.end_progress(&progress, "refused");
@@ -505,11 +550,18 @@ async fn leave_fenced(node: &Node, ring: &RingState) -> Result<String> {
         }
         node.set_handoff(None).await?;
     }
-    Err(Error::Peer(format!("could not leave after {LEAVE_ATTEMPTS} attempts: {last}")))
+    Err(Error::Peer(format!(
+        "could not leave after {LEAVE_ATTEMPTS} attempts: {last}"
+    )))
 }
 
 /// One DIS exchange as the leaver: `Ok(Some(n))` after the predecessor's `T`, `Ok(None)` on `N`.
-async fn dis_exchange(node: &Node, ring: &RingState, pred: PeerAddr, progress: &Progress) -> Result<Option<u64>> {
+async fn dis_exchange(
+    node: &Node,
+    ring: &RingState,
+    pred: PeerAddr,
+    progress: &Progress,
+) -> Result<Option<u64>> {
     let mut conn = connect(node, pred).await?;
     conn.write_raw(b"DIS").await?;
     conn.write_addr(&ring.me.addr).await?;
@@ -521,10 +573,22 @@ async fn dis_exchange(node: &Node, ring: &RingState, pred: PeerAddr, progress: &
     }
     conn.write_addr(&ring.successor.addr).await?;
     conn.write_addr(&ring.second_successor.addr).await?;
-    let n = send_arc(node, &mut conn, &ring.me.id, &ring.successor.id, progress, "dis-leave").await?;
+    let n = send_arc(
+        node,
+        &mut conn,
+        &ring.me.id,
+        &ring.successor.id,
+        progress,
+        "dis-leave",
+    )
+    .await?;
     match read_ack(node, &mut conn).await? {
         Status::T => {}
-        other => return Err(Error::Peer(format!("{pred} answered {other:?} instead of T"))),
+        other => {
+            return Err(Error::Peer(format!(
+                "{pred} answered {other:?} instead of T"
+            )))
+        }
     }
     fault::point("dis-leave:after-ack").await;
     Ok(Some(n))
@@ -615,12 +679,15 @@ pub async fn recover(node: &Arc<Node>) -> Result<()> {
             let handed = match phase {
                 Phase::Handed => true,
                 // Did the predecessor take our range? Then it owns our id now.
-                Phase::Streaming => matches!(walk::own(to, &id_of(&me), enc).await, Ok(a) if a == to),
+                Phase::Streaming => {
+                    matches!(walk::own(to, &id_of(&me), enc).await, Ok(a) if a == to)
+                }
             };
             if handed {
                 node.switch_ring(None, None).await?;
                 finish_departure(node).await?;
-                node.departed.store(false, std::sync::atomic::Ordering::Release);
+                node.departed
+                    .store(false, std::sync::atomic::Ordering::Release);
                 info!("this node had left the ring (to {to}) before the crash: it starts anew");
             } else {
                 node.set_handoff(None).await?;

@@ -37,7 +37,7 @@ pub async fn run(node: Arc<Node>) {
                 debug!("maintenance: finger {}: {e}", tick % fingers);
             }
         }
-        if tick % 3 == 0 {
+        if tick.is_multiple_of(3) {
             if let Err(e) = refresh_predecessor(&node).await {
                 debug!("maintenance: predecessor: {e}");
             }

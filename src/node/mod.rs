@@ -259,7 +259,10 @@ impl Node {
 
     /// Marks the start of a handoff for INF and the periodic log.
     pub fn begin_progress(&self, label: String) -> Arc<Progress> {
-        let p = Progress::start(label, Duration::from_secs(self.config.progress_interval_secs.max(1)));
+        let p = Progress::start(
+            label,
+            Duration::from_secs(self.config.progress_interval_secs.max(1)),
+        );
         *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.clone());
         p
     }
@@ -296,12 +299,23 @@ impl Node {
             ring.me.id,
             peer(&ring.successor),
             peer(&ring.second_successor),
-            ring.predecessor.as_ref().map(peer).unwrap_or_else(|| "unknown".into()),
-            if fingers.is_empty() { "none".into() } else { fingers.join(", ") },
+            ring.predecessor
+                .as_ref()
+                .map(peer)
+                .unwrap_or_else(|| "unknown".into()),
+            if fingers.is_empty() {
+                "none".into()
+            } else {
+                fingers.join(", ")
+            },
             self.storage.count(),
             self.config.address_encoding,
             handoff,
-            if self.departed() { "departed" } else { "member" },
+            if self.departed() {
+                "departed"
+            } else {
+                "member"
+            },
             self.started.elapsed().as_secs(),
         )
     }

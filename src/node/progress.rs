@@ -60,7 +60,11 @@ impl Progress {
         format!(
             "{}: {entries}/{} entries, {mib:.1} MiB, {:.0} entries/s, {:.1} MiB/s, {secs:.1} s",
             self.label,
-            if total > 0 || entries == 0 { total.to_string() } else { "?".into() },
+            if total > 0 || entries == 0 {
+                total.to_string()
+            } else {
+                "?".into()
+            },
             entries as f64 / secs,
             mib / secs,
         )

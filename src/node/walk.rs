@@ -31,24 +31,36 @@ fn late(peer: PeerAddr) -> Error {
 /// Whether `peer` answers PUL with `T`.
 pub async fn pul(peer: PeerAddr, enc: AddressEncoding) -> bool {
     let ask = async { connect(peer, enc).await?.pul().await };
-    matches!(tokio::time::timeout(ASK_TIMEOUT, ask).await, Ok(Ok(Status::T)))
+    matches!(
+        tokio::time::timeout(ASK_TIMEOUT, ask).await,
+        Ok(Ok(Status::T))
+    )
 }
 
 /// `peer`'s OWN answer for `key`.
 pub async fn own(peer: PeerAddr, key: &HashKey, enc: AddressEncoding) -> Result<PeerAddr> {
     let ask = async { connect(peer, enc).await?.own(key).await };
-    tokio::time::timeout(ASK_TIMEOUT, ask).await.map_err(|_| late(peer))?
+    tokio::time::timeout(ASK_TIMEOUT, ask)
+        .await
+        .map_err(|_| late(peer))?
 }
 
 /// `peer`'s successor (ABD).
 pub async fn abd(peer: PeerAddr, enc: AddressEncoding) -> Result<PeerAddr> {
     let ask = async { connect(peer, enc).await?.abd().await };
-    tokio::time::timeout(ASK_TIMEOUT, ask).await.map_err(|_| late(peer))?
+    tokio::time::timeout(ASK_TIMEOUT, ask)
+        .await
+        .map_err(|_| late(peer))?
 }
 
 /// Follows OWN answers from `start` until a peer names itself, or names `me` (this node, which
 /// may not be serving yet: a walk that reaches us ends there). Returns the last peer.
-pub async fn walk(start: PeerAddr, key: &HashKey, me: PeerAddr, enc: AddressEncoding) -> Result<PeerAddr> {
+pub async fn walk(
+    start: PeerAddr,
+    key: &HashKey,
+    me: PeerAddr,
+    enc: AddressEncoding,
+) -> Result<PeerAddr> {
     let mut cur = start;
     for _ in 0..MAX_HOPS {
         if cur == me {

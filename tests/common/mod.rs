@@ -25,6 +25,8 @@ pub struct TestNode {
     pub data: PathBuf,
     pub log: PathBuf,
     pub args: Vec<String>,
+    /// Extra environment (e.g. DHT_STORE_FAULT) for the next start.
+    pub env: Vec<(String, String)>,
 }
 
 impl TestNode {
@@ -37,9 +39,74 @@ impl TestNode {
             data: data.to_path_buf(),
             log: data.with_extension("log"),
             args: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
         };
         n.restart().await;
         n
+    }
+
+    /// A node that is not started yet.
+    pub fn new(data: &Path, addr: PeerAddr, extra: &[&str]) -> TestNode {
+        TestNode {
+            child: None,
+            addr,
+            data: data.to_path_buf(),
+            log: data.with_extension("log"),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Starts the process without waiting for it to serve.
+    pub fn launch(&mut self) {
+        assert!(self.child.is_none(), "node still running");
+        self.child = Some(self.spawn());
+    }
+
+    /// Waits until the log contains `needle`.
+    pub async fn wait_log(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.log_text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "node {} never logged {needle:?}: {}",
+                self.addr,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Entries the node holds (from INF), owned or not.
+    pub async fn keys_held(&self) -> u64 {
+        let text = self.client().await.inf().await.expect("INF");
+        text.lines()
+            .find_map(|l| l.strip_prefix("keys "))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("INF has a keys line")
+    }
+
+    /// Runs `dht-store leave --data DIR`; returns (exit code, stdout+stderr).
+    pub fn leave(&self) -> (Option<i32>, String) {
+        let out = Command::new(BIN)
+            .arg("leave")
+            .arg("--data")
+            .arg(&self.data)
+            .output()
+            .expect("run leave");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
     }
 
     /// Starts a node on 127.0.0.1 and a free port, in a fresh directory under `root`.
@@ -63,6 +130,8 @@ impl TestNode {
             .arg("--host")
             .arg(self.addr.ip().to_string())
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("DHT_STORE_MAINTENANCE_INTERVAL_MS", "200")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)
@@ -147,4 +216,32 @@ impl Drop for TestNode {
             let _ = c.wait();
         }
     }
+}
+
+/// The owner of `key` among nodes with these addresses, computed from their ids here, not by
+/// asking any node: the largest id <= key, else the largest id.
+pub fn owner_of(addrs: &[PeerAddr], key: &dht_store::protocol::HashKey) -> PeerAddr {
+    let ids: Vec<_> = addrs
+        .iter()
+        .map(|a| (dht_store::ring::id_of(a), *a))
+        .collect();
+    let below = ids
+        .iter()
+        .filter(|(id, _)| id <= key)
+        .max_by_key(|(id, _)| *id);
+    below
+        .or_else(|| ids.iter().max_by_key(|(id, _)| *id))
+        .expect("no nodes")
+        .1
+}
+
+/// `n` addresses on distinct loopback hosts 127.0.0.2, 127.0.0.3, ... with free ports.
+pub fn loopback_addrs(n: usize) -> Vec<PeerAddr> {
+    (0..n)
+        .map(|i| {
+            let ip = std::net::Ipv4Addr::new(127, 0, 0, 2 + i as u8);
+            let l = TcpListener::bind((ip, 0)).expect("bind a loopback address");
+            PeerAddr::new(ip, l.local_addr().expect("addr").port())
+        })
+        .collect()
 }

@@ -1,0 +1,205 @@
+//! Crash points of CON and DIS, with real processes: one side is stopped dead at a step of the
+//! exchange (`DHT_STORE_FAULT=<step>` makes it log `fault point <step> reached` and freeze
+//! there), SIGKILLed, and restarted. Afterwards no acknowledged entry is lost, every key is at
+//! its owner as computed here from the node ids, and no copy is left on another node.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{loopback_addrs, owner_of, TestNode};
+use dht_store::client::{Lookup, Router};
+use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr};
+
+const KEYS: usize = 400;
+
+async fn preload(entry: PeerAddr) -> HashMap<HashKey, Vec<u8>> {
+    let mut r = Router::new(entry, AddressEncoding::Compact);
+    let mut acked = HashMap::new();
+    for i in 0..KEYS {
+        let k = HashKey::of(format!("crash-{i}").as_bytes());
+        let v = format!("value {i}").into_bytes();
+        assert!(r.put(&k, &v).await.unwrap(), "preload {i}");
+        acked.insert(k, v);
+    }
+    acked
+}
+
+/// One look at the ring: `Err` says what is not (yet) right.
+async fn placement(nodes: &[&TestNode], acked: &HashMap<HashKey, Vec<u8>>) -> Result<(), String> {
+    let addrs: Vec<PeerAddr> = nodes.iter().map(|n| n.addr).collect();
+    let mut clients = HashMap::new();
+    for n in nodes {
+        let c = dht_store::client::Client::connect(n.addr, AddressEncoding::Compact)
+            .await
+            .map_err(|e| e.to_string())?;
+        clients.insert(n.addr, c);
+    }
+    let mut wrong = 0;
+    let mut example = String::new();
+    for (k, v) in acked {
+        let owner = owner_of(&addrs, k);
+        let got = clients
+            .get_mut(&owner)
+            .unwrap()
+            .get(k)
+            .await
+            .map_err(|e| e.to_string())?;
+        if got != Lookup::Found(v.clone()) {
+            wrong += 1;
+            example = format!("{k} at {owner}: {got:?}");
+        }
+    }
+    if wrong > 0 {
+        return Err(format!(
+            "{wrong} keys not served by their owner, e.g. {example}"
+        ));
+    }
+    let mut total = 0;
+    for c in clients.values_mut() {
+        let text = c.inf().await.map_err(|e| e.to_string())?;
+        total += text
+            .lines()
+            .find_map(|l| l.strip_prefix("keys "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    if total != acked.len() as u64 {
+        return Err(format!("{total} entries held for {} keys", acked.len()));
+    }
+    Ok(())
+}
+
+/// Waits (restarted nodes may still be joining again or repairing) until the placement is
+/// right; fails with the last thing seen wrong.
+async fn settles(nodes: &[&TestNode], acked: &HashMap<HashKey, Vec<u8>>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match placement(nodes, acked).await {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => {
+                let logs: Vec<String> = nodes.iter().map(|n| n.log_text()).collect();
+                panic!(
+                    "the ring did not settle: {e}\n--- logs ---\n{}",
+                    logs.join("\n---\n")
+                );
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+}
+
+fn fault(step: &str) -> Vec<(String, String)> {
+    vec![("DHT_STORE_FAULT".into(), step.into())]
+}
+
+/// A ring of one (P) holding KEYS keys; J joins through it. `kill_server`: the fault and the
+/// kill are on P (serving the CON), else on J (joining).
+async fn con_crash(step: &str, kill_server: bool) {
+    let root = tempfile::tempdir().unwrap();
+    let addrs = loopback_addrs(2);
+    let mut p = TestNode::new(&root.path().join("p"), addrs[0], &[]);
+    if kill_server {
+        p.env = fault(step);
+    }
+    p.restart().await;
+    let acked = preload(p.addr).await;
+    let via = p.addr.to_string();
+    let mut j = TestNode::new(&root.path().join("j"), addrs[1], &["--join", &via]);
+    if !kill_server {
+        j.env = fault(step);
+    }
+    j.launch();
+    let victim = if kill_server { &mut p } else { &mut j };
+    victim
+        .wait_log(
+            &format!("fault point {step} reached"),
+            Duration::from_secs(30),
+        )
+        .await;
+    victim.stop(libc::SIGKILL);
+    victim.env.clear();
+    if kill_server {
+        p.restart().await;
+        j.wait_ready().await;
+    } else {
+        j.restart().await;
+    }
+    settles(&[&p, &j], &acked).await;
+}
+
+/// A ring of two (P and L) holding KEYS keys; L leaves. `kill_leaver`: the fault and the kill
+/// are on L, else on P (receiving the DIS). The leave must not report success.
+async fn dis_crash(step: &str, kill_leaver: bool) {
+    let root = tempfile::tempdir().unwrap();
+    let addrs = loopback_addrs(2);
+    let mut p = TestNode::new(&root.path().join("p"), addrs[0], &[]);
+    if !kill_leaver {
+        p.env = fault(step);
+    }
+    p.restart().await;
+    let via = p.addr.to_string();
+    let mut l = TestNode::new(&root.path().join("l"), addrs[1], &["--join", &via]);
+    if kill_leaver {
+        l.env = fault(step);
+    }
+    l.restart().await;
+    let acked = preload(p.addr).await;
+    let data = l.data.clone();
+    let leave = std::thread::spawn(move || {
+        std::process::Command::new(common::BIN)
+            .args(["leave", "--data"])
+            .arg(&data)
+            .output()
+            .unwrap()
+    });
+    let victim = if kill_leaver { &mut l } else { &mut p };
+    victim
+        .wait_log(
+            &format!("fault point {step} reached"),
+            Duration::from_secs(30),
+        )
+        .await;
+    victim.stop(libc::SIGKILL);
+    victim.env.clear();
+    let out = leave.join().unwrap();
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "a leave cut short by a crash must not report success: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!out.stderr.is_empty(), "the failed leave says why");
+    victim.restart().await;
+    settles(&[&p, &l], &acked).await;
+}
+
+macro_rules! crash_tests {
+    ($($name:ident: $f:ident($step:expr, $side:expr);)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $f($step, $side).await;
+            }
+        )*
+    };
+}
+
+crash_tests! {
+    con_server_killed_before_the_count: con_crash("con-serve:before-count", true);
+    con_server_killed_mid_stream: con_crash("con-serve:mid-stream", true);
+    con_server_killed_after_the_last_entry: con_crash("con-serve:after-last-entry", true);
+    con_server_killed_after_t_before_switch: con_crash("con-serve:after-ack", true);
+    con_server_killed_after_switch_before_delete: con_crash("con-serve:after-switch", true);
+    con_joiner_killed_before_the_count: con_crash("con-join:before-count", false);
+    con_joiner_killed_mid_stream: con_crash("con-join:mid-stream", false);
+    con_joiner_killed_after_persisting_before_t: con_crash("con-join:before-ack", false);
+    dis_leaver_killed_before_the_count: dis_crash("dis-leave:before-count", true);
+    dis_leaver_killed_mid_stream: dis_crash("dis-leave:mid-stream", true);
+    dis_leaver_killed_after_the_last_entry: dis_crash("dis-leave:after-last-entry", true);
+    dis_leaver_killed_after_t: dis_crash("dis-leave:after-ack", true);
+    dis_leaver_killed_after_switch_before_delete: dis_crash("dis-leave:after-switch", true);
+    dis_receiver_killed_mid_stream: dis_crash("dis-recv:mid-stream", false);
+    dis_receiver_killed_before_t: dis_crash("dis-recv:before-ack", false);
+}

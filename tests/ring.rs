@@ -1,0 +1,179 @@
+//! Rings of real processes: joins through random entry points and a leave, each under
+//! continuous writes; afterwards every acknowledged key is at its owner (computed here from the
+//! node ids) and nowhere else.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{loopback_addrs, owner_of, TestNode};
+use dht_store::client::{Lookup, Router};
+use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr};
+
+/// Acknowledged writes: key -> the value the last acknowledged INS stored.
+type Acked = Arc<Mutex<HashMap<HashKey, Vec<u8>>>>;
+
+/// Writes continuously through `entry` until `stop`; records what was acknowledged.
+fn writer(
+    entry: PeerAddr,
+    tag: &'static str,
+    stop: Arc<AtomicBool>,
+    acked: Acked,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut router = Router::new(entry, AddressEncoding::Compact);
+        let mut i = 0usize;
+        let mut failures = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            let key = HashKey::of(format!("{tag}-{i}").as_bytes());
+            let value = format!("{tag} value {i}").into_bytes();
+            match router.put(&key, &value).await {
+                Ok(true) => {
+                    acked.lock().unwrap().insert(key, value);
+                }
+                // Not acknowledged: the test promises nothing about it.
+                Ok(false) | Err(_) => failures += 1,
+            }
+            i += 1;
+        }
+        failures
+    })
+}
+
+/// Every acknowledged key is served by its owner (computed from `addrs`), and the nodes hold
+/// exactly as many entries in all as there are keys: no copy is left anywhere else.
+async fn check_placement(nodes: &[&TestNode], acked: &HashMap<HashKey, Vec<u8>>) {
+    let addrs: Vec<PeerAddr> = nodes.iter().map(|n| n.addr).collect();
+    let mut clients = HashMap::new();
+    for n in nodes {
+        clients.insert(n.addr, n.client().await);
+    }
+    let mut wrong = Vec::new();
+    for (k, v) in acked {
+        let owner = owner_of(&addrs, k);
+        let got = clients.get_mut(&owner).unwrap().get(k).await.unwrap();
+        if got != Lookup::Found(v.clone()) {
+            wrong.push(format!("{k} at {owner}: {got:?}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} keys not at their owner: {:?}",
+        wrong.len(),
+        acked.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    // Handed entries are deleted right after the switch: give the last deletes a moment.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut total = 0;
+        for n in nodes {
+            total += n.keys_held().await;
+        }
+        if total == acked.len() as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the nodes hold {total} entries for {} keys: copies left behind",
+            acked.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_nodes_join_through_random_entry_points_under_writes() {
+    let root = tempfile::tempdir().unwrap();
+    let addrs = loopback_addrs(9);
+    let mut nodes = vec![TestNode::start(&root.path().join("n0"), addrs[0], &[]).await];
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(addrs[0], "join", stop.clone(), acked.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (i, addr) in addrs.iter().enumerate().skip(1) {
+        // Any member may be the entry point.
+        let via = nodes[(i * 7919) % nodes.len()].addr.to_string();
+        let n = TestNode::start(&root.path().join(format!("n{i}")), *addr, &["--join", &via]).await;
+        nodes.push(n);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let failures = w.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 100,
+        "the writer got only {} acknowledgements",
+        acked.len()
+    );
+    eprintln!(
+        "{} keys acknowledged, {failures} writes not acknowledged",
+        acked.len()
+    );
+    let refs: Vec<&TestNode> = nodes.iter().collect();
+    check_placement(&refs, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_under_continuous_writes_loses_no_acknowledged_write() {
+    let root = tempfile::tempdir().unwrap();
+    let addrs = loopback_addrs(4);
+    let mut nodes = vec![TestNode::start(&root.path().join("n0"), addrs[0], &[]).await];
+    for (i, addr) in addrs.iter().enumerate().skip(1) {
+        let via = addrs[0].to_string();
+        nodes.push(
+            TestNode::start(&root.path().join(format!("n{i}")), *addr, &["--join", &via]).await,
+        );
+    }
+    // Preload, so that the leaver has a range worth moving.
+    let acked: Acked = Arc::default();
+    {
+        let mut r = Router::new(addrs[0], AddressEncoding::Compact);
+        for i in 0..2000 {
+            let k = HashKey::of(format!("pre-{i}").as_bytes());
+            let v = format!("pre value {i}").into_bytes();
+            assert!(r.put(&k, &v).await.unwrap());
+            acked.lock().unwrap().insert(k, v);
+        }
+    }
+    // The leaver: the node holding most of the keys; writers enter through the others.
+    let leaver = 2;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = [(0, "wa"), (1, "wb"), (3, "wc")]
+        .into_iter()
+        .map(|(i, tag)| writer(addrs[i], tag, stop.clone(), acked.clone()))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = acked.lock().unwrap().len();
+    let (code, out) = nodes[leaver].leave();
+    assert_eq!(code, Some(0), "leave failed: {out}");
+    assert!(out.contains("has left the ring"), "{out}");
+    // The node exits by itself after its leave.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while nodes[leaver].running() {
+        assert!(
+            Instant::now() < deadline,
+            "the node did not exit after leaving"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > before + 50,
+        "writes went on during the leave ({before} -> {})",
+        acked.len()
+    );
+    let left = nodes.remove(leaver);
+    drop(left);
+    let refs: Vec<&TestNode> = nodes.iter().collect();
+    check_placement(&refs, &acked).await;
+}
