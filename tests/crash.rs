@@ -203,3 +203,34 @@ crash_tests! {
     dis_receiver_killed_mid_stream: dis_crash("dis-recv:mid-stream", false);
     dis_receiver_killed_before_t: dis_crash("dis-recv:before-ack", false);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_in_progress_shows_in_inf_and_in_the_log() {
+    let root = tempfile::tempdir().unwrap();
+    let addrs = loopback_addrs(2);
+    let mut p = TestNode::new(&root.path().join("p"), addrs[0], &[]);
+    p.env = fault("con-serve:mid-stream");
+    p.env
+        .push(("DHT_STORE_PROGRESS_INTERVAL_SECS".into(), "1".into()));
+    p.restart().await;
+    preload(p.addr).await;
+    let via = p.addr.to_string();
+    let mut j = TestNode::new(&root.path().join("j"), addrs[1], &["--join", &via]);
+    j.launch();
+    p.wait_log(
+        "fault point con-serve:mid-stream reached",
+        Duration::from_secs(30),
+    )
+    .await;
+    let inf = p.client().await.inf().await.unwrap();
+    let line = inf
+        .lines()
+        .find(|l| l.starts_with("handoff "))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&format!("CON to {}", j.addr)) && line.contains(" entries"),
+        "{inf}"
+    );
+    p.wait_log("handoff progress: CON to", Duration::from_secs(5))
+        .await;
+}
