@@ -194,3 +194,67 @@ impl WriteGate {
         self.changed.notify_waiters();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn k(n: u8) -> HashKey {
+        let mut b = [0u8; 20];
+        b[0] = n;
+        HashKey(b)
+    }
+
+    #[tokio::test]
+    async fn writes_to_a_fenced_arc_wait_until_it_lifts_and_others_do_not() {
+        let gate = Arc::new(WriteGate::default());
+        assert!(gate.fence(k(10), k(20)));
+        assert!(!gate.fence(k(30), k(40)), "one fence at a time");
+        // Outside the arc: passes at once.
+        assert_eq!(gate.pass(&k(25), || 1).await, 1);
+        let g = gate.clone();
+        let waiting = tokio::spawn(async move { g.pass(&k(15), || 2).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a write in the fenced arc waits");
+        gate.lift();
+        assert_eq!(waiting.await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_fence_waits_for_ins_told_t_and_cuts_off_stragglers() {
+        let gate = Arc::new(WriteGate::default());
+        let slot = gate.begin_insert(&k(15), || true).await.unwrap();
+        assert!(gate.fence(k(10), k(20)));
+        // The slot is applied while the fence drains: it goes through.
+        let g = gate.clone();
+        let drain = tokio::spawn(async move { g.drain(Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!drain.is_finished(), "the fence waits for the INS told T");
+        assert!(matches!(gate.finish_insert(slot, || 7), Pass::Go(7)));
+        assert_eq!(drain.await.unwrap(), 0);
+        gate.lift();
+
+        // A straggler: the fence stops waiting and it gets Closed.
+        let slot = gate.begin_insert(&k(15), || true).await.unwrap();
+        assert!(gate.fence(k(10), k(20)));
+        assert_eq!(gate.drain(Duration::from_millis(50)).await, 1);
+        assert!(matches!(gate.finish_insert(slot, || 7), Pass::Closed));
+        gate.lift();
+    }
+
+    #[tokio::test]
+    async fn a_slot_dropped_mid_value_frees_the_fence() {
+        let gate = Arc::new(WriteGate::default());
+        let slot = gate.begin_insert(&k(15), || true).await.unwrap();
+        assert!(gate.fence(k(10), k(20)));
+        drop(slot); // the connection died while the value was arriving
+        assert_eq!(gate.drain(Duration::from_secs(5)).await, 0);
+    }
+
+    #[tokio::test]
+    async fn not_owned_keys_get_no_slot() {
+        let gate = WriteGate::default();
+        assert!(gate.begin_insert(&k(1), || false).await.is_none());
+    }
+}

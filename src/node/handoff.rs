@@ -26,6 +26,9 @@ pub const BATCH_BYTES: usize = 4 << 20;
 const SYNC_EVERY: u64 = 64 << 20;
 /// Attempts of a join (CON answered `N` or failed) before giving up.
 const JOIN_ATTEMPTS: usize = 20;
+/// How long an incoming CON or DIS waits for a maintenance round or another handoff to end
+/// before it is answered `N` (the asking peer then tries again).
+const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// Attempts of a leave (DIS answered `N` or failed) before giving up.
 const LEAVE_ATTEMPTS: usize = 5;
 
@@ -174,7 +177,7 @@ pub async fn serve_con<S: AsyncRead + AsyncWrite>(
     conn: &mut Connection<S>,
     joiner: PeerAddr,
 ) -> Result<()> {
-    let Ok(_one) = node.handoff.try_lock() else {
+    let Ok(_one) = tokio::time::timeout(LOCK_WAIT, node.handoff.lock()).await else {
         info!(%joiner, "CON answered N: another handoff is in progress");
         return conn.write_status(Status::N).await;
     };
@@ -250,7 +253,7 @@ async fn serve_con_fenced<S: AsyncRead + AsyncWrite>(
     }
     fault::point("con-serve:after-ack").await;
     // The joiner holds the arc durably: switch, then drop what we handed over.
-    let mut next = ring.clone();
+    let mut next = node.ring().clone();
     next.second_successor = s1;
     next.successor = j;
     if next.predecessor.is_none() && ring.is_alone() {
@@ -286,7 +289,7 @@ pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
     conn: &mut Connection<S>,
     leaver: PeerAddr,
 ) -> Result<()> {
-    let Ok(_one) = node.handoff.try_lock() else {
+    let Ok(_one) = tokio::time::timeout(LOCK_WAIT, node.handoff.lock()).await else {
         info!(%leaver, "DIS answered N: another handoff is in progress");
         return conn.write_status(Status::N).await;
     };
@@ -332,7 +335,7 @@ pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
             p
         }
     };
-    let mut next = ring.clone();
+    let mut next = node.ring().clone();
     next.successor = mine(s1);
     next.second_successor = if next.successor == me { me } else { mine(s2) };
     for f in next.fingers.iter_mut() {
@@ -726,7 +729,19 @@ pub async fn check_place(node: &Arc<Node>) -> Result<()> {
                 "the ring moved on while this node was down ({owner} owns our id): joining again \
                  through it, keeping our entries"
             );
-            join(node, owner).await
+            // Until the CON completes, writes to what we thought was our arc wait: the entries
+            // coming from the current owner must not overwrite newer ones written here.
+            let fenced = node.gate.fence(ring.me.id, ring.successor.id);
+            if fenced {
+                node.gate
+                    .drain(Duration::from_secs(node.config.drain_timeout_secs))
+                    .await;
+            }
+            let joined = join(node, owner).await;
+            if fenced {
+                node.gate.lift();
+            }
+            joined
         }
         Err(e) => {
             warn!("could not check our place in the ring through {start}: {e}");

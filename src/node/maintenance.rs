@@ -23,10 +23,11 @@ pub async fn run(node: Arc<Node>) {
         if node.departed() {
             return;
         }
-        // While a handoff runs, the ring is about to change under us: wait for it.
-        if node.handoff.try_lock().is_err() {
+        // A round changes the ring state: never in the middle of a handoff, and no handoff
+        // starts in the middle of a round (an incoming CON or DIS waits for it).
+        let Ok(_one) = node.handoff.try_lock() else {
             continue;
-        }
+        };
         tick += 1;
         if let Err(e) = check_successor(&node, &mut fails).await {
             warn!("maintenance: {e}");

@@ -239,6 +239,10 @@ impl Node {
     /// we name is alive (unless it answered lately) and dropping it if not.
     pub async fn own_answer(&self, key: &HashKey) -> PeerAddr {
         let mut skip = Vec::new();
+        if self.departed() {
+            // Our range is our predecessor's now: never name ourselves.
+            skip.push(self.me());
+        }
         loop {
             let (answer, me) = {
                 let ring = self.ring();
@@ -387,14 +391,20 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
         initial.unwrap_or_else(|| RingState::alone(me)),
     ));
     handoff::recover(&node).await?;
-    match start_mode(&node.config, &node.storage)? {
+    let resumed = match start_mode(&node.config, &node.storage)? {
         Start::Resume(state) => {
             node.switch_ring(Some(state), None).await?;
-            handoff::check_place(&node).await?;
+            true
         }
-        Start::Join(seed) => handoff::join(&node, seed).await?,
-        Start::Alone => node.switch_ring(Some(RingState::alone(me)), None).await?,
-    }
+        Start::Join(seed) => {
+            handoff::join(&node, seed).await?;
+            false
+        }
+        Start::Alone => {
+            node.switch_ring(Some(RingState::alone(me)), None).await?;
+            false
+        }
+    };
     info!(
         "serving {} id {} ({} addresses, data {})",
         node.me(),
@@ -407,7 +417,18 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
         tokio::spawn(maintenance::run(node.clone())),
         tokio::spawn(maintenance::repair_loop(node.clone())),
     ];
-    node.repair.notify_one();
+    if resumed {
+        // Serving already: the peers we ask check with PUL that we are alive.
+        let node = node.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handoff::check_place(&node).await {
+                tracing::error!("could not take our place in the ring again: {e}");
+            }
+            node.repair.notify_one();
+        });
+    } else {
+        node.repair.notify_one();
+    }
     let stop = {
         let node = node.clone();
         async move {
