@@ -50,6 +50,9 @@ pub enum Error {
     #[error("{0}")]
     Peer(String),
 
+    #[error("{0}")]
+    Archive(String),
+
     #[error("durable flush failed: {0}")]
     Flush(String),
 }

@@ -3,6 +3,7 @@
 //! The wire protocol is `../shared/PROTOCOL.md`; this crate serves it from a sled database.
 //! See `ARCHITECTURE.md` for the map of the modules and the invariants between them.
 
+pub mod backup;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -220,10 +220,32 @@ impl GroupCommit {
 /// The exclusive lock on a data directory, held for the life of the node.
 struct DirLock {
     /// Kept open: the flock lives as long as this file handle.
-    _file: File,
+    _file: Option<File>,
 }
 
 impl DirLock {
+    /// Checks the lock without writing our pid into it.
+    fn acquire_quietly(dir: &Path) -> Result<DirLock> {
+        let path = dir.join("LOCK");
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(DirLock { _file: None });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match file.try_lock() {
+            Ok(()) => Ok(DirLock { _file: Some(file) }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::DataDirLocked {
+                dir: dir.to_path_buf(),
+                pid: std::fs::read_to_string(&path)
+                    .ok()
+                    .map(|s| s.trim().to_string()),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::Io(e)),
+        }
+    }
+
     fn acquire(dir: &Path) -> Result<DirLock> {
         let path = dir.join("LOCK");
         let mut file = OpenOptions::new()
@@ -249,7 +271,7 @@ impl DirLock {
         file.rewind()?;
         writeln!(file, "{}", std::process::id())?;
         file.sync_all()?;
-        Ok(DirLock { _file: file })
+        Ok(DirLock { _file: Some(file) })
     }
 }
 
@@ -302,6 +324,12 @@ pub struct Storage {
     data: sled::Tree,
     /// The ring state record.
     ring: sled::Tree,
+    /// Old versions of entries changed during a backup's cut (copy-on-write), so that the
+    /// backup streams the data as it was when the cut began. Empty when no backup runs.
+    cow: sled::Tree,
+    /// `Some(cursor)` while a backup runs: keys above the cursor not yet streamed are copied
+    /// into `cow` before they change. Writers and the backup take this lock briefly.
+    cut: Mutex<Option<Option<HashKey>>>,
     /// Shared with the flusher thread.
     commit: Arc<GroupCommit>,
     /// The flusher thread, joined on drop.
@@ -325,6 +353,9 @@ impl Storage {
             .open()?;
         let data = db.open_tree("data")?;
         let ring = db.open_tree("ring")?;
+        let cow = db.open_tree("backup-cow")?;
+        // A backup interrupted by a crash leaves old versions here: they mean nothing now.
+        cow.clear()?;
         let commit = Arc::new(GroupCommit {
             pending: Mutex::new(Pending {
                 written: 0,
@@ -346,10 +377,18 @@ impl Storage {
             db,
             data,
             ring,
+            cow,
+            cut: Mutex::new(None),
             commit,
             flusher: Some(flusher),
             _lock: lock,
         })
+    }
+
+    /// Takes and releases the lock of `dir` without opening the database: fails with
+    /// [`Error::DataDirLocked`] when a node runs on it.
+    pub fn open_lock_only(dir: &Path) -> Result<()> {
+        DirLock::acquire_quietly(dir).map(drop)
     }
 
     pub fn dir(&self) -> &Path {
@@ -366,12 +405,14 @@ impl Storage {
 
     /// Inserts or replaces; durable after [`Storage::sync`] of the ticket.
     pub fn insert(&self, key: &HashKey, value: Vec<u8>) -> Result<Ticket> {
+        self.preserve(key.as_bytes())?;
         self.data.insert(key.as_bytes(), value)?;
         Ok(self.commit.note_write())
     }
 
     /// Removes; `true` if the key was there. Durable after [`Storage::sync`] of the ticket.
     pub fn remove(&self, key: &HashKey) -> Result<(bool, Ticket)> {
+        self.preserve(key.as_bytes())?;
         let was = self.data.remove(key.as_bytes())?.is_some();
         Ok((was, self.commit.note_write()))
     }
@@ -461,6 +502,9 @@ impl Storage {
     /// Writes a group of entries in one sled batch; durable after [`Storage::sync`].
     pub fn insert_batch(&self, entries: &mut Vec<(HashKey, Vec<u8>)>) -> Result<Ticket> {
         let mut batch = sled::Batch::default();
+        for (k, _) in entries.iter() {
+            self.preserve(k.as_bytes())?;
+        }
         for (k, v) in entries.drain(..) {
             batch.insert(&k.0[..], v);
         }
@@ -471,6 +515,7 @@ impl Storage {
     /// Removes `key` only if it still holds `value` (a misplaced entry handed to its owner,
     /// unless it changed meanwhile). Returns whether it was removed.
     pub fn remove_if_unchanged(&self, key: &HashKey, value: &[u8]) -> Result<(bool, Ticket)> {
+        self.preserve(key.as_bytes())?;
         let done = self
             .data
             .compare_and_swap(key.as_bytes(), Some(value), None::<&[u8]>)?
@@ -506,7 +551,9 @@ impl Storage {
                 None => self.data.range(start.0..),
             };
             for key in range.keys() {
-                batch.remove(key?);
+                let key = key?;
+                self.preserve(&key)?;
+                batch.remove(key);
                 in_batch += 1;
                 if in_batch == BATCH_ENTRIES {
                     self.data.apply_batch(std::mem::take(&mut batch))?;
@@ -518,6 +565,88 @@ impl Storage {
         self.data.apply_batch(batch)?;
         deleted += in_batch as u64;
         Ok((deleted, self.commit.note_write()))
+    }
+
+    /// Before `key` changes: if a backup's cut is active and has not streamed `key` yet, keep
+    /// its current version (or its absence) in the copy-on-write tree, once.
+    fn preserve(&self, key: &[u8]) -> Result<()> {
+        let cut = self.cut.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(cursor) = &*cut else { return Ok(()) };
+        if cursor.is_some_and(|c| key <= &c.0[..]) || self.cow.contains_key(key)? {
+            return Ok(());
+        }
+        let old = match self.data.get(key)? {
+            Some(v) => {
+                let mut b = Vec::with_capacity(v.len() + 1);
+                b.push(1);
+                b.extend_from_slice(&v);
+                b
+            }
+            None => vec![0],
+        };
+        self.cow.insert(key, old)?;
+        Ok(())
+    }
+
+    /// Starts a point-in-time cut for a backup: from now on [`Storage::next_in_cut`] streams
+    /// the entries as they are at this instant, whatever writes do meanwhile. One at a time.
+    pub fn begin_cut(&self) -> Result<()> {
+        let mut cut = self.cut.lock().unwrap_or_else(|e| e.into_inner());
+        if cut.is_some() {
+            return Err(Error::Config(
+                "a backup of this node is already running".into(),
+            ));
+        }
+        self.cow.clear()?;
+        *cut = Some(None);
+        Ok(())
+    }
+
+    /// The next entry of the cut in key order, `None` at the end.
+    pub fn next_in_cut(&self) -> Result<Option<(HashKey, sled::IVec)>> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let mut cut = self.cut.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(cursor) = cut.as_mut() else {
+            return Err(Error::Config("no backup cut is active".into()));
+        };
+        loop {
+            let lower = match cursor {
+                Some(c) => Excluded(c.0.to_vec()),
+                None => Unbounded,
+            };
+            let main = self
+                .data
+                .range::<Vec<u8>, _>((lower.clone(), Unbounded))
+                .next()
+                .transpose()?;
+            let old = self
+                .cow
+                .range::<Vec<u8>, _>((lower, Unbounded))
+                .next()
+                .transpose()?;
+            let (key, value) = match (main, old) {
+                (None, None) => return Ok(None),
+                (Some((k, v)), None) => (k, Some(v)),
+                (Some((mk, mv)), Some((ok, _))) if mk < ok => (mk, Some(mv)),
+                (_, Some((ok, ov))) => (ok, decode_old(ov)),
+            };
+            let key: [u8; 20] = key.as_ref().try_into().map_err(|_| {
+                Error::Config(format!("a stored key is {} bytes, not 20", key.len()))
+            })?;
+            *cursor = Some(HashKey(key));
+            if let Some(v) = value {
+                return Ok(Some((HashKey(key), v)));
+            }
+            // Absent at the cut (inserted since): skip it.
+        }
+    }
+
+    /// Ends the cut and drops the old versions it kept.
+    pub fn end_cut(&self) -> Result<()> {
+        let mut cut = self.cut.lock().unwrap_or_else(|e| e.into_inner());
+        *cut = None;
+        self.cow.clear()?;
+        Ok(())
     }
 
     /// Number of entries held (a full scan: for diagnostics, not for the request path).
@@ -546,6 +675,14 @@ impl Storage {
                 })?;
                 Ok((HashKey(key), v))
             })
+    }
+}
+
+/// A copy-on-write record: `0` (absent at the cut) or `1` and the value.
+fn decode_old(v: sled::IVec) -> Option<sled::IVec> {
+    match v.first() {
+        Some(1) => Some(v.subslice(1, v.len() - 1)),
+        _ => None,
     }
 }
 

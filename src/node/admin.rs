@@ -70,7 +70,10 @@ pub fn start(node: Arc<Node>) -> Result<Admin> {
 async fn serve(node: Arc<Node>, stream: UnixStream) -> Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(r.take(256)).read_line(&mut line).await?;
+    BufReader::new(r.take(4096)).read_line(&mut line).await?;
+    if let Some(path) = line.trim().strip_prefix("BACKUP ") {
+        return backup(node, PathBuf::from(path), &mut w).await;
+    }
     match line.trim() {
         "LEAVE" => {
             info!("leave requested on the admin socket");
@@ -106,6 +109,101 @@ async fn serve(node: Arc<Node>, stream: UnixStream) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Writes a backup of the running node to `path` (a point-in-time cut: writes go on meanwhile),
+/// sending `progress-backup: ENTRIES BYTES` lines every second, then `OK …` or `ERR …`.
+async fn backup(
+    node: Arc<Node>,
+    path: PathBuf,
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+) -> Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    info!("backup to {} requested on the admin socket", path.display());
+    let counters = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let work = {
+        let (node, counters, path) = (node.clone(), counters.clone(), path.clone());
+        tokio::task::spawn_blocking(move || {
+            let tick = |n: u64, b: u64| {
+                counters.0.store(n, Ordering::Relaxed);
+                counters.1.store(b, Ordering::Relaxed);
+            };
+            crate::backup::write_archive(&node.storage, &path, &tick)
+        })
+    };
+    tokio::pin!(work);
+    let result = loop {
+        tokio::select! {
+            r = &mut work => break r,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                let line = format!(
+                    "progress-backup: {} {}\n",
+                    counters.0.load(Ordering::Relaxed),
+                    counters.1.load(Ordering::Relaxed)
+                );
+                let _ = w.write_all(line.as_bytes()).await;
+            }
+        }
+    };
+    let reply = match result {
+        Ok(Ok(s)) => {
+            info!(
+                "backup to {}: {} entries, {} bytes",
+                path.display(),
+                s.entries,
+                s.bytes
+            );
+            format!("OK {} {} {}\n", s.entries, s.bytes, s.file_bytes)
+        }
+        Ok(Err(e)) => {
+            warn!("backup to {} failed: {e}", path.display());
+            format!("ERR {e}\n")
+        }
+        Err(e) => format!("ERR the backup task failed: {e}\n"),
+    };
+    w.write_all(reply.as_bytes()).await?;
+    Ok(())
+}
+
+/// The client side of `dht-store backup` on a running node: `Ok(None)` if no node runs on
+/// `dir` (no admin socket answers), else the archive's (entries, value bytes, file bytes).
+/// `tick` gets the progress lines.
+pub async fn request_backup(
+    dir: &Path,
+    out: &Path,
+    tick: crate::backup::Tick<'_>,
+) -> Result<Option<(u64, u64, u64)>> {
+    let Ok(stream) = UnixStream::connect(dir.join(SOCKET)).await else {
+        return Ok(None);
+    };
+    let (r, mut w) = stream.into_split();
+    w.write_all(format!("BACKUP {}\n", out.display()).as_bytes())
+        .await?;
+    let mut lines = BufReader::new(r).lines();
+    while let Some(line) = lines.next_line().await? {
+        let mut parts = line.split_whitespace();
+        match parts.next() {
+            Some("progress-backup:") | Some("OK") => {
+                let nums: Vec<u64> = parts.filter_map(|p| p.parse().ok()).collect();
+                if let [n, b, ..] = nums[..] {
+                    tick(n, b);
+                }
+                if line.starts_with("OK") {
+                    if let [n, b, f] = nums[..] {
+                        return Ok(Some((n, b, f)));
+                    }
+                }
+            }
+            _ => {
+                if let Some(msg) = line.strip_prefix("ERR ") {
+                    return Err(Error::Archive(format!("the node's backup failed: {msg}")));
+                }
+            }
+        }
+    }
+    Err(Error::Archive(
+        "the node closed the admin connection before the backup ended".into(),
+    ))
 }
 
 /// The client side of `dht-store leave --data DIR`: asks the node running on DIR to leave,

@@ -29,7 +29,7 @@ use crate::protocol::{HashKey, PeerAddr};
 use crate::ring::{Peer, RingState};
 use crate::storage::{HandoffRecord, Storage};
 
-pub use admin::request_leave;
+pub use admin::{request_backup, request_leave};
 pub use gate::WriteGate;
 pub use progress::Progress;
 pub use server::Shutdown;

@@ -1,0 +1,476 @@
+//! Backup archives of a node's data directory: one file, written by streaming a point-in-time
+//! cut of the entries ([`Storage::begin_cut`]), verified and restored by streaming it back.
+//! Memory stays flat whatever the size.
+//!
+//! # Archive format, version 1
+//!
+//! ```text
+//! magic         16 bytes  b"DHTSTORE-BACKUP\n"
+//! version       u32       1 (all integers big-endian)
+//! header_len    u32       length of the header that follows
+//! header        bincode (big-endian, fixed-width integers) of `Header`: node address and id
+//!               (absent for a directory without ring state), the ring state (RingRecord, see
+//!               storage.rs), the entry count, the creation time
+//! entries       count × ( HashKey 20 bytes | u64 value length | value ), in increasing key order
+//! trailer       b"DHTEND\0\0" | u64 count | 32-byte checksum
+//! checksum      SHA-256( magic | version | header_len | header | SHA-256(entries) )
+//! ```
+//!
+//! The entry count is only known once the cut has been streamed, so the writer patches it into
+//! the (fixed-length) header at the end; hashing the entries separately lets the checksum still
+//! cover every byte of the file but the trailer's own.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::protocol::{HashKey, PeerAddr};
+use crate::ring::RingState;
+use crate::storage::{RingRecord, Storage, StorageOptions, BATCH_ENTRIES};
+
+pub const MAGIC: &[u8; 16] = b"DHTSTORE-BACKUP\n";
+pub const VERSION: u32 = 1;
+const TRAILER_MAGIC: &[u8; 8] = b"DHTEND\0\0";
+/// Largest header accepted when reading (a real one is a few hundred bytes).
+const MAX_HEADER: u32 = 1 << 20;
+/// Largest value accepted when reading an archive: anything larger is corruption.
+const MAX_VALUE: u64 = 1 << 30;
+/// Restore writes a batch once it holds this many value bytes.
+const BATCH_BYTES: usize = 4 << 20;
+
+/// What an archive says about where it came from.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct Header {
+    /// The node's advertised address, if the directory held ring state.
+    pub address: Option<PeerAddr>,
+    /// Its id (SHA-1 of the address), written out for people reading `verify`.
+    pub id: Option<[u8; 20]>,
+    /// The ring state at the cut.
+    pub ring: Option<RingRecord>,
+    /// Entries in the archive.
+    pub entries: u64,
+    /// Seconds since the Unix epoch when the backup began.
+    pub created_unix_secs: u64,
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_big_endian()
+        .with_fixed_int_encoding()
+}
+
+/// Totals of an archive written, verified or restored.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub header: Header,
+    pub entries: u64,
+    /// Value bytes.
+    pub bytes: u64,
+    /// Size of the archive file.
+    pub file_bytes: u64,
+}
+
+/// Called after every entry with the totals so far (entries, value bytes).
+pub type Tick<'a> = &'a dyn Fn(u64, u64);
+
+fn corrupt(path: &Path, what: impl std::fmt::Display) -> Error {
+    Error::Archive(format!(
+        "{} is not a valid dht-store backup: {what}",
+        path.display()
+    ))
+}
+
+/// Writes a backup of `storage` to `out`: a point-in-time cut, streamed. The archive is written
+/// to `out.partial` and renamed into place only when complete.
+pub fn write_archive(storage: &Storage, out: &Path, tick: Tick) -> Result<Summary> {
+    let partial = partial_path(out);
+    let result = write_partial(storage, &partial, tick);
+    match result {
+        Ok(summary) => {
+            std::fs::rename(&partial, out)?;
+            Ok(summary)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(e)
+        }
+    }
+}
+
+fn partial_path(out: &Path) -> PathBuf {
+    let mut name = out
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".partial");
+    out.with_file_name(name)
+}
+
+fn write_partial(storage: &Storage, path: &Path, tick: Tick) -> Result<Summary> {
+    let file = File::create(path)
+        .map_err(|e| Error::Archive(format!("cannot create {}: {e}", path.display())))?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    storage.begin_cut()?;
+    let streamed = stream_cut(storage, &mut w, tick);
+    storage.end_cut()?;
+    let Streamed {
+        header,
+        head_final,
+        entries: n,
+        bytes,
+        entries_digest,
+    } = streamed?;
+    let checksum = final_checksum(&head_final, &entries_digest);
+    w.write_all(TRAILER_MAGIC)?;
+    w.write_all(&n.to_be_bytes())?;
+    w.write_all(&checksum)?;
+    let mut file = w.into_inner().map_err(|e| Error::Io(e.into_error()))?;
+    // Patch the entry count into the header (same length: fixed-width integers).
+    file.seek(SeekFrom::Start(24))?;
+    file.write_all(&head_final)?;
+    file.sync_all()?;
+    let file_bytes = file.metadata()?.len();
+    Ok(Summary {
+        header,
+        entries: n,
+        bytes,
+        file_bytes,
+    })
+}
+
+/// What streaming the cut produced.
+struct Streamed {
+    header: Header,
+    /// The header with the final entry count, to patch in.
+    head_final: Vec<u8>,
+    entries: u64,
+    bytes: u64,
+    entries_digest: [u8; 32],
+}
+
+/// Writes magic, version, header and every entry of the active cut; hashes the entries.
+fn stream_cut(storage: &Storage, w: &mut impl Write, tick: Tick) -> Result<Streamed> {
+    let ring = storage.load_ring()?;
+    let mut header = Header {
+        address: ring.as_ref().map(|r| r.me.addr),
+        id: ring.as_ref().map(|r| r.me.id.0),
+        ring: ring.as_ref().map(RingRecord::from),
+        entries: 0,
+        created_unix_secs: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    let head = bincode::encode_to_vec(&header, config())?;
+    w.write_all(MAGIC)?;
+    w.write_all(&VERSION.to_be_bytes())?;
+    w.write_all(&(head.len() as u32).to_be_bytes())?;
+    w.write_all(&head)?;
+    let mut hasher = Sha256::new();
+    let (mut n, mut bytes) = (0u64, 0u64);
+    while let Some((k, v)) = storage.next_in_cut()? {
+        let len = (v.len() as u64).to_be_bytes();
+        for part in [&k.0[..], &len[..], &v[..]] {
+            hasher.update(part);
+            w.write_all(part)?;
+        }
+        n += 1;
+        bytes += v.len() as u64;
+        tick(n, bytes);
+    }
+    header.entries = n;
+    let head_final = bincode::encode_to_vec(&header, config())?;
+    Ok(Streamed {
+        header,
+        head_final,
+        entries: n,
+        bytes,
+        entries_digest: hasher.finalize().into(),
+    })
+}
+
+fn final_checksum(header: &[u8], entries_digest: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(MAGIC);
+    h.update(VERSION.to_be_bytes());
+    h.update((header.len() as u32).to_be_bytes());
+    h.update(header);
+    h.update(entries_digest);
+    h.finalize().into()
+}
+
+/// Reads an archive entry by entry, checking everything it can as it goes; [`Reader::finish`]
+/// checks the trailer and the checksum.
+pub struct Reader {
+    path: PathBuf,
+    r: BufReader<File>,
+    header: Header,
+    header_bytes: Vec<u8>,
+    hasher: Sha256,
+    read: u64,
+    bytes: u64,
+    last: Option<HashKey>,
+    file_bytes: u64,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> Result<Reader> {
+        let file = File::open(path)
+            .map_err(|e| Error::Archive(format!("cannot open {}: {e}", path.display())))?;
+        let file_bytes = file.metadata()?.len();
+        let mut r = BufReader::with_capacity(1 << 20, file);
+        let mut magic = [0u8; 16];
+        read_exact(
+            &mut r,
+            &mut magic,
+            path,
+            "the file is shorter than the magic number",
+        )?;
+        if &magic != MAGIC {
+            return Err(corrupt(
+                path,
+                "it does not start with the dht-store backup magic number",
+            ));
+        }
+        let version = u32::from_be_bytes(read_array(&mut r, path, "it ends in its version")?);
+        if version != VERSION {
+            return Err(corrupt(
+                path,
+                format!(
+                    "format version {version} is not supported (this dht-store reads {VERSION})"
+                ),
+            ));
+        }
+        let len = u32::from_be_bytes(read_array(&mut r, path, "it ends in its header")?);
+        if len > MAX_HEADER {
+            return Err(corrupt(path, format!("its header claims {len} bytes")));
+        }
+        let mut header_bytes = vec![0u8; len as usize];
+        read_exact(&mut r, &mut header_bytes, path, "it ends inside its header")?;
+        let (header, used): (Header, usize) =
+            bincode::decode_from_slice(&header_bytes, config())
+                .map_err(|e| corrupt(path, format!("its header is unreadable ({e})")))?;
+        if used != header_bytes.len() {
+            return Err(corrupt(path, "its header has trailing bytes"));
+        }
+        Ok(Reader {
+            path: path.to_path_buf(),
+            r,
+            header,
+            header_bytes,
+            hasher: Sha256::new(),
+            read: 0,
+            bytes: 0,
+            last: None,
+            file_bytes,
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn file_bytes(&self) -> u64 {
+        self.file_bytes
+    }
+
+    /// The next entry, `None` once the header's count is reached.
+    pub fn next_entry(&mut self) -> Result<Option<(HashKey, Vec<u8>)>> {
+        if self.read == self.header.entries {
+            return Ok(None);
+        }
+        let at = format!(
+            "it ends inside entry {} of {}",
+            self.read + 1,
+            self.header.entries
+        );
+        let key = HashKey(read_array(&mut self.r, &self.path, &at)?);
+        let len_bytes: [u8; 8] = read_array(&mut self.r, &self.path, &at)?;
+        let len = u64::from_be_bytes(len_bytes);
+        if len > MAX_VALUE {
+            return Err(corrupt(
+                &self.path,
+                format!("entry {} claims a value of {len} bytes", self.read + 1),
+            ));
+        }
+        if self.last.is_some_and(|l| key <= l) {
+            return Err(corrupt(
+                &self.path,
+                format!("entry {} is out of key order", self.read + 1),
+            ));
+        }
+        // Grow as bytes arrive: a corrupt length costs no more than the file holds.
+        let mut value = Vec::with_capacity((len as usize).min(1 << 20));
+        let got = (&mut self.r).take(len).read_to_end(&mut value)?;
+        if got as u64 != len {
+            return Err(corrupt(&self.path, at));
+        }
+        self.hasher.update(key.0);
+        self.hasher.update(len_bytes);
+        self.hasher.update(&value);
+        self.read += 1;
+        self.bytes += len;
+        self.last = Some(key);
+        Ok(Some((key, value)))
+    }
+
+    /// Checks the trailer (count, checksum) and that nothing follows it.
+    pub fn finish(mut self) -> Result<Summary> {
+        while self.next_entry()?.is_some() {}
+        let magic: [u8; 8] = read_array(&mut self.r, &self.path, "it ends before its trailer")?;
+        if &magic != TRAILER_MAGIC {
+            return Err(corrupt(
+                &self.path,
+                "its trailer is missing where the entries end",
+            ));
+        }
+        let count = u64::from_be_bytes(read_array(
+            &mut self.r,
+            &self.path,
+            "it ends inside its trailer",
+        )?);
+        let sum: [u8; 32] = read_array(&mut self.r, &self.path, "it ends inside its checksum")?;
+        if count != self.header.entries {
+            return Err(corrupt(
+                &self.path,
+                format!(
+                    "the trailer counts {count} entries, the header {}",
+                    self.header.entries
+                ),
+            ));
+        }
+        let mut extra = [0u8; 1];
+        if self.r.read(&mut extra)? != 0 {
+            return Err(corrupt(&self.path, "bytes follow its trailer"));
+        }
+        let digest: [u8; 32] = self.hasher.finalize().into();
+        if final_checksum(&self.header_bytes, &digest) != sum {
+            return Err(corrupt(
+                &self.path,
+                "its checksum does not match its contents",
+            ));
+        }
+        Ok(Summary {
+            header: self.header,
+            entries: self.read,
+            bytes: self.bytes,
+            file_bytes: self.file_bytes,
+        })
+    }
+}
+
+fn read_exact(r: &mut impl Read, buf: &mut [u8], path: &Path, what: &str) -> Result<()> {
+    r.read_exact(buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => corrupt(path, what),
+        _ => Error::Io(e),
+    })
+}
+
+fn read_array<const N: usize>(r: &mut impl Read, path: &Path, what: &str) -> Result<[u8; N]> {
+    let mut b = [0u8; N];
+    read_exact(r, &mut b, path, what)?;
+    Ok(b)
+}
+
+/// Reads and checks a whole archive.
+pub fn verify(path: &Path, tick: Tick) -> Result<Summary> {
+    let mut r = Reader::open(path)?;
+    let (mut n, mut bytes) = (0u64, 0u64);
+    while let Some((_, v)) = r.next_entry()? {
+        n += 1;
+        bytes += v.len() as u64;
+        tick(n, bytes);
+    }
+    r.finish()
+}
+
+/// Whether `dir` is missing or an empty directory.
+fn is_empty_dir(dir: &Path) -> Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(mut it) => Ok(it.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Restores `archive` into the data directory `target`: verified while it is written into a
+/// temporary directory beside `target`, which is renamed into place only when all is well. A
+/// non-empty `target` is refused unless `force`; a target a node is running on, always.
+pub fn restore(archive: &Path, target: &Path, force: bool, tick: Tick) -> Result<Summary> {
+    if !is_empty_dir(target)? {
+        if !force {
+            return Err(Error::Archive(format!(
+                "{} is not empty: give --force to replace it",
+                target.display()
+            )));
+        }
+        // Refuse to replace the directory of a running node (it holds the lock).
+        Storage::open_lock_only(target)?;
+    }
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)?;
+    let name = target
+        .file_name()
+        .ok_or_else(|| Error::Archive(format!("{} is not a directory name", target.display())))?
+        .to_string_lossy()
+        .to_string();
+    let temp = parent.join(format!(".{name}.restore-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&temp);
+    let result = restore_into(archive, &temp, tick);
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&temp);
+            return Err(e);
+        }
+    };
+    if target.exists() {
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        std::fs::rename(target, &old)?;
+        std::fs::rename(&temp, target)?;
+        std::fs::remove_dir_all(&old)?;
+    } else {
+        std::fs::rename(&temp, target)?;
+    }
+    Ok(summary)
+}
+
+fn restore_into(archive: &Path, dir: &Path, tick: Tick) -> Result<Summary> {
+    let mut reader = Reader::open(archive)?;
+    let storage = Storage::open(dir, &StorageOptions::default())?;
+    let mut batch: Vec<(HashKey, Vec<u8>)> = Vec::with_capacity(BATCH_ENTRIES);
+    let mut batch_bytes = 0;
+    let (mut n, mut bytes) = (0u64, 0u64);
+    while let Some((k, v)) = reader.next_entry()? {
+        n += 1;
+        bytes += v.len() as u64;
+        batch_bytes += v.len();
+        batch.push((k, v));
+        if batch.len() >= BATCH_ENTRIES || batch_bytes >= BATCH_BYTES {
+            let _ = storage.insert_batch(&mut batch)?;
+            batch_bytes = 0;
+        }
+        tick(n, bytes);
+    }
+    if !batch.is_empty() {
+        let _ = storage.insert_batch(&mut batch)?;
+    }
+    let header = reader.header().clone();
+    // Only a complete, intact archive becomes a data directory.
+    let summary = reader.finish()?;
+    if let Some(rec) = &header.ring {
+        let _ = storage.save_ring(&RingState::from(rec))?;
+    }
+    storage.flush()?;
+    drop(storage);
+    // The restored directory must not carry the lock file's old pid or a stale socket.
+    let _ = std::fs::remove_file(dir.join("LOCK"));
+    Ok(summary)
+}

@@ -1,0 +1,465 @@
+//! Backup, verify and restore with real processes and real archives.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{loopback_addrs, owner_of, TestNode, BIN};
+use dht_store::client::{Client, Lookup, Router};
+use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr, Status};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn hot_key(i: usize) -> HashKey {
+    HashKey::of(format!("hot-{i}").as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_of_a_running_node_under_writes_is_a_consistent_point_in_time_copy() {
+    let root = tempfile::tempdir().unwrap();
+    let node = TestNode::start_new(root.path(), &[]).await;
+    // Bulk, so that the backup takes a while; every one acknowledged before the backup.
+    let mut before = HashMap::new();
+    {
+        let mut tasks = Vec::new();
+        for t in 0..4 {
+            let addr = node.addr;
+            tasks.push(tokio::spawn(async move {
+                let mut c = Client::connect(addr, AddressEncoding::Compact)
+                    .await
+                    .unwrap();
+                let mut acked = Vec::new();
+                for i in 0..2500 {
+                    let k = HashKey::of(format!("bulk-{t}-{i}").as_bytes());
+                    let v = vec![(i % 251) as u8; 2048];
+                    assert_eq!(c.ins(&k, &v).await.unwrap(), Status::T);
+                    acked.push((k, v));
+                }
+                acked
+            }));
+        }
+        for t in tasks {
+            before.extend(t.await.unwrap());
+        }
+    }
+    // A writer rewrites 100 hot keys in rounds, in a fixed order, all through the backup.
+    let mut c = node.client().await;
+    for i in 0..100 {
+        assert_eq!(c.ins(&hot_key(i), b"round 0").await.unwrap(), Status::T);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (addr, stop) = (node.addr, stop.clone());
+        tokio::spawn(async move {
+            let mut c = Client::connect(addr, AddressEncoding::Compact)
+                .await
+                .unwrap();
+            let mut round = 1;
+            let mut fresh = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for i in 0..100 {
+                    let v = format!("round {round}");
+                    assert_eq!(c.ins(&hot_key(i), v.as_bytes()).await.unwrap(), Status::T);
+                }
+                // And new keys, which the copy may or may not hold.
+                for _ in 0..20 {
+                    let k = HashKey::of(format!("fresh-{fresh}").as_bytes());
+                    assert_eq!(c.ins(&k, b"fresh").await.unwrap(), Status::T);
+                    fresh += 1;
+                }
+                round += 1;
+            }
+            round
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let archive = root.path().join("node.backup");
+    let data = node.data.to_str().unwrap().to_string();
+    let out = tokio::task::spawn_blocking({
+        let archive = archive.clone();
+        move || {
+            run(&[
+                "backup",
+                "--data",
+                &data,
+                "--out",
+                archive.to_str().unwrap(),
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("taken through the node"),
+        "{}",
+        text(&out)
+    );
+    stop.store(true, Ordering::Relaxed);
+    let rounds = writer.await.unwrap();
+    assert!(
+        rounds > 2,
+        "the writer ran through the backup ({rounds} rounds)"
+    );
+
+    let out = run(&["verify", archive.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("node {}", node.addr)),
+        "{}",
+        text(&out)
+    );
+
+    let restored = root.path().join("restored");
+    let out = run(&[
+        "restore",
+        "--from",
+        archive.to_str().unwrap(),
+        "--data",
+        restored.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Serve the restored copy on another address (its id changes: that is allowed).
+    let copy = TestNode::start(
+        &restored,
+        format!("127.0.0.1:{}", common::free_port())
+            .parse()
+            .unwrap(),
+        &[],
+    )
+    .await;
+    assert!(
+        copy.log_text().contains("its id changes"),
+        "{}",
+        copy.log_text()
+    );
+    let mut c = copy.client().await;
+    for (k, v) in &before {
+        assert_eq!(
+            c.get(k).await.unwrap(),
+            Lookup::Found(v.clone()),
+            "{k} acknowledged before the backup"
+        );
+    }
+    // Point in time: in the writer's order, the hot keys read round r+1 up to some key and
+    // round r after it, never a later round after an earlier one.
+    let mut rounds_seen = Vec::new();
+    for i in 0..100 {
+        match c.get(&hot_key(i)).await.unwrap() {
+            Lookup::Found(v) => {
+                let r: u64 = String::from_utf8(v).unwrap()["round ".len()..]
+                    .parse()
+                    .unwrap();
+                rounds_seen.push(r);
+            }
+            other => panic!("hot key {i}: {other:?}"),
+        }
+    }
+    let top = rounds_seen[0];
+    let cut = rounds_seen.iter().position(|r| *r != top).unwrap_or(100);
+    assert!(
+        rounds_seen[cut..].iter().all(|r| *r + 1 == top)
+            && rounds_seen[..cut].iter().all(|r| *r == top),
+        "not a point-in-time copy: rounds in write order {rounds_seen:?}"
+    );
+}
+
+/// A small archive of a stopped node, for the corruption tests.
+async fn small_archive(root: &Path) -> std::path::PathBuf {
+    let mut node = TestNode::start_new(root, &[]).await;
+    let mut c = node.client().await;
+    for i in 0..50 {
+        let k = HashKey::of(format!("k{i}").as_bytes());
+        assert_eq!(
+            c.ins(&k, format!("value {i}").as_bytes()).await.unwrap(),
+            Status::T
+        );
+    }
+    node.stop(libc::SIGTERM);
+    let archive = root.join("small.backup");
+    let out = run(&[
+        "backup",
+        "--data",
+        node.data.to_str().unwrap(),
+        "--out",
+        archive.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        !text(&out).contains("through the node"),
+        "a stopped node's dir is read directly"
+    );
+    archive
+}
+
+#[tokio::test]
+async fn a_flipped_byte_or_a_truncation_anywhere_fails_verify_and_restore_cleanly() {
+    let root = tempfile::tempdir().unwrap();
+    let archive = small_archive(root.path()).await;
+    let good = std::fs::read(&archive).unwrap();
+    assert_eq!(
+        run(&["verify", archive.to_str().unwrap()]).status.code(),
+        Some(0)
+    );
+    let len = good.len();
+    // Magic, version, header length, header, first entry (key, length, value), middle,
+    // trailer magic, count, checksum, last byte.
+    let mut spots = vec![
+        0,
+        17,
+        22,
+        30,
+        60,
+        130,
+        150,
+        158,
+        len / 2,
+        len - 48,
+        len - 40,
+        len - 33,
+        len - 1,
+    ];
+    spots.sort();
+    spots.dedup();
+    let bad = root.path().join("bad.backup");
+    for (i, &at) in spots.iter().enumerate() {
+        let mut b = good.clone();
+        b[at] ^= 0x5a;
+        std::fs::write(&bad, &b).unwrap();
+        check_refused(
+            &bad,
+            &root.path().join(format!("t-flip-{i}")),
+            &format!("byte {at} flipped"),
+        );
+    }
+    for (i, cut) in [0, 10, 16, 40, len / 3, len - 41, len - 1]
+        .into_iter()
+        .enumerate()
+    {
+        std::fs::write(&bad, &good[..cut]).unwrap();
+        check_refused(
+            &bad,
+            &root.path().join(format!("t-cut-{i}")),
+            &format!("truncated to {cut} bytes"),
+        );
+    }
+    // Appended garbage too.
+    let mut b = good.clone();
+    b.extend_from_slice(b"junk");
+    std::fs::write(&bad, &b).unwrap();
+    check_refused(&bad, &root.path().join("t-extra"), "bytes appended");
+}
+
+fn check_refused(archive: &Path, target: &Path, what: &str) {
+    let out = run(&["verify", archive.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "verify accepted an archive with {what}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{what}: one sentence: {err}");
+    assert!(
+        err.contains("not a valid dht-store backup") || err.contains("cannot open"),
+        "{what}: {err}"
+    );
+    let out = run(&[
+        "restore",
+        "--from",
+        archive.to_str().unwrap(),
+        "--data",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "restore accepted an archive with {what}"
+    );
+    assert!(
+        !target.exists(),
+        "{what}: restore left {} behind",
+        target.display()
+    );
+    let parent = target.parent().unwrap();
+    let leftovers: Vec<_> = std::fs::read_dir(parent)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".restore-"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "{what}: temporary restore dir left behind"
+    );
+}
+
+#[tokio::test]
+async fn restore_over_a_non_empty_dir_needs_force_and_never_hits_a_running_node() {
+    let root = tempfile::tempdir().unwrap();
+    let archive = small_archive(root.path()).await;
+    let target = root.path().join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("precious"), b"keep me").unwrap();
+    let out = run(&[
+        "restore",
+        "--from",
+        archive.to_str().unwrap(),
+        "--data",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("not empty: give --force"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        target.join("precious").exists(),
+        "nothing touched without --force"
+    );
+    let out = run(&[
+        "restore",
+        "--from",
+        archive.to_str().unwrap(),
+        "--data",
+        target.to_str().unwrap(),
+        "--force",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!target.join("precious").exists());
+    assert!(target.join("db").exists());
+    // The restored dir serves the entries.
+    let node = TestNode::start(
+        &target,
+        format!("127.0.0.1:{}", common::free_port())
+            .parse()
+            .unwrap(),
+        &[],
+    )
+    .await;
+    let mut c = node.client().await;
+    assert_eq!(
+        c.get(&HashKey::of(b"k7")).await.unwrap(),
+        Lookup::Found(b"value 7".to_vec())
+    );
+    // --force over the directory of a running node is refused.
+    let out = run(&[
+        "restore",
+        "--from",
+        archive.to_str().unwrap(),
+        "--data",
+        target.to_str().unwrap(),
+        "--force",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("in use by another dht-store process"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        c.get(&HashKey::of(b"k7")).await.unwrap(),
+        Lookup::Found(b"value 7".to_vec())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_node_in_a_changed_ring_serves_what_it_owns_and_the_rest_reaches_its_owners() {
+    let root = tempfile::tempdir().unwrap();
+    let addrs = loopback_addrs(4);
+    let first = addrs[0].to_string();
+    let mut nodes: Vec<TestNode> = Vec::new();
+    for (i, a) in addrs.iter().take(3).enumerate() {
+        let join: &[&str] = if i == 0 { &[] } else { &["--join", &first] };
+        nodes.push(TestNode::start(&root.path().join(format!("n{i}")), *a, join).await);
+    }
+    let mut acked: HashMap<HashKey, Vec<u8>> = HashMap::new();
+    let mut r = Router::new(addrs[0], AddressEncoding::Compact);
+    for i in 0..600 {
+        let k = HashKey::of(format!("r-{i}").as_bytes());
+        let v = format!("old {i}").into_bytes();
+        assert!(r.put(&k, &v).await.unwrap());
+        acked.insert(k, v);
+    }
+    // Back up node 1, then change the ring: node 1 leaves, node 3 joins, keys change.
+    let archive = root.path().join("n1.backup");
+    let out = run(&[
+        "backup",
+        "--data",
+        nodes[1].data.to_str().unwrap(),
+        "--out",
+        archive.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (code, out) = nodes[1].leave();
+    assert_eq!(code, Some(0), "{out}");
+    let left = nodes.remove(1);
+    drop(left);
+    nodes.push(TestNode::start(&root.path().join("n3"), addrs[3], &["--join", &first]).await);
+    for i in (0..600).step_by(3) {
+        let k = HashKey::of(format!("r-{i}").as_bytes());
+        let v = format!("new {i}").into_bytes();
+        assert!(r.put(&k, &v).await.unwrap());
+        acked.insert(k, v);
+    }
+    // Restore node 1's archive into a fresh dir and start it at its old address.
+    let restored = root.path().join("n1-restored");
+    let out = run(&[
+        "restore",
+        "--from",
+        archive.to_str().unwrap(),
+        "--data",
+        restored.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    nodes.push(TestNode::start(&restored, addrs[1], &[]).await);
+    let all: Vec<PeerAddr> = nodes.iter().map(|n| n.addr).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut wrong = 0;
+        let mut held = 0;
+        for n in &nodes {
+            held += n.keys_held().await;
+        }
+        for (k, v) in &acked {
+            let owner = owner_of(&all, k);
+            let got = Client::connect(owner, AddressEncoding::Compact)
+                .await
+                .unwrap()
+                .get(k)
+                .await
+                .unwrap();
+            if got != Lookup::Found(v.clone()) {
+                wrong += 1;
+            }
+        }
+        if wrong == 0 && held == acked.len() as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{wrong} keys not at their owner with their latest value; {held} entries held for {}: {}",
+            acked.len(),
+            nodes.last().unwrap().log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
