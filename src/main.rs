@@ -229,6 +229,7 @@ fn main() -> ExitCode {
     let is_node = cli.command.is_none();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| EnvFilter::new(if is_node { "info" } else { "warn" })),
