@@ -93,8 +93,12 @@ async fn serve(node: Arc<Node>, stream: UnixStream) -> Result<()> {
             match result {
                 Ok(msg) => {
                     info!("leave: {msg}");
-                    w.write_all(format!("OK {msg}\n").as_bytes()).await?;
-                    w.flush().await?;
+                    let _ = w.write_all(format!("OK {msg}\n").as_bytes()).await;
+                    let _ = w.flush().await;
+                    drop(w);
+                    if let Err(e) = handoff::finish_departure(&node).await {
+                        warn!("emptying the data directory after the leave: {e} (the next start finishes it)");
+                    }
                     node.stop.notify_one();
                 }
                 Err(e) => {

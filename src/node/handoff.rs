@@ -22,6 +22,8 @@ use crate::storage::{HandoffRecord, Phase, BATCH_ENTRIES};
 
 /// A receiver writes a batch once it holds this many value bytes (so 8 MiB values go one by one).
 pub const BATCH_BYTES: usize = 4 << 20;
+/// Read and write buffers of a handoff connection we open.
+const HANDOFF_BUFFER: usize = 256 << 10;
 /// A receiver syncs to disk every this many bytes, so that its final flush is short.
 const SYNC_EVERY: u64 = 64 << 20;
 /// Attempts of a join (CON answered `N` or failed) before giving up.
@@ -46,10 +48,11 @@ async fn connect(node: &Node, peer: PeerAddr) -> Result<Connection<TcpStream>> {
         .map_err(|_| Error::Peer(format!("{peer} did not accept a connection")))?
         .map_err(|e| Error::Peer(format!("cannot connect to {peer}: {e}")))?;
     s.set_nodelay(true)?;
-    Ok(Connection::new(
+    Ok(Connection::with_buffers(
         s,
         node.config.address_encoding,
         handoff_limits(node),
+        HANDOFF_BUFFER,
     ))
 }
 
@@ -124,6 +127,7 @@ async fn receive_arc<S: AsyncRead + AsyncWrite>(
     let mut batch_bytes = 0usize;
     let mut since_sync = 0u64;
     let mut ticket = None;
+    let mut pending_sync = None;
     for i in 0..n {
         let key = conn.read_key().await?;
         if !in_arc(&key, from, to) {
@@ -153,9 +157,12 @@ async fn receive_arc<S: AsyncRead + AsyncWrite>(
             batch_bytes = 0;
         }
         if since_sync >= SYNC_EVERY {
-            if let Some(t) = ticket {
+            // Wait for the previous window's flush only: the flusher works on this window
+            // while the next arrives.
+            if let Some(t) = pending_sync.take() {
                 storage.sync(t).await?;
             }
+            pending_sync = ticket;
             since_sync = 0;
         }
         if i + 1 == n / 2 && n > 1 {
@@ -535,8 +542,8 @@ async fn leave_fenced(node: &Node, ring: &RingState) -> Result<String> {
                     phase: Phase::Handed,
                 };
                 node.switch_ring(None, Some(Some(&rec))).await?;
-                fault::point("dis-leave:after-switch").await;
-                finish_departure(node).await?;
+                // From here a restart finishes the departure (the record says Handed): the
+                // caller answers the leave now and empties the directory before exiting.
                 return Ok(format!(
                     "handed {n} entries to {pred}; this node has left the ring"
                 ));
@@ -598,7 +605,8 @@ async fn dis_exchange(
 }
 
 /// After a completed leave: empty the data directory and forget the ring.
-async fn finish_departure(node: &Node) -> Result<()> {
+pub async fn finish_departure(node: &Node) -> Result<()> {
+    fault::point("dis-leave:after-switch").await;
     let (deleted, t) = node.storage.delete_arc(&HashKey::ZERO, &HashKey::ZERO)?;
     node.storage.sync(t).await?;
     let t = node.storage.save_state(Some(None), Some(None))?;

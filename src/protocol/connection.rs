@@ -51,11 +51,22 @@ pub struct Connection<S> {
 
 impl<S: AsyncRead + AsyncWrite> Connection<S> {
     pub fn new(stream: S, encoding: AddressEncoding, limits: Limits) -> Connection<S> {
+        Connection::with_buffers(stream, encoding, limits, 8 << 10)
+    }
+
+    /// A connection with `buffer`-byte read and write buffers (bulk transfers want more than
+    /// the 8 KiB a request connection gets).
+    pub fn with_buffers(
+        stream: S,
+        encoding: AddressEncoding,
+        limits: Limits,
+        buffer: usize,
+    ) -> Connection<S> {
         let mut timed = TimeoutStream::new(stream);
         timed.set_read_timeout(limits.io_timeout);
         timed.set_write_timeout(limits.io_timeout);
         Connection {
-            stream: BufStream::new(Box::pin(timed)),
+            stream: BufStream::with_capacity(buffer, buffer, Box::pin(timed)),
             encoding,
             limits,
         }
@@ -178,12 +189,15 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
             size: n,
             limit: self.limits.max_value,
         })?;
+        // Capacity grows with what arrives (no zero-filling, no trusting the length).
         let mut out = Vec::with_capacity(n.min(READ_CHUNK));
-        while out.len() < n {
-            let want = (n - out.len()).min(READ_CHUNK);
-            let start = out.len();
-            out.resize(start + want, 0);
-            self.read_exact(&mut out[start..]).await?;
+        let got = (&mut self.stream)
+            .take(n as u64)
+            .read_to_end(&mut out)
+            .await
+            .map_err(Error::from_io)?;
+        if got < n {
+            return Err(Error::Truncated);
         }
         Ok(out)
     }
