@@ -21,6 +21,9 @@
 //! - `BENCH_VALUE`   value size in bytes (default 100)
 //! - `BENCH_THREADS` worker threads of the bench's tokio runtime (default: number of cores)
 //! - `BENCH_REDIS=0` skip the Redis baseline even if Redis is installed
+//!
+//! The node inherits the environment, so `RUST_LOG` and `DHT_STORE_*` variables (e.g.
+//! `DHT_STORE_CACHE_MB`) apply to it; its log goes to a file that is printed on failure.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
@@ -407,9 +410,21 @@ impl Reaped {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
-        let _ = Command::new("kill")
+        // std cannot send SIGTERM: ask kill(1), and SIGKILL at once if that is not possible.
+        let sent = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
-            .status();
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !sent {
+            eprintln!(
+                "could not run `kill -TERM`: killing {} (SIGKILL)",
+                self.name
+            );
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            return;
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -448,6 +463,7 @@ async fn start_node(data: &Path, log: &Path) -> Result<(Reaped, PeerAddr), Strin
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
         )
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file)
