@@ -26,8 +26,9 @@ pub async fn execute<S: AsyncRead + AsyncWrite>(
             let answer = node.own_answer(&key).await;
             conn.write_addr(&answer).await?
         }
-        Request::Con(joiner) => con(node, conn, joiner).await?,
-        Request::Dis(leaver) => dis(node, conn, leaver).await?,
+        // CON and DIS are whole exchanges of their own: see `handoff`.
+        Request::Con(joiner) => handoff::serve_con(node, conn, joiner).await?,
+        Request::Dis(leaver) => handoff::serve_dis(node, conn, leaver).await?,
         Request::Pul => conn.write_status(Status::T).await?,
         Request::Inf => conn.write_value(node.info().as_bytes()).await?,
         Request::Abd => {
@@ -136,22 +137,4 @@ async fn exi<S: AsyncRead + AsyncWrite>(
         Some(Ok(false)) => conn.write_status(Status::F).await,
         Some(Err(e)) => Err(e),
     }
-}
-
-/// CON: a joining peer asks for its part of our range (see `handoff`).
-async fn con<S: AsyncRead + AsyncWrite>(
-    node: &Node,
-    conn: &mut Connection<S>,
-    joiner: PeerAddr,
-) -> Result<()> {
-    handoff::serve_con(node, conn, joiner).await
-}
-
-/// DIS: our successor leaves and hands us its range (see `handoff`).
-async fn dis<S: AsyncRead + AsyncWrite>(
-    node: &Node,
-    conn: &mut Connection<S>,
-    leaver: PeerAddr,
-) -> Result<()> {
-    handoff::serve_dis(node, conn, leaver).await
 }
