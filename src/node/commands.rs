@@ -9,7 +9,7 @@ use tracing::{debug, warn};
 
 use super::{handoff, Node, Written};
 use crate::error::{Error, Result};
-use crate::protocol::{Connection, HashKey, PeerAddr, Request, Status};
+use crate::protocol::{Connection, HashKey, Request, Status};
 
 /// Runs one request to its end and flushes the answer.
 pub async fn execute<S: AsyncRead + AsyncWrite>(
