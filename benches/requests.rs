@@ -5,7 +5,8 @@
 //! persistent connections N, runs N tokio tasks that each hold one [`Client`] and
 //!
 //! 1. INS 100-byte values under distinct keys for `BENCH_SECS` seconds (default 3), then
-//! 2. GET the keys they inserted (round robin) for as long,
+//! 2. GET the keys they inserted (round robin) for as long, then
+//! 3. EXI the same keys (each must answer `T`) for as long,
 //!
 //! timing every request. It prints ops/s and latency percentiles per (operation, N).
 //!
@@ -17,8 +18,8 @@
 //!
 //! Environment:
 //! - `BENCH_SECS`    seconds per (operation, N) phase (default 3)
-//! - `BENCH_CONNS`   comma-separated connection counts (default `1,8,32`)
-//! - `BENCH_VALUE`   value size in bytes (default 100)
+//! - `BENCH_CONNS`   comma-separated connection counts (default `1,8,32,128`)
+//! - `BENCH_VALUE`   value size in bytes (default 100; BENCHMARKS.md also runs 4096)
 //! - `BENCH_THREADS` worker threads of the bench's tokio runtime (default: number of cores)
 //! - `BENCH_REDIS=0` skip the Redis baseline even if Redis is installed
 //!
@@ -63,7 +64,7 @@ impl Settings {
                     .filter(|&n| n > 0)
                     .collect()
             })
-            .unwrap_or_else(|| vec![1, 8, 32]);
+            .unwrap_or_else(|| vec![1, 8, 32, 128]);
         let value_size = var("BENCH_VALUE")
             .map(|v| v.trim().parse().expect("BENCH_VALUE: bytes"))
             .unwrap_or(100);
@@ -90,6 +91,7 @@ impl Settings {
 enum Op {
     Ins,
     Get,
+    Exi,
 }
 
 impl Op {
@@ -97,6 +99,7 @@ impl Op {
         match self {
             Op::Ins => "INS",
             Op::Get => "GET",
+            Op::Exi => "EXI",
         }
     }
 }
@@ -257,6 +260,25 @@ async fn run_task(spec: TaskSpec) -> TaskOutcome {
                     }
                 }
             }
+            Op::Exi => {
+                if to_read.is_empty() {
+                    out.fail("EXI: this task inserted no key to ask for".into());
+                    break;
+                }
+                let idx = to_read[(i % to_read.len() as u64) as usize];
+                let key = key_for(conns, task, idx);
+                let t0 = Instant::now();
+                let res = c.exi(&key).await;
+                let dt = t0.elapsed();
+                match res {
+                    Ok(Status::T) => out.nanos.push(dt.as_nanos() as u64),
+                    Ok(s) => out.fail(format!("EXI {key} answered {s:?}, not T")),
+                    Err(e) => {
+                        out.fail(format!("EXI {key}: {e}"));
+                        client = None;
+                    }
+                }
+            }
             Op::Get => {
                 if to_read.is_empty() {
                     out.fail("GET: this task inserted no key to read".into());
@@ -298,11 +320,14 @@ async fn run_phase(
 ) -> (PhaseResult, Vec<Vec<u64>>, Vec<String>) {
     let start = Arc::new(Barrier::new(conns + 1));
     let mut handles = Vec::with_capacity(conns);
+    // Phases that read hand their keys on to the next phase.
+    let mut passed_on = Vec::with_capacity(conns);
     for task in 0..conns {
         let reads = to_read
             .get_mut(task)
             .map(std::mem::take)
             .unwrap_or_default();
+        passed_on.push(reads.clone());
         handles.push(tokio::spawn(run_task(TaskSpec {
             addr,
             op,
@@ -336,6 +361,9 @@ async fn run_phase(
         }
     }
     let elapsed = began.elapsed();
+    if op != Op::Ins {
+        inserted = passed_on;
+    }
     let result = PhaseResult {
         op,
         conns,
@@ -680,10 +708,14 @@ fn main() -> ExitCode {
             print_result(&ins);
             errors.append(&mut e);
             results.push(ins);
-            let (get, _, mut e) = run_phase(addr, Op::Get, conns, &settings, inserted).await;
+            let (get, inserted, mut e) = run_phase(addr, Op::Get, conns, &settings, inserted).await;
             print_result(&get);
             errors.append(&mut e);
             results.push(get);
+            let (exi, _, mut e) = run_phase(addr, Op::Exi, conns, &settings, inserted).await;
+            print_result(&exi);
+            errors.append(&mut e);
+            results.push(exi);
         }
         // The node must still be alive after the load.
         let alive = match Client::connect(addr, AddressEncoding::Compact).await {
