@@ -663,7 +663,6 @@ pub async fn recover(node: &Arc<Node>) -> Result<()> {
                 if next.successor.addr != joiner {
                     next.second_successor = s1;
                     next.successor = j;
-                    let _ = second_successor;
                 }
                 let rec = HandoffRecord::ServingCon {
                     joiner,
