@@ -399,7 +399,7 @@ fn scan_child(spec: &str) -> ExitCode {
     let rss = proc_kib(pid, "VmRSS").unwrap_or(0);
     reset_hwm(pid);
     let t = Instant::now();
-    let (n, _) = storage.count_arc(&from, &to).expect("count_arc");
+    let n = storage.count_arc(&from, &to).expect("count_arc");
     let count = t.elapsed();
     let t = Instant::now();
     let mut sum = 0u64;

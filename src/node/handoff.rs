@@ -78,7 +78,7 @@ async fn send_arc<S: AsyncRead + AsyncWrite>(
     step: &str,
 ) -> Result<u64> {
     let storage = &node.storage;
-    let (n, _bytes) = storage.count_arc(from, to)?;
+    let n = storage.count_arc(from, to)?;
     progress
         .total
         .store(n, std::sync::atomic::Ordering::Relaxed);

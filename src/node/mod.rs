@@ -312,7 +312,10 @@ impl Node {
             } else {
                 fingers.join(", ")
             },
-            self.storage.count(),
+            self.storage
+                .count()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|e| format!("unknown ({e})")),
             self.config.address_encoding,
             handoff,
             if self.departed() {
