@@ -225,6 +225,7 @@ const ABSENT: u8 = 1;
 const FAILED: u8 = 2;
 
 fn main() -> ExitCode {
+    dht_store::memory::tune_allocator();
     let cli = Cli::parse();
     let is_node = cli.command.is_none();
     tracing_subscriber::fmt()

@@ -62,6 +62,8 @@ const SINGLE_INSERTS_BELOW: usize = 1024;
 /// Point reads per entry when scanning, so that sled's cache evicts as a scan goes (see
 /// `Storage::touched`).
 const TOUCHES: usize = 4;
+/// Bulk operations (scans, range deletes, imports) call [`reclaim`] after this many entries.
+const RECLAIM_EVERY: u64 = 64;
 /// Key of the in-progress handoff in the "ring" tree.
 const HANDOFF_KEY: &[u8] = b"handoff";
 /// Entries written (or deleted) per sled batch when a range moves: big enough to amortise the
@@ -533,16 +535,28 @@ impl Storage {
         }
         let bytes: usize = entries.iter().map(|(_, v)| v.len()).sum();
         if bytes < entries.len() * SINGLE_INSERTS_BELOW {
-            for (k, v) in entries.drain(..) {
+            for (i, (k, v)) in entries.drain(..).enumerate() {
                 self.data.insert(&k.0[..], v)?;
+                if (i as u64 + 1).is_multiple_of(RECLAIM_EVERY) {
+                    reclaim();
+                }
             }
         } else {
             let mut batch = sled::Batch::default();
+            let keys: Vec<HashKey> = entries.iter().map(|(k, _)| *k).collect();
             for (k, v) in entries.drain(..) {
                 batch.insert(&k.0[..], v);
             }
             self.data.apply_batch(batch)?;
+            // Writes reach sled's LRU in the same blocks of 64 accesses per shard as reads
+            // (see `touched`): pages of large values written once would stay in memory
+            // unaccounted (a 1 GiB import peaked ~70 MiB over the cache). Touching them
+            // registers them as the import goes.
+            for k in &keys {
+                self.touch(k.as_bytes())?;
+            }
         }
+        reclaim();
         Ok(self.commit.note_write())
     }
 
@@ -590,6 +604,9 @@ impl Storage {
                 self.preserve(key.as_bytes())?;
                 if self.data.remove(key.as_bytes())?.is_some() {
                     deleted += 1;
+                    if deleted.is_multiple_of(RECLAIM_EVERY) {
+                        reclaim();
+                    }
                 }
             }
         }
@@ -697,13 +714,20 @@ impl Storage {
         from: &HashKey,
         to: &HashKey,
     ) -> impl Iterator<Item = Result<(HashKey, sled::IVec)>> + '_ {
+        let mut seen = 0u64;
         ring::arc_ranges(from, to)
             .into_iter()
             .flat_map(move |(start, end)| match end {
                 Some(end) => self.data.range(start.0..end.0),
                 None => self.data.range(start.0..),
             })
-            .filter_map(move |r| self.touched(r).transpose())
+            .filter_map(move |r| {
+                seen += 1;
+                if seen.is_multiple_of(RECLAIM_EVERY) {
+                    reclaim();
+                }
+                self.touched(r).transpose()
+            })
     }
 
     /// sled 0.34's iterators load pages without telling its cache, whose LRU learns of a page
@@ -733,6 +757,22 @@ impl Storage {
             self.data.get(k)?;
         }
         Ok(self.data.get(k)?)
+    }
+}
+
+/// Runs the garbage sled has queued for freeing, as far as it can.
+///
+/// sled 0.34 frees what it replaces through crossbeam-epoch's deferred functions: pages it
+/// evicts from its cache (with their values), node versions it replaces, and its 512 KiB log
+/// buffers once written. Deferred functions wait in a bag per thread until 64 have gathered,
+/// then in a global queue that pinning threads drain 8 bags per 128 pins. A bulk import, scan or
+/// range delete produces garbage faster than that: importing 1 GiB of 10 KiB values held some
+/// 70 MiB of evicted values and 40 MiB of written log buffers at its peak (heaptrack), whatever
+/// the cache capacity. Flushing this thread's bag and collecting every [`RECLAIM_EVERY`]
+/// entries frees it as the bulk operation goes (BENCHMARKS.md, "Memory during a handoff").
+pub fn reclaim() {
+    for _ in 0..4 {
+        crossbeam_epoch::pin().flush();
     }
 }
 

@@ -18,12 +18,14 @@ use super::{fault, walk, Node, Progress};
 use crate::error::{Error, Result};
 use crate::protocol::{Connection, HashKey, Limits, PeerAddr, Status};
 use crate::ring::{id_of, in_arc, Peer, RingState};
-use crate::storage::{HandoffRecord, Phase, BATCH_ENTRIES};
+use crate::storage::{HandoffRecord, Phase, Storage, BATCH_ENTRIES};
 
 /// A receiver writes a batch once it holds this many value bytes (so 8 MiB values go one by one).
 pub const BATCH_BYTES: usize = 4 << 20;
 /// Read and write buffers of a handoff connection we open.
 const HANDOFF_BUFFER: usize = 256 << 10;
+/// Batches waiting between the socket task and the sled thread of a handoff, either way.
+const QUEUED_BATCHES: usize = 2;
 /// A receiver syncs to disk every this many bytes, so that its final flush is short.
 const SYNC_EVERY: u64 = 64 << 20;
 /// Attempts of a join (CON answered `N` or failed) before giving up.
@@ -67,8 +69,21 @@ async fn read_ack<S: AsyncRead + AsyncWrite>(
         .map_err(|_| Error::Timeout)?
 }
 
+/// What the reading thread of [`send_arc`] hands to the socket task.
+enum Outgoing {
+    /// The number of entries in the arc: the Int sent first.
+    Count(u64),
+    /// The next entries in ring order.
+    Entries(Vec<(HashKey, sled::IVec)>),
+}
+
 /// Streams the entries of `[from, to)` out of sled: the Int count, then each HashKey and Value.
 /// The arc must be fenced, so that the count and the entries agree.
+///
+/// One blocking thread counts and reads the arc while this task writes the socket: sled's
+/// page loads stay off the async workers (and in one malloc arena), and reading overlaps
+/// sending. They meet in a channel of [`QUEUED_BATCHES`] batches of at most [`BATCH_ENTRIES`]
+/// entries or [`BATCH_BYTES`] bytes, so memory stays bounded whatever the arc holds.
 async fn send_arc<S: AsyncRead + AsyncWrite>(
     node: &Node,
     conn: &mut Connection<S>,
@@ -77,28 +92,99 @@ async fn send_arc<S: AsyncRead + AsyncWrite>(
     progress: &Progress,
     step: &str,
 ) -> Result<u64> {
-    let storage = &node.storage;
-    let n = storage.count_arc(from, to)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Outgoing>>(QUEUED_BATCHES);
+    let reader = {
+        let storage = node.storage.clone();
+        let (from, to) = (*from, *to);
+        tokio::task::spawn_blocking(move || read_arc(&storage, &from, &to, &tx))
+    };
+    let result = stream_arc(conn, &mut rx, progress, step).await;
+    // Stops the reader if we stopped first; it ends at its next send.
+    drop(rx);
+    let _ = reader.await;
+    result
+}
+
+/// The reading side of [`send_arc`]: count, then batches, until the arc ends or the socket
+/// task has gone.
+fn read_arc(
+    storage: &Storage,
+    from: &HashKey,
+    to: &HashKey,
+    tx: &tokio::sync::mpsc::Sender<Result<Outgoing>>,
+) {
+    let n = match storage.count_arc(from, to) {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
+    };
+    if tx.blocking_send(Ok(Outgoing::Count(n))).is_err() {
+        return;
+    }
+    let mut batch = Vec::new();
+    let mut bytes = 0usize;
+    for entry in storage.iter_arc(from, to) {
+        match entry {
+            Ok((k, v)) => {
+                bytes += v.len();
+                batch.push((k, v));
+                if batch.len() >= BATCH_ENTRIES || bytes >= BATCH_BYTES {
+                    let full = std::mem::take(&mut batch);
+                    bytes = 0;
+                    if tx.blocking_send(Ok(Outgoing::Entries(full))).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.blocking_send(Ok(Outgoing::Entries(batch)));
+    }
+}
+
+/// The socket side of [`send_arc`].
+async fn stream_arc<S: AsyncRead + AsyncWrite>(
+    conn: &mut Connection<S>,
+    rx: &mut tokio::sync::mpsc::Receiver<Result<Outgoing>>,
+    progress: &Progress,
+    step: &str,
+) -> Result<u64> {
+    let lost = || Error::Flush("the thread reading the arc stopped".into());
+    let n = match rx.recv().await.ok_or_else(lost)?? {
+        Outgoing::Count(n) => n,
+        Outgoing::Entries(_) => return Err(lost()),
+    };
     progress
         .total
         .store(n, std::sync::atomic::Ordering::Relaxed);
     fault::point(&format!("{step}:before-count")).await;
     conn.write_int(n).await?;
     let mut sent = 0u64;
-    for entry in storage.iter_arc(from, to) {
-        let (k, v) = entry?;
-        if sent == n {
-            return Err(Error::Peer(format!(
-                "the arc changed while it was fenced: more than the {n} entries counted"
-            )));
-        }
-        conn.write_key(&k).await?;
-        conn.write_value(&v).await?;
-        sent += 1;
-        progress.add(1, v.len() as u64);
-        if sent == n / 2 && n > 1 {
-            conn.flush().await?;
-            fault::point(&format!("{step}:mid-stream")).await;
+    while let Some(msg) = rx.recv().await {
+        let Outgoing::Entries(batch) = msg? else {
+            return Err(lost());
+        };
+        for (k, v) in batch {
+            if sent == n {
+                return Err(Error::Peer(format!(
+                    "the arc changed while it was fenced: more than the {n} entries counted"
+                )));
+            }
+            conn.write_key(&k).await?;
+            conn.write_value(&v).await?;
+            sent += 1;
+            progress.add(1, v.len() as u64);
+            if sent == n / 2 && n > 1 {
+                conn.flush().await?;
+                fault::point(&format!("{step}:mid-stream")).await;
+            }
         }
     }
     if sent != n {
@@ -113,6 +199,10 @@ async fn send_arc<S: AsyncRead + AsyncWrite>(
 
 /// Receives `n` entries of the arc `[from, to)` into sled in bounded batches, and returns once
 /// they are all durable. An entry outside the arc or over the value limit aborts (`F`).
+///
+/// This task reads the socket and gathers batches; one blocking thread writes them to sled
+/// (and syncs every [`SYNC_EVERY`] bytes), so reading the next batch overlaps writing the
+/// last. At most [`QUEUED_BATCHES`] batches wait between them.
 async fn receive_arc<S: AsyncRead + AsyncWrite>(
     node: &Node,
     conn: &mut Connection<S>,
@@ -122,12 +212,35 @@ async fn receive_arc<S: AsyncRead + AsyncWrite>(
     progress: &Progress,
     step: &str,
 ) -> Result<()> {
-    let storage = &node.storage;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<(HashKey, Vec<u8>)>>(QUEUED_BATCHES);
+    let writer = {
+        let storage = node.storage.clone();
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || write_batches(&storage, &runtime, rx))
+    };
+    let read = read_entries(conn, n, from, to, progress, step, &tx).await;
+    drop(tx);
+    let written = writer
+        .await
+        .map_err(|e| Error::Flush(format!("the thread writing the arc failed: {e}")))?;
+    // A write error explains a read side that stopped early because the writer went away.
+    written?;
+    read
+}
+
+/// The socket side of [`receive_arc`].
+async fn read_entries<S: AsyncRead + AsyncWrite>(
+    conn: &mut Connection<S>,
+    n: u64,
+    from: &HashKey,
+    to: &HashKey,
+    progress: &Progress,
+    step: &str,
+    tx: &tokio::sync::mpsc::Sender<Vec<(HashKey, Vec<u8>)>>,
+) -> Result<()> {
+    let stopped = || Error::Flush("the thread writing the arc stopped".into());
     let mut batch: Vec<(HashKey, Vec<u8>)> = Vec::with_capacity(BATCH_ENTRIES.min(n as usize));
     let mut batch_bytes = 0usize;
-    let mut since_sync = 0u64;
-    let mut ticket = None;
-    let mut pending_sync = None;
     for i in 0..n {
         let key = conn.read_key().await?;
         if !in_arc(&key, from, to) {
@@ -149,31 +262,50 @@ async fn receive_arc<S: AsyncRead + AsyncWrite>(
         };
         let value = conn.read_value_bytes(len).await?;
         batch_bytes += value.len();
-        since_sync += value.len() as u64;
         progress.add(1, len);
         batch.push((key, value));
         if batch.len() >= BATCH_ENTRIES || batch_bytes >= BATCH_BYTES {
-            ticket = Some(storage.insert_batch(&mut batch)?);
+            let full = std::mem::replace(
+                &mut batch,
+                Vec::with_capacity(BATCH_ENTRIES.min((n - i) as usize)),
+            );
             batch_bytes = 0;
-        }
-        if since_sync >= SYNC_EVERY {
-            // Wait for the previous window's flush only: the flusher works on this window
-            // while the next arrives.
-            if let Some(t) = pending_sync.take() {
-                storage.sync(t).await?;
-            }
-            pending_sync = ticket;
-            since_sync = 0;
+            tx.send(full).await.map_err(|_| stopped())?;
         }
         if i + 1 == n / 2 && n > 1 {
             fault::point(&format!("{step}:mid-stream")).await;
         }
     }
     if !batch.is_empty() {
+        tx.send(batch).await.map_err(|_| stopped())?;
+    }
+    Ok(())
+}
+
+/// The writing side of [`receive_arc`]: writes each batch, syncs every [`SYNC_EVERY`] bytes
+/// (waiting for the previous window's flush only, so the flusher works on one window while
+/// the next is written), and returns once everything written is durable.
+fn write_batches(
+    storage: &Storage,
+    runtime: &tokio::runtime::Handle,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<(HashKey, Vec<u8>)>>,
+) -> Result<()> {
+    let mut since_sync = 0u64;
+    let mut ticket = None;
+    let mut pending_sync = None;
+    while let Some(mut batch) = rx.blocking_recv() {
+        since_sync += batch.iter().map(|(_, v)| v.len() as u64).sum::<u64>();
         ticket = Some(storage.insert_batch(&mut batch)?);
+        if since_sync >= SYNC_EVERY {
+            if let Some(t) = pending_sync.take() {
+                runtime.block_on(storage.sync(t))?;
+            }
+            pending_sync = ticket;
+            since_sync = 0;
+        }
     }
     if let Some(t) = ticket {
-        storage.sync(t).await?;
+        runtime.block_on(storage.sync(t))?;
     }
     Ok(())
 }

@@ -50,7 +50,7 @@ pub struct Node {
     /// Settings, fixed for the life of the process.
     pub config: Config,
     /// The data directory: entries, ring state, handoff record.
-    pub storage: Storage,
+    pub storage: Arc<Storage>,
     /// What we know of the ring. A std lock: held only for in-memory reads, never across an
     /// `.await`. Changes that move ownership are made under the [`WriteGate`] as well.
     ring: RwLock<RingState>,
@@ -79,7 +79,7 @@ impl Node {
     pub fn new(config: Config, storage: Storage, ring: RingState) -> Node {
         Node {
             config,
-            storage,
+            storage: Arc::new(storage),
             ring: RwLock::new(ring),
             gate: WriteGate::default(),
             handoff: tokio::sync::Mutex::new(()),
