@@ -415,7 +415,14 @@ async fn serve_con_fenced<S: AsyncRead + AsyncWrite>(
 
 /// Deletes the entries of an arc we handed over, then clears the handoff record.
 async fn finish_handed_arc(node: &Node, from: &HashKey, to: &HashKey) -> Result<()> {
-    let (deleted, t) = node.storage.delete_arc(from, to)?;
+    // On a blocking thread, like the scan that sent them (see `send_arc`).
+    let (deleted, t) = {
+        let storage = node.storage.clone();
+        let (from, to) = (*from, *to);
+        tokio::task::spawn_blocking(move || storage.delete_arc(&from, &to))
+            .await
+            .map_err(|e| Error::Flush(format!("the thread deleting the arc failed: {e}")))??
+    };
     node.storage.sync(t).await?;
     node.set_handoff(None).await?;
     info!("dropped the {deleted} entries handed over");
