@@ -442,26 +442,51 @@ pub fn restore(archive: &Path, target: &Path, force: bool, tick: Tick) -> Result
     Ok(summary)
 }
 
+/// Reads, checks and writes an archive into `dir`. This thread reads and hashes the archive
+/// while a second one writes the batches to sled (at most two batches wait between them), so
+/// that reading overlaps writing as in a handoff's receiver.
 fn restore_into(archive: &Path, dir: &Path, tick: Tick) -> Result<Summary> {
     let mut reader = Reader::open(archive)?;
     let storage = Storage::open(dir, &StorageOptions::default())?;
-    let mut batch: Vec<(HashKey, Vec<u8>)> = Vec::with_capacity(BATCH_ENTRIES);
-    let mut batch_bytes = 0;
-    let (mut n, mut bytes) = (0u64, 0u64);
-    while let Some((k, v)) = reader.next_entry()? {
-        n += 1;
-        bytes += v.len() as u64;
-        batch_bytes += v.len();
-        batch.push((k, v));
-        if batch.len() >= BATCH_ENTRIES || batch_bytes >= BATCH_BYTES {
-            let _ = storage.insert_batch(&mut batch)?;
-            batch_bytes = 0;
-        }
-        tick(n, bytes);
-    }
-    if !batch.is_empty() {
-        let _ = storage.insert_batch(&mut batch)?;
-    }
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(HashKey, Vec<u8>)>>(2);
+        let storage = &storage;
+        let writer = scope.spawn(move || -> Result<()> {
+            for mut batch in rx {
+                let _ = storage.insert_batch(&mut batch)?;
+            }
+            Ok(())
+        });
+        let read = (|| -> Result<()> {
+            let mut batch: Vec<(HashKey, Vec<u8>)> = Vec::with_capacity(BATCH_ENTRIES);
+            let mut batch_bytes = 0;
+            let (mut n, mut bytes) = (0u64, 0u64);
+            while let Some((k, v)) = reader.next_entry()? {
+                n += 1;
+                bytes += v.len() as u64;
+                batch_bytes += v.len();
+                batch.push((k, v));
+                if batch.len() >= BATCH_ENTRIES || batch_bytes >= BATCH_BYTES {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ENTRIES));
+                    batch_bytes = 0;
+                    if tx.send(full).is_err() {
+                        break; // the writer failed: its error is reported below
+                    }
+                }
+                tick(n, bytes);
+            }
+            if !batch.is_empty() {
+                let _ = tx.send(batch);
+            }
+            Ok(())
+        })();
+        drop(tx);
+        let written = writer
+            .join()
+            .map_err(|_| Error::Flush("the thread writing the restore panicked".into()))?;
+        written?;
+        read
+    })?;
     let header = reader.header().clone();
     // Only a complete, intact archive becomes a data directory.
     let summary = reader.finish()?;
