@@ -40,7 +40,7 @@ const MAX_HEADER: u32 = 1 << 20;
 /// Largest value accepted when reading an archive: anything larger is corruption.
 const MAX_VALUE: u64 = 1 << 30;
 /// Restore writes a batch once it holds this many value bytes.
-const BATCH_BYTES: usize = 4 << 20;
+const BATCH_BYTES: usize = 1 << 20;
 
 /// What an archive says about where it came from.
 #[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]

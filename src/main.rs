@@ -224,9 +224,17 @@ const FOUND: u8 = 0;
 const ABSENT: u8 = 1;
 const FAILED: u8 = 2;
 
+/// sled's log buffers are pooled; see `dht_store::memory::NodeAllocator`.
+#[global_allocator]
+static ALLOCATOR: dht_store::memory::NodeAllocator = dht_store::memory::NodeAllocator;
+
 fn main() -> ExitCode {
-    dht_store::memory::tune_allocator();
     let cli = Cli::parse();
+    // Before any other thread starts (see dht_store::memory).
+    dht_store::memory::tune_allocator(match cli.command {
+        Some(Command::Restore { .. }) => dht_store::memory::MMAP_THRESHOLD_RESTORE,
+        _ => dht_store::memory::MMAP_THRESHOLD,
+    });
     let is_node = cli.command.is_none();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
