@@ -26,8 +26,11 @@ pub const BATCH_BYTES: usize = 4 << 20;
 const HANDOFF_BUFFER: usize = 256 << 10;
 /// Batches waiting between the socket task and the sled thread of a handoff, either way.
 const QUEUED_BATCHES: usize = 2;
-/// A receiver syncs to disk every this many bytes, so that its final flush is short.
-const SYNC_EVERY: u64 = 64 << 20;
+/// A receiver waits for the flush of the previous window of this many bytes before it goes
+/// on, so that the log sled has not yet written stays bounded on a slow disk. The flusher
+/// syncs continuously meanwhile; with 64 MiB windows the receiver waited too often (1 GiB CON
+/// 5.9–8.1 s, with 256 MiB 4.9–5.2 s: BENCHMARKS.md).
+const SYNC_EVERY: u64 = 256 << 20;
 /// Attempts of a join (CON answered `N` or failed) before giving up.
 const JOIN_ATTEMPTS: usize = 20;
 /// How long an incoming CON or DIS waits for a maintenance round or another handoff to end
