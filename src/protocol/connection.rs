@@ -34,6 +34,9 @@ impl Default for Limits {
 /// Values are read in pieces of at most this many bytes, and the buffer grows only as bytes
 /// actually arrive, so a peer announcing a large valSize and sending little costs little.
 const READ_CHUNK: usize = 1 << 20;
+/// Values up to this size are read into a buffer allocated at their announced size (already
+/// checked against the value limit); larger ones grow as their bytes arrive.
+const SMALL_VALUE: usize = 64 << 10;
 
 /// One TCP (or other) stream carrying protocol messages, buffered both ways.
 ///
@@ -189,6 +192,17 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
             size: n,
             limit: self.limits.max_value,
         })?;
+        if n <= SMALL_VALUE {
+            // Small enough to allocate up front: one exact read, no growth. (Growing, tokio's
+            // read_to_end doubled the buffer to probe for the end of every value: a realloc and
+            // a copy per request.)
+            let mut out = vec![0u8; n];
+            self.stream
+                .read_exact(&mut out)
+                .await
+                .map_err(Error::from_io)?;
+            return Ok(out);
+        }
         // Capacity grows with what arrives (no zero-filling, no trusting the length).
         let mut out = Vec::with_capacity(n.min(READ_CHUNK));
         let got = (&mut self.stream)
