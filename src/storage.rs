@@ -751,12 +751,19 @@ impl Storage {
         Ok(self.touch(&k)?.map(|v| (HashKey(key), v)))
     }
 
-    /// `get` [`TOUCHES`] times (see [`Storage::touched`]).
+    /// `get` once, and [`TOUCHES`] times in all for values of 1 KiB and more (see
+    /// [`Storage::touched`]). Pages of small values are small, so what the extra reads would
+    /// keep in bounds is small too, while they cost a 1M-entry scan most of its time: sled
+    /// evicted and re-loaded the pages of a freshly written tree over and over (a DIS of 1M ×
+    /// 100 B spent 28% of the sender's CPU freeing nodes; BENCHMARKS.md).
     fn touch(&self, k: &[u8]) -> Result<Option<sled::IVec>> {
-        for _ in 1..TOUCHES {
-            self.data.get(k)?;
+        let v = self.data.get(k)?;
+        if v.as_ref().is_some_and(|v| v.len() >= SINGLE_INSERTS_BELOW) {
+            for _ in 1..TOUCHES {
+                self.data.get(k)?;
+            }
         }
-        Ok(self.data.get(k)?)
+        Ok(v)
     }
 }
 
