@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::protocol::{HashKey, PeerAddr};
 use crate::ring::RingState;
-use crate::storage::{RingRecord, Storage, StorageOptions, BATCH_ENTRIES};
+use crate::storage::{Batcher, RingRecord, Storage, StorageOptions};
 
 pub const MAGIC: &[u8; 16] = b"DHTSTORE-BACKUP\n";
 pub const VERSION: u32 = 1;
@@ -458,25 +458,20 @@ fn restore_into(archive: &Path, dir: &Path, tick: Tick) -> Result<Summary> {
             Ok(())
         });
         let read = (|| -> Result<()> {
-            let mut batch: Vec<(HashKey, Vec<u8>)> = Vec::with_capacity(BATCH_ENTRIES);
-            let mut batch_bytes = 0;
+            let mut batcher = Batcher::new(BATCH_BYTES);
             let (mut n, mut bytes) = (0u64, 0u64);
             while let Some((k, v)) = reader.next_entry()? {
                 n += 1;
                 bytes += v.len() as u64;
-                batch_bytes += v.len();
-                batch.push((k, v));
-                if batch.len() >= BATCH_ENTRIES || batch_bytes >= BATCH_BYTES {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ENTRIES));
-                    batch_bytes = 0;
+                if let Some(full) = batcher.push(k, v) {
                     if tx.send(full).is_err() {
                         break; // the writer failed: its error is reported below
                     }
                 }
                 tick(n, bytes);
             }
-            if !batch.is_empty() {
-                let _ = tx.send(batch);
+            if let Some(last) = batcher.finish() {
+                let _ = tx.send(last);
             }
             Ok(())
         })();

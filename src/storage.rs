@@ -70,6 +70,44 @@ const HANDOFF_KEY: &[u8] = b"handoff";
 /// batch, small enough that sled 0.34 does not balloon (10k-entry batches took GBs of RAM).
 pub const BATCH_ENTRIES: usize = 1000;
 
+/// Gathers streamed entries into batches of at most [`BATCH_ENTRIES`] entries or `max_bytes`
+/// value bytes (whichever comes first): the one bound every range move and restore uses.
+pub struct Batcher<V> {
+    /// The batch being filled.
+    batch: Vec<(HashKey, V)>,
+    /// Value bytes in `batch`.
+    bytes: usize,
+    /// A batch is full at this many value bytes.
+    max_bytes: usize,
+}
+
+impl<V: AsRef<[u8]>> Batcher<V> {
+    pub fn new(max_bytes: usize) -> Self {
+        Batcher {
+            batch: Vec::new(),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    /// Adds an entry; returns the batch once it is full.
+    pub fn push(&mut self, key: HashKey, value: V) -> Option<Vec<(HashKey, V)>> {
+        self.bytes += value.as_ref().len();
+        self.batch.push((key, value));
+        if self.batch.len() >= BATCH_ENTRIES || self.bytes >= self.max_bytes {
+            self.bytes = 0;
+            Some(std::mem::take(&mut self.batch))
+        } else {
+            None
+        }
+    }
+
+    /// The last, partly filled batch, if any.
+    pub fn finish(self) -> Option<Vec<(HashKey, V)>> {
+        (!self.batch.is_empty()).then_some(self.batch)
+    }
+}
+
 /// Where a handoff stands; what a restart must do with it is in ARCHITECTURE.md.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub enum Phase {
@@ -543,16 +581,15 @@ impl Storage {
             }
         } else {
             let mut batch = sled::Batch::default();
-            let keys: Vec<HashKey> = entries.iter().map(|(k, _)| *k).collect();
-            for (k, v) in entries.drain(..) {
-                batch.insert(&k.0[..], v);
+            for (k, v) in entries.iter_mut() {
+                batch.insert(&k.0[..], std::mem::take(v));
             }
             self.data.apply_batch(batch)?;
             // Writes reach sled's LRU in the same blocks of 64 accesses per shard as reads
             // (see `touched`): pages of large values written once would stay in memory
             // unaccounted (a 1 GiB import peaked ~70 MiB over the cache). Touching them
             // registers them as the import goes.
-            for k in &keys {
+            for (k, _) in entries.drain(..) {
                 self.touch(k.as_bytes())?;
             }
         }
@@ -775,7 +812,7 @@ impl Storage {
 /// then in a global queue that pinning threads drain 8 bags per 128 pins. A bulk import, scan or
 /// range delete produces garbage faster than that: importing 1 GiB of 10 KiB values held some
 /// 70 MiB of evicted values and 40 MiB of written log buffers at its peak (heaptrack), whatever
-/// the cache capacity. Flushing this thread's bag and collecting every [`RECLAIM_EVERY`]
+/// the cache capacity. Flushing this thread's bag and collecting every `RECLAIM_EVERY`
 /// entries frees it as the bulk operation goes (BENCHMARKS.md, "Memory during a handoff").
 pub fn reclaim() {
     for _ in 0..4 {

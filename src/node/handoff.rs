@@ -3,7 +3,7 @@
 //!
 //! Entries move straight between sled and the socket: the sender streams a range iterator
 //! (fenced by the [`super::WriteGate`], since sled iterators are not snapshots), the receiver
-//! writes batches of at most [`BATCH_ENTRIES`] entries or [`BATCH_BYTES`] bytes. Nothing is
+//! writes batches (`storage::Batcher`) of at most 1000 entries or [`BATCH_BYTES`] bytes. Nothing is
 //! collected in memory. What each side persists at each step, and why that loses nothing on a
 //! crash, is in ARCHITECTURE.md ("Crash safety of handoffs").
 
@@ -18,7 +18,7 @@ use super::{fault, walk, Node, Progress};
 use crate::error::{Error, Result};
 use crate::protocol::{Connection, HashKey, Limits, PeerAddr, Status};
 use crate::ring::{id_of, in_arc, Peer, RingState};
-use crate::storage::{HandoffRecord, Phase, Storage, BATCH_ENTRIES};
+use crate::storage::{Batcher, HandoffRecord, Phase, Storage};
 
 /// A receiver writes a batch once it holds this many value bytes (so 8 MiB values go one by one).
 pub const BATCH_BYTES: usize = 4 << 20;
@@ -85,8 +85,8 @@ enum Outgoing {
 ///
 /// One blocking thread counts and reads the arc while this task writes the socket: sled's
 /// page loads stay off the async workers (and in one malloc arena), and reading overlaps
-/// sending. They meet in a channel of [`QUEUED_BATCHES`] batches of at most [`BATCH_ENTRIES`]
-/// entries or [`BATCH_BYTES`] bytes, so memory stays bounded whatever the arc holds.
+/// sending. They meet in a channel of [`QUEUED_BATCHES`] batches (`storage::Batcher`: at most
+/// 1000 entries or [`BATCH_BYTES`] bytes), so memory stays bounded whatever the arc holds.
 async fn send_arc<S: AsyncRead + AsyncWrite>(
     node: &Node,
     conn: &mut Connection<S>,
@@ -126,16 +126,11 @@ fn read_arc(
     if tx.blocking_send(Ok(Outgoing::Count(n))).is_err() {
         return;
     }
-    let mut batch = Vec::new();
-    let mut bytes = 0usize;
+    let mut batcher = Batcher::new(BATCH_BYTES);
     for entry in storage.iter_arc(from, to) {
         match entry {
             Ok((k, v)) => {
-                bytes += v.len();
-                batch.push((k, v));
-                if batch.len() >= BATCH_ENTRIES || bytes >= BATCH_BYTES {
-                    let full = std::mem::take(&mut batch);
-                    bytes = 0;
+                if let Some(full) = batcher.push(k, v) {
                     if tx.blocking_send(Ok(Outgoing::Entries(full))).is_err() {
                         return;
                     }
@@ -147,8 +142,8 @@ fn read_arc(
             }
         }
     }
-    if !batch.is_empty() {
-        let _ = tx.blocking_send(Ok(Outgoing::Entries(batch)));
+    if let Some(last) = batcher.finish() {
+        let _ = tx.blocking_send(Ok(Outgoing::Entries(last)));
     }
 }
 
@@ -242,8 +237,7 @@ async fn read_entries<S: AsyncRead + AsyncWrite>(
     tx: &tokio::sync::mpsc::Sender<Vec<(HashKey, Vec<u8>)>>,
 ) -> Result<()> {
     let stopped = || Error::Flush("the thread writing the arc stopped".into());
-    let mut batch: Vec<(HashKey, Vec<u8>)> = Vec::with_capacity(BATCH_ENTRIES.min(n as usize));
-    let mut batch_bytes = 0usize;
+    let mut batcher = Batcher::new(BATCH_BYTES);
     for i in 0..n {
         let key = conn.read_key().await?;
         if !in_arc(&key, from, to) {
@@ -264,23 +258,16 @@ async fn read_entries<S: AsyncRead + AsyncWrite>(
             }
         };
         let value = conn.read_value_bytes(len).await?;
-        batch_bytes += value.len();
         progress.add(1, len);
-        batch.push((key, value));
-        if batch.len() >= BATCH_ENTRIES || batch_bytes >= BATCH_BYTES {
-            let full = std::mem::replace(
-                &mut batch,
-                Vec::with_capacity(BATCH_ENTRIES.min((n - i) as usize)),
-            );
-            batch_bytes = 0;
+        if let Some(full) = batcher.push(key, value) {
             tx.send(full).await.map_err(|_| stopped())?;
         }
         if i + 1 == n / 2 && n > 1 {
             fault::point(&format!("{step}:mid-stream")).await;
         }
     }
-    if !batch.is_empty() {
-        tx.send(batch).await.map_err(|_| stopped())?;
+    if let Some(last) = batcher.finish() {
+        tx.send(last).await.map_err(|_| stopped())?;
     }
     Ok(())
 }
