@@ -390,7 +390,7 @@ pub struct Storage {
     cow: sled::Tree,
     /// `Some(cursor)` while a backup runs: keys above the cursor not yet streamed are copied
     /// into `cow` before they change. Writers and the backup take this lock briefly.
-    cut: Mutex<Option<Option<HashKey>>>,
+    cut: Mutex<Option<CutState>>,
     /// Shared with the flusher thread.
     commit: Arc<GroupCommit>,
     /// The flusher thread, joined on drop.
@@ -653,9 +653,11 @@ impl Storage {
     /// Before `key` changes: if a backup's cut is active and has not streamed `key` yet, keep
     /// its current version (or its absence) in the copy-on-write tree, once.
     fn preserve(&self, key: &[u8]) -> Result<()> {
-        let cut = self.cut.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(cursor) = &*cut else { return Ok(()) };
-        if cursor.is_some_and(|c| key <= &c.0[..]) || self.cow.contains_key(key)? {
+        let mut cut = self.cut.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(state) = cut.as_mut() else {
+            return Ok(());
+        };
+        if state.cursor.is_some_and(|c| key <= &c.0[..]) || self.cow.contains_key(key)? {
             return Ok(());
         }
         let old = match self.data.get(key)? {
@@ -668,10 +670,11 @@ impl Storage {
             None => vec![0],
         };
         self.cow.insert(key, old)?;
+        state.preserved += 1;
         Ok(())
     }
 
-    /// Starts a point-in-time cut for a backup: from now on [`Storage::next_in_cut`] streams
+    /// Starts a point-in-time cut for a backup: from now on [`Storage::cut_entries`] streams
     /// the entries as they are at this instant, whatever writes do meanwhile. One at a time.
     pub fn begin_cut(&self) -> Result<()> {
         let mut cut = self.cut.lock().unwrap_or_else(|e| e.into_inner());
@@ -681,53 +684,25 @@ impl Storage {
             ));
         }
         self.cow.clear()?;
-        *cut = Some(None);
+        *cut = Some(CutState::default());
         Ok(())
     }
 
-    /// The next entry of the cut in key order, `None` at the end.
-    pub fn next_in_cut(&self) -> Result<Option<(HashKey, sled::IVec)>> {
-        use std::ops::Bound::{Excluded, Unbounded};
-        let mut cut = self.cut.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(cursor) = cut.as_mut() else {
+    /// The entries of the active cut in key order (see [`CutEntries`]).
+    pub fn cut_entries(&self) -> Result<CutEntries<'_>> {
+        let cut = self.cut.lock().unwrap_or_else(|e| e.into_inner());
+        if cut.is_none() {
             return Err(Error::Config("no backup cut is active".into()));
-        };
-        loop {
-            let lower = match cursor {
-                Some(c) => Excluded(c.0.to_vec()),
-                None => Unbounded,
-            };
-            let main = self
-                .data
-                .range::<Vec<u8>, _>((lower.clone(), Unbounded))
-                .next()
-                .transpose()?;
-            let old = self
-                .cow
-                .range::<Vec<u8>, _>((lower, Unbounded))
-                .next()
-                .transpose()?;
-            let (key, value) = match (main, old) {
-                (None, None) => return Ok(None),
-                (Some((k, _)), None) => {
-                    let v = self.touch(&k)?; // registers the page with the cache (see touched)
-                    (k, v)
-                }
-                (Some((mk, _)), Some((ok, _))) if mk < ok => {
-                    let v = self.touch(&mk)?;
-                    (mk, v)
-                }
-                (_, Some((ok, ov))) => (ok, decode_old(ov)),
-            };
-            let key: [u8; 20] = key.as_ref().try_into().map_err(|_| {
-                Error::Config(format!("a stored key is {} bytes, not 20", key.len()))
-            })?;
-            *cursor = Some(HashKey(key));
-            if let Some(v) = value {
-                return Ok(Some((HashKey(key), v)));
-            }
-            // Absent at the cut (inserted since): skip it.
         }
+        Ok(CutEntries {
+            storage: self,
+            data: self.data.iter(),
+            peeked: None,
+            data_done: false,
+            cow_next: None,
+            cow_seen: None,
+            streamed: 0,
+        })
     }
 
     /// Ends the cut and drops the old versions it kept.
@@ -817,6 +792,119 @@ impl Storage {
 pub fn reclaim() {
     for _ in 0..4 {
         crossbeam_epoch::pin().flush();
+    }
+}
+
+/// A backup's cut while it runs (see [`Storage::begin_cut`]).
+#[derive(Default)]
+struct CutState {
+    /// The last key streamed: writers preserve keys above it before changing them, keys at or
+    /// below it are already in the backup. `None` before the first entry.
+    cursor: Option<HashKey>,
+    /// How many old versions writers have put in the copy-on-write tree so far: the backup
+    /// re-reads that tree only when this moved, instead of seeking it for every entry.
+    preserved: u64,
+}
+
+/// Streams the active cut: the entries as they were when [`Storage::begin_cut`] ran.
+///
+/// A merge of two sources in key order: one live iterator over the data tree, and the
+/// copy-on-write tree, which holds the old version (or absence) of every key a writer changed
+/// above the cursor. A key in both is taken from the copy-on-write tree. The live iterator may
+/// show a write made after the cut, but only for a key that writer preserved first. The cut's
+/// lock is held while each entry is chosen and the cursor moved, so a writer either preserved
+/// the key before (and the re-read of the copy-on-write tree sees it) or changes it after the
+/// cursor passed it.
+pub struct CutEntries<'a> {
+    /// The storage whose cut this is.
+    storage: &'a Storage,
+    /// Live iterator over the data tree, from the start.
+    data: sled::Iter,
+    /// The data tree's next entry, read and not yet streamed.
+    peeked: Option<(sled::IVec, sled::IVec)>,
+    /// The data iterator has ended.
+    data_done: bool,
+    /// The copy-on-write tree's first entry above the cursor, as of `cow_seen`.
+    cow_next: Option<(sled::IVec, sled::IVec)>,
+    /// `CutState::preserved` when `cow_next` was read; `None`: read it again.
+    cow_seen: Option<u64>,
+    /// Entries produced, to reclaim sled's garbage as the scan goes (see [`reclaim`]).
+    streamed: u64,
+}
+
+impl CutEntries<'_> {
+    fn step(&mut self) -> Result<Option<(HashKey, sled::IVec)>> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        loop {
+            if self.peeked.is_none() && !self.data_done {
+                self.peeked = self.data.next().transpose()?;
+                // Once at the end, stay there: a key inserted later is not in the cut, and
+                // may lie below the cursor where no writer preserves anything.
+                self.data_done = self.peeked.is_none();
+            }
+            let storage = self.storage;
+            let mut cut = storage.cut.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(state) = cut.as_mut() else {
+                return Err(Error::Config("the backup cut ended early".into()));
+            };
+            if self.cow_seen != Some(state.preserved) {
+                let lower = match &state.cursor {
+                    Some(c) => Excluded(&c.0[..]),
+                    None => Unbounded,
+                };
+                self.cow_next = storage
+                    .cow
+                    .range::<&[u8], _>((lower, Unbounded))
+                    .next()
+                    .transpose()?;
+                self.cow_seen = Some(state.preserved);
+            }
+            let from_data = match (&self.peeked, &self.cow_next) {
+                (None, None) => return Ok(None),
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((dk, _)), Some((ok, _))) => dk < ok,
+            };
+            let (key, value) = if from_data {
+                let Some((k, _)) = self.peeked.take() else {
+                    continue;
+                };
+                // Read again for the cache's sake (see `touched`); under the cut's lock no
+                // writer can have changed an unpreserved key since the iterator read it.
+                let v = storage.touch(&k)?;
+                (k, v)
+            } else {
+                let Some((k, old)) = self.cow_next.take() else {
+                    continue;
+                };
+                if self.peeked.as_ref().is_some_and(|(dk, _)| *dk == k) {
+                    self.peeked = None;
+                }
+                self.cow_seen = None;
+                (k, decode_old(old))
+            };
+            let key: [u8; 20] = key.as_ref().try_into().map_err(|_| {
+                Error::Config(format!("a stored key is {} bytes, not 20", key.len()))
+            })?;
+            state.cursor = Some(HashKey(key));
+            drop(cut);
+            self.streamed += 1;
+            if self.streamed.is_multiple_of(RECLAIM_EVERY) {
+                reclaim();
+            }
+            if let Some(v) = value {
+                return Ok(Some((HashKey(key), v)));
+            }
+            // Absent at the cut (inserted since): skip it.
+        }
+    }
+}
+
+impl Iterator for CutEntries<'_> {
+    type Item = Result<(HashKey, sled::IVec)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.step().transpose()
     }
 }
 
@@ -943,5 +1031,113 @@ mod tests {
             "wrapping arc: top range, then from 0"
         );
         assert_eq!(keys(20, 20), vec![0, 10, 20, 30, 255], "whole circle");
+    }
+
+    /// A value that says which write made it, so a wrong version cannot pass for the right one.
+    fn val(key: u8, version: u32) -> Vec<u8> {
+        let mut v = vec![key];
+        v.extend_from_slice(&version.to_be_bytes());
+        v
+    }
+
+    fn snapshot(s: &Storage) -> Vec<(HashKey, Vec<u8>)> {
+        s.iter_arc(&HashKey::ZERO, &HashKey::ZERO)
+            .map(|r| r.map(|(k, v)| (k, v.to_vec())).unwrap())
+            .collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Writes between the entries of a cut (inserts of new keys, overwrites and removes,
+        /// ahead of the backup and behind it) never show in it: it streams exactly what was
+        /// there when it began.
+        #[test]
+        fn a_cut_streams_the_entries_as_they_were_when_it_began(
+            initial in proptest::collection::btree_set(proptest::prelude::any::<u8>(), 0..40),
+            writes in proptest::collection::vec(
+                (0usize..45, proptest::prelude::any::<u8>(), proptest::prelude::any::<bool>()),
+                0..120,
+            ),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+            for &n in &initial {
+                let _ = s.insert(&k(n), val(n, 0)).unwrap();
+            }
+            let before = snapshot(&s);
+            s.begin_cut().unwrap();
+            let mut got = Vec::new();
+            let mut version = 0;
+            let mut entries = s.cut_entries().unwrap();
+            let mut position = 0;
+            loop {
+                for &(_, n, insert) in writes.iter().filter(|(at, _, _)| *at == position) {
+                    version += 1;
+                    if insert {
+                        let _ = s.insert(&k(n), val(n, version)).unwrap();
+                    } else {
+                        let _ = s.remove(&k(n)).unwrap();
+                    }
+                }
+                match entries.next() {
+                    Some(r) => got.push(r.map(|(k, v)| (k, v.to_vec())).unwrap()),
+                    None => break,
+                }
+                position += 1;
+            }
+            drop(entries);
+            s.end_cut().unwrap();
+            proptest::prop_assert_eq!(got, before);
+        }
+    }
+
+    /// The same with a writer thread racing the backup.
+    #[test]
+    fn a_cut_is_a_snapshot_while_another_thread_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        for n in (0..=255u8).step_by(2) {
+            let _ = s.insert(&k(n), val(n, 0)).unwrap();
+        }
+        let before = snapshot(&s);
+        for round in 0..20u32 {
+            s.begin_cut().unwrap();
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let got = std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    let mut x = round.wrapping_mul(2_654_435_761).wrapping_add(1);
+                    let mut version = 1;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        x ^= x << 13;
+                        x ^= x >> 17;
+                        x ^= x << 5;
+                        let n = x as u8;
+                        if x & 0x100 == 0 {
+                            let _ = s.insert(&k(n), val(n, version)).unwrap();
+                        } else {
+                            let _ = s.remove(&k(n)).unwrap();
+                        }
+                        version += 1;
+                    }
+                });
+                let got: Vec<_> = s
+                    .cut_entries()
+                    .unwrap()
+                    .map(|r| r.map(|(k, v)| (k, v.to_vec())).unwrap())
+                    .collect();
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                got
+            });
+            s.end_cut().unwrap();
+            assert_eq!(got, before, "round {round}");
+            // Put the starting state back for the next round.
+            for n in 0..=255u8 {
+                if n % 2 == 0 {
+                    let _ = s.insert(&k(n), val(n, 0)).unwrap();
+                } else {
+                    let _ = s.remove(&k(n)).unwrap();
+                }
+            }
+        }
     }
 }

@@ -463,3 +463,79 @@ async fn a_restored_node_in_a_changed_ring_serves_what_it_owns_and_the_rest_reac
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Archives from earlier builds keep working. `tests/fixtures/v1-22-entries.backup` was written
+/// by the build of commit ff0add7 (format version 1: SHA-256 over the entries) from a stopped
+/// node holding "k0".."k19" = "value 0".."value 19", "empty" = "" and "big" = 3000 bytes of
+/// a..z repeating. The current build writes version 2, and must still read version 1.
+#[tokio::test]
+async fn an_archive_in_format_version_1_from_an_earlier_build_verifies_and_restores() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1-22-entries.backup");
+    let bytes = std::fs::read(&fixture).unwrap();
+    assert_eq!(
+        &bytes[16..20],
+        &1u32.to_be_bytes(),
+        "the fixture is version 1"
+    );
+
+    let out = run(&["verify", fixture.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("entries 22"), "{}", text(&out));
+
+    let root = tempfile::tempdir().unwrap();
+    let target = root.path().join("restored");
+    let out = run(&[
+        "restore",
+        "--from",
+        fixture.to_str().unwrap(),
+        "--data",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let storage = dht_store::storage::Storage::open(&target, &Default::default()).unwrap();
+    let mut expected: HashMap<HashKey, Vec<u8>> = (0..20)
+        .map(|i| {
+            (
+                HashKey::of(format!("k{i}").as_bytes()),
+                format!("value {i}").into_bytes(),
+            )
+        })
+        .collect();
+    expected.insert(HashKey::of(b"empty"), Vec::new());
+    expected.insert(
+        HashKey::of(b"big"),
+        (0..3000).map(|i| b'a' + (i % 26) as u8).collect(),
+    );
+    let stored: HashMap<HashKey, Vec<u8>> = storage
+        .iter_arc(&HashKey::ZERO, &HashKey::ZERO)
+        .map(|r| r.map(|(k, v)| (k, v.to_vec())).unwrap())
+        .collect();
+    assert_eq!(stored, expected);
+
+    // A flipped value byte in the old format is caught too.
+    let mut bad = bytes.clone();
+    let at = bytes.len() / 2;
+    bad[at] ^= 1;
+    let bad_path = root.path().join("bad-v1.backup");
+    std::fs::write(&bad_path, &bad).unwrap();
+    check_refused(
+        &bad_path,
+        &root.path().join("t-bad-v1"),
+        "a flipped byte (v1)",
+    );
+}
+
+/// The current build writes the current format version.
+#[tokio::test]
+async fn new_archives_are_written_in_the_current_format_version() {
+    let root = tempfile::tempdir().unwrap();
+    let archive = small_archive(root.path()).await;
+    let bytes = std::fs::read(&archive).unwrap();
+    assert_eq!(
+        &bytes[16..20],
+        &dht_store::backup::VERSION.to_be_bytes(),
+        "version field"
+    );
+    assert_eq!(dht_store::backup::VERSION, 2);
+}
