@@ -6,9 +6,10 @@
 //! in-memory state and hand back a [`Ticket`]; [`Storage::sync`] on that ticket returns only once
 //! the change is flushed by sled *and* its log file is `fdatasync`ed: sled 0.34's own `flush`
 //! ends in `sync_file_range`, which survives a killed process but not a power cut or a kernel
-//! crash (it neither flushes the disk cache nor the file's size). One caveat remains: sled
-//! writes pages larger than 128 KiB (values of about that size and more) to separate blob files
-//! that it never fsyncs; those are safe against a killed process, not against a power cut. A node answers `T` only after `sync`.
+//! crash (it neither flushes the disk cache nor the file's size). sled also writes pages larger
+//! than 128 KiB (large values, or leaves of several values of some KiB) to blob files of their
+//! own that it never fsyncs; after a flush that may have made new ones, the flusher `syncfs`es
+//! the filesystem too ([`BlobSync`]). A node answers `T` only after `sync`.
 //! Flushes are a group commit: one flusher thread flushes everything written so far, and every
 //! writer whose change preceded that flush is released by it, so N concurrent writers share one
 //! fsync instead of paying one each.
@@ -239,7 +240,7 @@ impl GroupCommit {
 
     /// The flusher thread's loop: flush whatever was written since the last flush, fdatasync
     /// sled's log file, publish.
-    fn run(self: Arc<Self>, db: sled::Db, log: File) {
+    fn run(self: Arc<Self>, db: sled::Db, log: File, mut blobs: BlobSync) {
         let mut done = 0u64;
         loop {
             let target = {
@@ -258,6 +259,7 @@ impl GroupCommit {
                 .flush()
                 .map_err(Error::from)
                 .and_then(|_| Ok(log.sync_data()?))
+                .and_then(|_| Ok(blobs.sync(&log).map(drop)?))
             {
                 Ok(()) => self.durable.send_modify(|d| d.seq = target),
                 Err(e) => {
@@ -276,6 +278,67 @@ impl GroupCommit {
         }
         debug!("flusher stopped");
     }
+}
+
+/// Makes sled's blob files durable. sled 0.34 writes a page bigger than a quarter segment (128
+/// KiB: a large value, or a leaf of several 10 KiB values) to a file of its own in `db/blobs`
+/// and never fsyncs it: its log, which we fdatasync, would point at a file a power cut can
+/// empty. After each flush, if the blob directory changed since the last look, one `syncfs`
+/// writes back every new blob file (and the directory) before the flush is published. Writes of
+/// small values create no blob files and pay one `stat`.
+struct BlobSync {
+    /// `DIR/db/blobs`.
+    dir: PathBuf,
+    /// The directory's modification time at the last look.
+    seen: Option<std::time::SystemTime>,
+    /// The last look was within a second of that modification time: a file created just after
+    /// it may not have moved the (coarse) timestamp, so look again next time.
+    recent: bool,
+}
+
+impl BlobSync {
+    fn new(dir: PathBuf) -> BlobSync {
+        BlobSync {
+            dir,
+            seen: None,
+            recent: true,
+        }
+    }
+
+    /// Syncs the filesystem holding `log` if blob files may have appeared since the last call;
+    /// says whether it did.
+    fn sync(&mut self, log: &File) -> std::io::Result<bool> {
+        let now = std::time::SystemTime::now();
+        let modified = match std::fs::metadata(&self.dir) {
+            Ok(m) => m.modified()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if self.seen == Some(modified) && !self.recent {
+            return Ok(false);
+        }
+        self.seen = Some(modified);
+        self.recent = now
+            .duration_since(modified)
+            .map_or(true, |d| d < std::time::Duration::from_secs(1));
+        syncfs(log).map(|()| true)
+    }
+}
+
+/// Writes back everything dirty on the filesystem holding `f` (Linux `syncfs`; elsewhere
+/// `sync_all` of `f`, which is all that can be done portably).
+fn syncfs(f: &File) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain syscall on an open descriptor.
+        if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    f.sync_all()
 }
 
 /// The exclusive lock on a data directory, held for the life of the node.
@@ -433,7 +496,7 @@ impl Storage {
             let db = db.clone();
             std::thread::Builder::new()
                 .name("dht-flusher".into())
-                .spawn(move || commit.run(db, log))?
+                .spawn(move || commit.run(db, log, BlobSync::new(db_dir.join("blobs"))))?
         };
         info!("opened data directory {}", dir.display());
         Ok(Storage {
@@ -1031,6 +1094,46 @@ mod tests {
             "wrapping arc: top range, then from 0"
         );
         assert_eq!(keys(20, 20), vec![0, 10, 20, 30, 255], "whole circle");
+    }
+
+    /// The flusher syncs blob files whenever the blob directory may have changed since its last
+    /// look, and only then.
+    #[test]
+    fn blob_files_are_synced_when_the_blob_directory_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = File::create(dir.path().join("log")).unwrap();
+        let blobs = dir.path().join("blobs");
+        let mut b = BlobSync::new(blobs.clone());
+        assert!(
+            !b.sync(&log).unwrap(),
+            "no blob directory yet: nothing to do"
+        );
+        std::fs::create_dir(&blobs).unwrap();
+        assert!(b.sync(&log).unwrap(), "a new blob directory");
+        assert!(
+            b.sync(&log).unwrap(),
+            "changed within the last second: look again"
+        );
+        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let set_old = || {
+            File::open(&blobs)
+                .unwrap()
+                .set_modified(an_hour_ago)
+                .unwrap()
+        };
+        set_old();
+        assert!(b.sync(&log).unwrap(), "the modification time moved");
+        assert!(
+            !b.sync(&log).unwrap(),
+            "unchanged for an hour: nothing to do"
+        );
+        std::fs::write(blobs.join("123"), b"blob").unwrap();
+        assert!(b.sync(&log).unwrap(), "a new blob file");
+        set_old();
+        assert!(b.sync(&log).unwrap());
+        assert!(!b.sync(&log).unwrap());
+        std::fs::remove_file(blobs.join("123")).unwrap();
+        assert!(b.sync(&log).unwrap(), "a removed blob file");
     }
 
     /// A value that says which write made it, so a wrong version cannot pass for the right one.
