@@ -10,9 +10,10 @@
 //! than 128 KiB (large values, or leaves of several values of some KiB) to blob files of their
 //! own that it never fsyncs; after a flush that may have made new ones, the flusher `syncfs`es
 //! the filesystem too ([`BlobSync`]). A node answers `T` only after `sync`.
-//! Flushes are a group commit: one flusher thread flushes everything written so far, and every
-//! writer whose change preceded that flush is released by it, so N concurrent writers share one
-//! fsync instead of paying one each.
+//! Flushes are a group commit: when someone waits in `sync`, one flusher thread flushes
+//! everything written so far, and every writer whose change preceded that flush is released by
+//! it, so N concurrent writers share one fsync instead of paying one each. Writes nobody waits
+//! for yet (a bulk import between its syncs) are not flushed on their own account.
 //!
 //! # Layout of a data directory
 //!
@@ -208,10 +209,14 @@ struct Durable {
 struct Pending {
     /// Ticket of the latest change applied to sled.
     written: u64,
+    /// The highest ticket someone waits for in [`Storage::sync`]. The flusher flushes only
+    /// when this is ahead of what it flushed: a bulk import that syncs once per window is not
+    /// flushed (fdatasync, syncfs) after every batch by a flusher that has nothing to release.
+    wanted: u64,
     /// Set when the storage closes: the flusher makes a last flush and ends.
     stop: bool,
-    /// The flusher is waiting for writes: only then does a writer need to wake it (a
-    /// notify is a syscall; skipping it when the flusher is busy anyway saves one per write).
+    /// The flusher is waiting for work: only then does a waiter need to wake it (a notify is
+    /// a syscall; skipping it when the flusher is busy anyway saves one per write).
     idle: bool,
 }
 
@@ -219,7 +224,7 @@ struct Pending {
 struct GroupCommit {
     /// Changes applied and not yet known durable.
     pending: Mutex<Pending>,
-    /// Wakes the flusher when `pending.written` moves.
+    /// Wakes the flusher when `pending.wanted` moves.
     wake: Condvar,
     /// Published after each flush; writers wait on it.
     durable: watch::Sender<Durable>,
@@ -227,15 +232,24 @@ struct GroupCommit {
 
 impl GroupCommit {
     fn note_write(&self) -> Ticket {
-        let (seq, idle) = {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.written += 1;
+        Ticket(p.written)
+    }
+
+    /// Asks the flusher for a flush covering `ticket`.
+    fn want(&self, ticket: u64) {
+        let idle = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            p.written += 1;
-            (p.written, p.idle)
+            if p.wanted >= ticket {
+                return;
+            }
+            p.wanted = ticket;
+            p.idle
         };
         if idle {
             self.wake.notify_one();
         }
-        Ticket(seq)
     }
 
     /// The flusher thread's loop: flush whatever was written since the last flush, fdatasync
@@ -245,7 +259,7 @@ impl GroupCommit {
         loop {
             let target = {
                 let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                while p.written <= done && !p.stop {
+                while p.wanted <= done && !p.stop {
                     p.idle = true;
                     p = self.wake.wait(p).unwrap_or_else(|e| e.into_inner());
                 }
@@ -483,6 +497,7 @@ impl Storage {
         let commit = Arc::new(GroupCommit {
             pending: Mutex::new(Pending {
                 written: 0,
+                wanted: 0,
                 stop: false,
                 idle: false,
             }),
@@ -547,6 +562,13 @@ impl Storage {
     /// Waits until the change behind `ticket` (and every change before it) is flushed.
     pub async fn sync(&self, ticket: Ticket) -> Result<()> {
         let mut rx = self.commit.durable.subscribe();
+        let covered = {
+            let d = rx.borrow();
+            d.seq >= ticket.0 || d.failed >= ticket.0
+        };
+        if !covered {
+            self.commit.want(ticket.0);
+        }
         let d = rx
             .wait_for(|d| d.seq >= ticket.0 || d.failed >= ticket.0)
             .await
@@ -1134,6 +1156,30 @@ mod tests {
         assert!(!b.sync(&log).unwrap());
         std::fs::remove_file(blobs.join("123")).unwrap();
         assert!(b.sync(&log).unwrap(), "a removed blob file");
+    }
+
+    /// The flusher works on demand: writes nobody waits for stay unflushed (sled still writes
+    /// its buffers as they fill), and one `sync` flushes everything written before it.
+    #[tokio::test]
+    async fn the_flusher_flushes_when_someone_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        let mut last = None;
+        for n in 0..100u8 {
+            last = Some(s.insert(&k(n), vec![n]).unwrap());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(
+            s.commit.durable.borrow().seq,
+            0,
+            "no flush without a waiter"
+        );
+        s.sync(last.unwrap()).await.unwrap();
+        assert_eq!(
+            s.commit.durable.borrow().seq,
+            100,
+            "one flush covers all 100"
+        );
     }
 
     /// A value that says which write made it, so a wrong version cannot pass for the right one.
