@@ -21,6 +21,16 @@ fn run(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `dht-store restore --from FROM --data TO` and `extra`.
+fn restore(from: impl AsRef<Path>, to: impl AsRef<Path>, extra: &[&str]) -> Output {
+    let mut args = vec!["restore", "--from"];
+    args.push(from.as_ref().to_str().unwrap());
+    args.push("--data");
+    args.push(to.as_ref().to_str().unwrap());
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -130,13 +140,7 @@ async fn a_backup_of_a_running_node_under_writes_is_a_consistent_point_in_time_c
     );
 
     let restored = root.path().join("restored");
-    let out = run(&[
-        "restore",
-        "--from",
-        archive.to_str().unwrap(),
-        "--data",
-        restored.to_str().unwrap(),
-    ]);
+    let out = restore(&archive, &restored, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     // Serve the restored copy on another address (its id changes: that is allowed).
     let copy = TestNode::start(
@@ -282,13 +286,7 @@ fn check_refused(archive: &Path, target: &Path, what: &str) {
         err.contains("not a valid dht-store backup") || err.contains("cannot open"),
         "{what}: {err}"
     );
-    let out = run(&[
-        "restore",
-        "--from",
-        archive.to_str().unwrap(),
-        "--data",
-        target.to_str().unwrap(),
-    ]);
+    let out = restore(archive, target, &[]);
     assert_eq!(
         out.status.code(),
         Some(2),
@@ -318,13 +316,7 @@ async fn restore_over_a_non_empty_dir_needs_force_and_never_hits_a_running_node(
     let target = root.path().join("target");
     std::fs::create_dir_all(&target).unwrap();
     std::fs::write(target.join("precious"), b"keep me").unwrap();
-    let out = run(&[
-        "restore",
-        "--from",
-        archive.to_str().unwrap(),
-        "--data",
-        target.to_str().unwrap(),
-    ]);
+    let out = restore(&archive, &target, &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out).contains("not empty: give --force"),
@@ -335,14 +327,7 @@ async fn restore_over_a_non_empty_dir_needs_force_and_never_hits_a_running_node(
         target.join("precious").exists(),
         "nothing touched without --force"
     );
-    let out = run(&[
-        "restore",
-        "--from",
-        archive.to_str().unwrap(),
-        "--data",
-        target.to_str().unwrap(),
-        "--force",
-    ]);
+    let out = restore(&archive, &target, &["--force"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(!target.join("precious").exists());
     assert!(target.join("db").exists());
@@ -361,14 +346,7 @@ async fn restore_over_a_non_empty_dir_needs_force_and_never_hits_a_running_node(
         Lookup::Found(b"value 7".to_vec())
     );
     // --force over the directory of a running node is refused.
-    let out = run(&[
-        "restore",
-        "--from",
-        archive.to_str().unwrap(),
-        "--data",
-        target.to_str().unwrap(),
-        "--force",
-    ]);
+    let out = restore(&archive, &target, &["--force"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out).contains("in use by another dht-store process"),
@@ -422,13 +400,7 @@ async fn a_restored_node_in_a_changed_ring_serves_what_it_owns_and_the_rest_reac
     }
     // Restore node 1's archive into a fresh dir and start it at its old address.
     let restored = root.path().join("n1-restored");
-    let out = run(&[
-        "restore",
-        "--from",
-        archive.to_str().unwrap(),
-        "--data",
-        restored.to_str().unwrap(),
-    ]);
+    let out = restore(&archive, &restored, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     nodes.push(TestNode::start(&restored, addrs[1], &[]).await);
     let all: Vec<PeerAddr> = nodes.iter().map(|n| n.addr).collect();
@@ -484,13 +456,7 @@ async fn an_archive_in_format_version_1_from_an_earlier_build_verifies_and_resto
 
     let root = tempfile::tempdir().unwrap();
     let target = root.path().join("restored");
-    let out = run(&[
-        "restore",
-        "--from",
-        fixture.to_str().unwrap(),
-        "--data",
-        target.to_str().unwrap(),
-    ]);
+    let out = restore(&fixture, &target, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
     let storage = dht_store::storage::Storage::open(&target, &Default::default()).unwrap();
