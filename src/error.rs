@@ -55,6 +55,11 @@ pub enum Error {
 
     #[error("durable flush failed: {0}")]
     Flush(String),
+
+    /// A write to the data directory failed (a full disk, a file-size limit, an I/O error):
+    /// sled 0.34 cannot go on writing after that, so the storage refuses writes until restart.
+    #[error("{0}")]
+    Unwritable(String),
 }
 
 impl Error {

@@ -228,6 +228,9 @@ struct GroupCommit {
     wake: Condvar,
     /// Published after each flush; writers wait on it.
     durable: watch::Sender<Durable>,
+    /// Set by the first failed write (see [`Storage::wrote`]): from then on nothing is flushed
+    /// and every write and sync fails with this message.
+    failed: std::sync::OnceLock<Arc<str>>,
 }
 
 impl GroupCommit {
@@ -264,8 +267,8 @@ impl GroupCommit {
                     p = self.wake.wait(p).unwrap_or_else(|e| e.into_inner());
                 }
                 p.idle = false;
-                if p.written <= done {
-                    break; // stopping, and nothing is left to flush
+                if p.written <= done || self.failed.get().is_some() {
+                    break; // stopping with nothing left to flush, or nothing can be flushed
                 }
                 p.written
             };
@@ -503,6 +506,7 @@ impl Storage {
             }),
             wake: Condvar::new(),
             durable: watch::channel(Durable::default()).0,
+            failed: std::sync::OnceLock::new(),
         });
         // sled's log: `DIR/db/db`. Opened read-only; fdatasync works on any descriptor.
         let log = File::open(db_dir.join("db"))?;
@@ -547,20 +551,23 @@ impl Storage {
 
     /// Inserts or replaces; durable after [`Storage::sync`] of the ticket.
     pub fn insert(&self, key: &HashKey, value: Vec<u8>) -> Result<Ticket> {
+        self.writable()?;
         self.preserve(key.as_bytes())?;
-        self.data.insert(key.as_bytes(), value)?;
+        self.wrote(self.data.insert(key.as_bytes(), value))?;
         Ok(self.commit.note_write())
     }
 
     /// Removes; `true` if the key was there. Durable after [`Storage::sync`] of the ticket.
     pub fn remove(&self, key: &HashKey) -> Result<(bool, Ticket)> {
+        self.writable()?;
         self.preserve(key.as_bytes())?;
-        let was = self.data.remove(key.as_bytes())?.is_some();
+        let was = self.wrote(self.data.remove(key.as_bytes()))?.is_some();
         Ok((was, self.commit.note_write()))
     }
 
     /// Waits until the change behind `ticket` (and every change before it) is flushed.
     pub async fn sync(&self, ticket: Ticket) -> Result<()> {
+        self.writable()?;
         let mut rx = self.commit.durable.subscribe();
         let covered = {
             let d = rx.borrow();
@@ -584,7 +591,8 @@ impl Storage {
 
     /// Flushes everything now, on the calling thread.
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
+        self.writable()?;
+        self.wrote(self.db.flush())?;
         Ok(())
     }
 
@@ -606,8 +614,9 @@ impl Storage {
 
     /// Stores the ring state; durable after [`Storage::sync`] of the ticket.
     pub fn save_ring(&self, state: &RingState) -> Result<Ticket> {
+        self.writable()?;
         let bytes = bincode::encode_to_vec(RingRecord::from(state), bincode_config())?;
-        self.ring.insert(RING_KEY, bytes)?;
+        self.wrote(self.ring.insert(RING_KEY, bytes))?;
         Ok(self.commit.note_write())
     }
 
@@ -619,6 +628,7 @@ impl Storage {
         ring: Option<Option<&RingState>>,
         handoff: Option<Option<&HandoffRecord>>,
     ) -> Result<Ticket> {
+        self.writable()?;
         let mut batch = sled::Batch::default();
         match ring {
             Some(Some(r)) => batch.insert(
@@ -635,7 +645,7 @@ impl Storage {
             Some(None) => batch.remove(HANDOFF_KEY),
             None => {}
         }
-        self.ring.apply_batch(batch)?;
+        self.wrote(self.ring.apply_batch(batch))?;
         Ok(self.commit.note_write())
     }
 
@@ -653,13 +663,14 @@ impl Storage {
     /// measured on sled 0.34 (BENCHMARKS.md), sorted single inserts import 100-byte values
     /// about twice as fast as batches, while batches win from a few KiB up.
     pub fn insert_batch(&self, entries: &mut Vec<(HashKey, Vec<u8>)>) -> Result<Ticket> {
+        self.writable()?;
         for (k, _) in entries.iter() {
             self.preserve(k.as_bytes())?;
         }
         let bytes: usize = entries.iter().map(|(_, v)| v.len()).sum();
         if bytes < entries.len() * SINGLE_INSERTS_BELOW {
             for (i, (k, v)) in entries.drain(..).enumerate() {
-                self.data.insert(&k.0[..], v)?;
+                self.wrote(self.data.insert(&k.0[..], v))?;
                 if (i as u64 + 1).is_multiple_of(RECLAIM_EVERY) {
                     reclaim();
                 }
@@ -669,7 +680,7 @@ impl Storage {
             for (k, v) in entries.iter_mut() {
                 batch.insert(&k.0[..], std::mem::take(v));
             }
-            self.data.apply_batch(batch)?;
+            self.wrote(self.data.apply_batch(batch))?;
             // Writes reach sled's LRU in the same blocks of 64 accesses per shard as reads
             // (see `touched`): pages of large values written once would stay in memory
             // unaccounted (a 1 GiB import peaked ~70 MiB over the cache). Touching them
@@ -685,10 +696,13 @@ impl Storage {
     /// Removes `key` only if it still holds `value` (a misplaced entry handed to its owner,
     /// unless it changed meanwhile). Returns whether it was removed.
     pub fn remove_if_unchanged(&self, key: &HashKey, value: &[u8]) -> Result<(bool, Ticket)> {
+        self.writable()?;
         self.preserve(key.as_bytes())?;
         let done = self
-            .data
-            .compare_and_swap(key.as_bytes(), Some(value), None::<&[u8]>)?
+            .wrote(
+                self.data
+                    .compare_and_swap(key.as_bytes(), Some(value), None::<&[u8]>),
+            )?
             .is_ok();
         Ok((done, self.commit.note_write()))
     }
@@ -713,6 +727,7 @@ impl Storage {
     /// key order: on sled 0.34 they were faster than 1000-key batches and kept a 512 MB delete
     /// at 13 MB of RSS instead of 47 MB.
     pub fn delete_arc(&self, from: &HashKey, to: &HashKey) -> Result<(u64, Ticket)> {
+        self.writable()?;
         let mut deleted = 0u64;
         for (start, end) in ring::arc_ranges(from, to) {
             let range = match end {
@@ -724,7 +739,7 @@ impl Storage {
                     continue;
                 };
                 self.preserve(key.as_bytes())?;
-                if self.data.remove(key.as_bytes())?.is_some() {
+                if self.wrote(self.data.remove(key.as_bytes()))?.is_some() {
                     deleted += 1;
                     if deleted.is_multiple_of(RECLAIM_EVERY) {
                         reclaim();
@@ -754,7 +769,7 @@ impl Storage {
             }
             None => vec![0],
         };
-        self.cow.insert(key, old)?;
+        self.wrote(self.cow.insert(key, old))?;
         state.preserved += 1;
         Ok(())
     }
@@ -854,13 +869,45 @@ impl Storage {
     /// evicted and re-loaded the pages of a freshly written tree over and over (a DIS of 1M ×
     /// 100 B spent 28% of the sender's CPU freeing nodes; BENCHMARKS.md).
     fn touch(&self, k: &[u8]) -> Result<Option<sled::IVec>> {
-        let v = self.data.get(k)?;
+        // A `get` can write: sled splits an overgrown leaf on the next traversal.
+        let v = self.wrote(self.data.get(k))?;
         if v.as_ref().is_some_and(|v| v.len() >= SINGLE_INSERTS_BELOW) {
             for _ in 1..TOUCHES {
-                self.data.get(k)?;
+                self.wrote(self.data.get(k))?;
             }
         }
         Ok(v)
+    }
+
+    /// Fails with [`Error::Unwritable`] once a write has failed (see [`Storage::wrote`]).
+    fn writable(&self) -> Result<()> {
+        match self.commit.failed.get() {
+            Some(why) => Err(Error::Unwritable(why.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Passes on the result of a sled call that may write. An error marks the storage failed
+    /// for good: sled 0.34 does not recover from a failed write in place. A blob file that
+    /// cannot be written (a full disk, `ulimit -f`) leaves a log reservation that is never
+    /// completed, and every later flush waits for it forever. So from then on writes and syncs
+    /// fail at once, the flusher stops, waiting syncs are released with the error, and sled is
+    /// never dropped (its drop would wait for its own stuck flush). Reads go on. A restart,
+    /// after the cause is fixed, recovers from what sled made durable.
+    fn wrote<T>(&self, r: sled::Result<T>) -> Result<T> {
+        r.map_err(|e| {
+            let why: Arc<str> = format!("cannot write to {}: {e}", self.dir.display()).into();
+            if self.commit.failed.set(why.clone()).is_ok() {
+                error!("{why}; no more writes are accepted (restart once the cause is fixed)");
+                std::mem::forget(self.db.clone());
+                self.commit.durable.send_modify(|d| {
+                    d.failed = u64::MAX;
+                    d.error = Some(why.clone());
+                });
+                self.commit.wake.notify_one();
+            }
+            Error::Unwritable(why.to_string())
+        })
     }
 }
 
@@ -1012,6 +1059,10 @@ impl Drop for Storage {
             p.stop = true;
         }
         self.commit.wake.notify_one();
+        if self.commit.failed.get().is_some() {
+            // The flusher may be stuck inside sled for good (see `wrote`): leave it.
+            return;
+        }
         if let Some(t) = self.flusher.take() {
             let _ = t.join();
         }

@@ -27,6 +27,9 @@ pub struct TestNode {
     pub args: Vec<String>,
     /// Extra environment (e.g. DHT_STORE_FAULT) for the next start.
     pub env: Vec<(String, String)>,
+    /// `ulimit -f` for the next start, in bytes: writes that would make a file larger fail
+    /// (EFBIG, as a full disk fails with ENOSPC), without needing a small filesystem.
+    pub file_size_limit: Option<u64>,
 }
 
 impl TestNode {
@@ -40,6 +43,7 @@ impl TestNode {
             log: data.with_extension("log"),
             args: extra.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
+            file_size_limit: None,
         };
         n.restart().await;
         n
@@ -54,6 +58,7 @@ impl TestNode {
             log: data.with_extension("log"),
             args: extra.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
+            file_size_limit: None,
         }
     }
 
@@ -122,8 +127,8 @@ impl TestNode {
             .append(true)
             .open(&self.log)
             .expect("open node log");
-        Command::new(BIN)
-            .arg("--data")
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--data")
             .arg(&self.data)
             .arg("--port")
             .arg(self.addr.port().to_string())
@@ -134,9 +139,26 @@ impl TestNode {
             .env("DHT_STORE_MAINTENANCE_INTERVAL_MS", "200")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn dht-store")
+            .stderr(log);
+        if let Some(limit) = self.file_size_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let l = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // A write over the limit then fails with EFBIG instead of killing.
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    Ok(())
+                });
+            }
+        }
+        cmd.spawn().expect("spawn dht-store")
     }
 
     /// (Re)starts the process and waits for PUL.
