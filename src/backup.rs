@@ -126,7 +126,11 @@ pub fn write_archive_version(
         }
         Err(e) => {
             let _ = std::fs::remove_file(&partial);
-            Err(e)
+            Err(match e {
+                // Reading the node's data fails as Sled errors; Io ones are the archive's.
+                Error::Io(io) => Error::Archive(format!("cannot write {}: {io}", out.display())),
+                other => other,
+            })
         }
     }
 }
