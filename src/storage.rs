@@ -589,6 +589,14 @@ impl Storage {
         }
     }
 
+    /// Starts the flush that [`Storage::sync`] of `ticket` would wait for, without waiting:
+    /// a bulk writer asks for one window's flush and goes on writing the next.
+    pub fn request_sync(&self, ticket: Ticket) {
+        if self.commit.failed.get().is_none() {
+            self.commit.want(ticket.0);
+        }
+    }
+
     /// Flushes everything now, on the calling thread.
     pub fn flush(&self) -> Result<()> {
         self.writable()?;
@@ -1231,6 +1239,23 @@ mod tests {
             100,
             "one flush covers all 100"
         );
+    }
+
+    /// `request_sync` starts the flush without waiting for it.
+    #[tokio::test]
+    async fn request_sync_flushes_without_a_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        let t = s.insert(&k(1), vec![1]).unwrap();
+        s.request_sync(t);
+        let mut rx = s.commit.durable.subscribe();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            rx.wait_for(|d| d.seq >= 1),
+        )
+        .await
+        .expect("flushed without anyone waiting in sync")
+        .unwrap();
     }
 
     /// A value that says which write made it, so a wrong version cannot pass for the right one.
