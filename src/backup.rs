@@ -656,60 +656,11 @@ fn restore_into(archive: &Path, dir: &Path, tick: Tick) -> Result<Summary> {
     if let Some(rec) = &header.ring {
         let _ = storage.save_ring(&RingState::from(rec))?;
     }
+    // Durable as a whole, blob files and directories too (`Storage::flush` ends in a syncfs),
+    // before the rename puts it in place.
     storage.flush()?;
     drop(storage);
     // The restored directory must not carry the lock file's old pid or a stale socket.
     let _ = std::fs::remove_file(dir.join("LOCK"));
-    // sled syncs its log but not its blob files (pages over 128 KiB) nor the directories: a
-    // restore that says it is done must be on disk whole.
-    sync_tree(dir)?;
     Ok(summary)
-}
-
-/// fsyncs every file and directory under `dir` (and `dir` itself). Starts the writeback of all
-/// files first, so the disk sees them together rather than one fsync at a time.
-fn sync_tree(dir: &Path) -> Result<()> {
-    let mut files = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    let mut i = 0;
-    while i < dirs.len() {
-        for entry in std::fs::read_dir(&dirs[i])? {
-            let entry = entry?;
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                dirs.push(entry.path());
-            } else if kind.is_file() {
-                files.push(entry.path());
-            }
-        }
-        i += 1;
-    }
-    let open: Vec<File> = files
-        .iter()
-        .map(File::open)
-        .collect::<std::io::Result<_>>()?;
-    for f in &open {
-        start_writeback(f);
-    }
-    for f in &open {
-        f.sync_all()?;
-    }
-    for d in dirs.iter().rev() {
-        File::open(d)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// Asks the kernel to start writing `f` back now, without waiting (Linux; elsewhere a no-op).
-fn start_writeback(f: &File) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a plain syscall on an open descriptor; errors only mean no head start.
-        unsafe {
-            libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = f;
 }

@@ -597,10 +597,14 @@ impl Storage {
         }
     }
 
-    /// Flushes everything now, on the calling thread.
+    /// Makes everything written so far durable, on the calling thread: what the flusher does
+    /// for a group, always with a `syncfs` for sled's blob files (see [`BlobSync`]).
     pub fn flush(&self) -> Result<()> {
         self.writable()?;
         self.wrote(self.db.flush())?;
+        let log = File::open(self.dir.join("db").join("db"))?;
+        log.sync_data()?;
+        syncfs(&log)?;
         Ok(())
     }
 
