@@ -95,24 +95,8 @@ fn corrupt(path: &Path, what: impl std::fmt::Display) -> Error {
 /// Writes a backup of `storage` to `out`: a point-in-time cut, streamed. The archive is written
 /// to `out.partial` and renamed into place only when complete.
 pub fn write_archive(storage: &Storage, out: &Path, tick: Tick) -> Result<Summary> {
-    write_archive_version(storage, out, tick, VERSION)
-}
-
-/// [`write_archive`] in an older format version (1 or 2): for tests that check older archives
-/// still verify and restore.
-pub fn write_archive_version(
-    storage: &Storage,
-    out: &Path,
-    tick: Tick,
-    version: u32,
-) -> Result<Summary> {
-    if !(1..=VERSION).contains(&version) {
-        return Err(Error::Archive(format!(
-            "cannot write format version {version}"
-        )));
-    }
     let partial = partial_path(out);
-    let result = write_partial(storage, &partial, tick, version);
+    let result = write_partial(storage, &partial, tick);
     match result {
         Ok(summary) => {
             std::fs::rename(&partial, out)?;
@@ -144,12 +128,12 @@ fn partial_path(out: &Path) -> PathBuf {
     out.with_file_name(name)
 }
 
-fn write_partial(storage: &Storage, path: &Path, tick: Tick, version: u32) -> Result<Summary> {
+fn write_partial(storage: &Storage, path: &Path, tick: Tick) -> Result<Summary> {
     let file = File::create(path)
         .map_err(|e| Error::Archive(format!("cannot create {}: {e}", path.display())))?;
     let mut w = WriterThread::new(file)?;
     storage.begin_cut()?;
-    let streamed = stream_cut(storage, &mut w, tick, version);
+    let streamed = stream_cut(storage, &mut w, tick);
     storage.end_cut()?;
     let Streamed {
         header,
@@ -158,7 +142,7 @@ fn write_partial(storage: &Storage, path: &Path, tick: Tick, version: u32) -> Re
         bytes,
         entries_digest,
     } = streamed?;
-    let checksum = final_checksum(version, &head_final, &entries_digest);
+    let checksum = final_checksum(VERSION, &head_final, &entries_digest);
     w.write_all(TRAILER_MAGIC)?;
     w.write_all(&n.to_be_bytes())?;
     w.write_all(&checksum)?;
@@ -316,7 +300,7 @@ impl EntriesDigest {
 }
 
 /// Writes magic, version, header and every entry of the active cut; hashes the entries.
-fn stream_cut(storage: &Storage, w: &mut impl Write, tick: Tick, version: u32) -> Result<Streamed> {
+fn stream_cut(storage: &Storage, w: &mut impl Write, tick: Tick) -> Result<Streamed> {
     let ring = storage.load_ring()?;
     let mut header = Header {
         address: ring.as_ref().map(|r| r.me.addr),
@@ -330,10 +314,10 @@ fn stream_cut(storage: &Storage, w: &mut impl Write, tick: Tick, version: u32) -
     };
     let head = bincode::encode_to_vec(&header, config())?;
     w.write_all(MAGIC)?;
-    w.write_all(&version.to_be_bytes())?;
+    w.write_all(&VERSION.to_be_bytes())?;
     w.write_all(&(head.len() as u32).to_be_bytes())?;
     w.write_all(&head)?;
-    let mut hasher = EntriesDigest::new(version);
+    let mut hasher = EntriesDigest::new(VERSION);
     let (mut n, mut bytes) = (0u64, 0u64);
     for entry in storage.cut_entries()? {
         let (k, v) = entry?;
