@@ -116,21 +116,7 @@ async fn a_restore_that_cannot_write_fails_and_leaves_nothing() {
         .arg(&archive)
         .arg("--data")
         .arg(&target);
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                let l = libc::rlimit {
-                    rlim_cur: 1 << 20,
-                    rlim_max: 1 << 20,
-                };
-                libc::setrlimit(libc::RLIMIT_FSIZE, &l);
-                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-                Ok(())
-            });
-        }
-    }
+    common::limit_file_size(&mut cmd, 1 << 20);
     let errors = root.path().join("restore.err");
     let mut child = cmd
         .stdout(std::process::Stdio::null())

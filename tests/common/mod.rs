@@ -141,22 +141,7 @@ impl TestNode {
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log);
         if let Some(limit) = self.file_size_limit {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: only async-signal-safe calls between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let l = libc::rlimit {
-                        rlim_cur: limit,
-                        rlim_max: limit,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_FSIZE, &l) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    // A write over the limit then fails with EFBIG instead of killing.
-                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-                    Ok(())
-                });
-            }
+            limit_file_size(&mut cmd, limit);
         }
         cmd.spawn().expect("spawn dht-store")
     }
@@ -266,4 +251,24 @@ pub fn loopback_addrs(n: usize) -> Vec<PeerAddr> {
             PeerAddr::new(ip, l.local_addr().expect("addr").port())
         })
         .collect()
+}
+
+/// Runs `cmd` under `ulimit -f` of `bytes`: a write that would make any file larger fails with
+/// EFBIG (SIGXFSZ ignored), as writes to a full disk fail with ENOSPC.
+pub fn limit_file_size(cmd: &mut Command, bytes: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let l = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &l) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
 }
