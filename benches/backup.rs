@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use dht_store::protocol::{HashKey, PeerAddr};
 use dht_store::ring::RingState;
-use dht_store::storage::{Storage, StorageOptions};
+use dht_store::storage::{BatchWrite, Storage, StorageOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dht-store");
 const VALUE: usize = 10 * 1024;
@@ -93,10 +93,14 @@ async fn main() {
         for (i, k) in keys.into_iter().enumerate() {
             batch.push((k, vec![(i % 251) as u8; VALUE]));
             if batch.len() == 400 {
-                let _ = s.insert_batch(&mut batch).expect("batch");
+                let _ = s
+                    .insert_batch(&mut batch, BatchWrite::InPlace)
+                    .expect("batch");
             }
         }
-        let _ = s.insert_batch(&mut batch).expect("batch");
+        let _ = s
+            .insert_batch(&mut batch, BatchWrite::InPlace)
+            .expect("batch");
         let _ = s.save_ring(&RingState::alone(addr)).expect("ring");
         s.flush().expect("flush");
     }

@@ -49,7 +49,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use dht_store::client::{Client, Lookup};
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr};
 use dht_store::ring::RingState;
-use dht_store::storage::{Storage, StorageOptions};
+use dht_store::storage::{BatchWrite, Storage, StorageOptions};
 
 const VALUE_BYTES: usize = 100;
 const BATCH: usize = 1000;
@@ -449,7 +449,10 @@ async fn preload(dir: &Path, n: usize, addr: PeerAddr) -> Vec<HashKey> {
     let mut batch = Vec::with_capacity(BATCH);
     for chunk in keys.chunks(BATCH) {
         batch.extend(chunk.iter().map(|k| (*k, value_of(k))));
-        last = Some(s.insert_batch(&mut batch).expect("insert_batch"));
+        last = Some(
+            s.insert_batch(&mut batch, BatchWrite::InPlace)
+                .expect("insert_batch"),
+        );
     }
     if let Some(t) = last {
         s.sync(t).await.expect("sync");

@@ -37,7 +37,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::protocol::{HashKey, PeerAddr};
 use crate::ring::RingState;
-use crate::storage::{Batcher, RingRecord, Storage, StorageOptions};
+use crate::storage::{BatchWrite, Batcher, RingRecord, Storage, StorageOptions};
 
 pub const MAGIC: &[u8; 16] = b"DHTSTORE-BACKUP\n";
 /// The format version written (see the module doc; versions 1 and 2 are read).
@@ -605,7 +605,7 @@ fn restore_into(archive: &Path, dir: &Path, tick: Tick) -> Result<Summary> {
         let storage = &storage;
         let writer = scope.spawn(move || -> Result<()> {
             for mut batch in rx {
-                let _ = storage.insert_batch(&mut batch)?;
+                let _ = storage.insert_batch(&mut batch, BatchWrite::KeysFirst)?;
             }
             Ok(())
         });

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod fault;
 pub mod memory;
 pub mod node;
 pub mod protocol;

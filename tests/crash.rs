@@ -14,12 +14,20 @@ use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr};
 
 const KEYS: usize = 400;
 
-async fn preload(entry: PeerAddr) -> HashMap<HashKey, Vec<u8>> {
+/// Value size for the steps inside a keys-first batch: a receiver writes its keys first only for
+/// values of 1 KiB and more on average (`storage::BatchWrite::KeysFirst`).
+const KEYS_FIRST_VALUE: usize = 2048;
+
+/// Writes KEYS keys through `entry`; values of `size` bytes, or short ones for `None`.
+async fn preload(entry: PeerAddr, size: Option<usize>) -> HashMap<HashKey, Vec<u8>> {
     let mut r = Router::new(entry, AddressEncoding::Compact);
     let mut acked = HashMap::new();
     for i in 0..KEYS {
         let k = HashKey::of(format!("crash-{i}").as_bytes());
-        let v = format!("value {i}").into_bytes();
+        let mut v = format!("value {i}").into_bytes();
+        if let Some(size) = size {
+            v.resize(size, b'a' + (i % 26) as u8);
+        }
         assert!(r.put(&k, &v).await.unwrap(), "preload {i}");
         acked.insert(k, v);
     }
@@ -90,21 +98,62 @@ async fn settles(nodes: &[&TestNode], acked: &HashMap<HashKey, Vec<u8>>) {
     }
 }
 
+/// Two loopback addresses whose ring splits the KEYS keys no worse than 1:3, so that every step
+/// of a handoff is reached (a keys-first batch needs 32 entries; ids fall where they may).
+fn two_addrs() -> Vec<PeerAddr> {
+    loop {
+        let addrs = loopback_addrs(2);
+        let first = (0..KEYS)
+            .filter(|i| owner_of(&addrs, &HashKey::of(format!("crash-{i}").as_bytes())) == addrs[0])
+            .count();
+        if (KEYS / 4..=KEYS * 3 / 4).contains(&first) {
+            return addrs;
+        }
+    }
+}
+
+/// Removes (REM through `via`) 20 acknowledged keys that `owner` owns in the ring of `addrs`,
+/// and forgets them.
+async fn remove_some(
+    acked: &mut HashMap<HashKey, Vec<u8>>,
+    addrs: &[PeerAddr],
+    owner: PeerAddr,
+    via: PeerAddr,
+) {
+    let mut r = Router::new(via, AddressEncoding::Compact);
+    let gone: Vec<HashKey> = acked
+        .keys()
+        .filter(|k| owner_of(addrs, k) == owner)
+        .take(20)
+        .copied()
+        .collect();
+    assert_eq!(gone.len(), 20, "{owner} owns at least 20 keys");
+    for k in &gone {
+        assert!(r.remove(k).await.unwrap(), "REM {k}");
+        acked.remove(k);
+    }
+}
+
 fn fault(step: &str) -> Vec<(String, String)> {
     vec![("DHT_STORE_FAULT".into(), step.into())]
+}
+
+/// The value size a step needs to be reached.
+fn value_size(step: &str) -> Option<usize> {
+    step.starts_with("keys-first:").then_some(KEYS_FIRST_VALUE)
 }
 
 /// A ring of one (P) holding KEYS keys; J joins through it. `kill_server`: the fault and the
 /// kill are on P (serving the CON), else on J (joining).
 async fn con_crash(step: &str, kill_server: bool) {
     let root = tempfile::tempdir().unwrap();
-    let addrs = loopback_addrs(2);
+    let addrs = two_addrs();
     let mut p = TestNode::new(&root.path().join("p"), addrs[0], &[]);
     if kill_server {
         p.env = fault(step);
     }
     p.restart().await;
-    let acked = preload(p.addr).await;
+    let mut acked = preload(p.addr, value_size(step)).await;
     let via = p.addr.to_string();
     let mut j = TestNode::new(&root.path().join("j"), addrs[1], &["--join", &via]);
     if !kill_server {
@@ -118,8 +167,18 @@ async fn con_crash(step: &str, kill_server: bool) {
             Duration::from_secs(30),
         )
         .await;
+    if value_size(step).is_some() {
+        // The worst case: sled's own flush (every 500 ms) has written the first pass.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
     victim.stop(libc::SIGKILL);
     victim.env.clear();
+    if value_size(step).is_some() {
+        // P still owns everything: remove some keys of J's arc while J is down. J held them
+        // as keys with empty values (the first pass of its batch); if any survived J's
+        // restart, J would own them again after it joins, and P no longer sends them.
+        remove_some(&mut acked, &addrs, addrs[1], addrs[0]).await;
+    }
     if kill_server {
         p.restart().await;
         j.wait_ready().await;
@@ -133,7 +192,7 @@ async fn con_crash(step: &str, kill_server: bool) {
 /// are on L, else on P (receiving the DIS). The leave must not report success.
 async fn dis_crash(step: &str, kill_leaver: bool) {
     let root = tempfile::tempdir().unwrap();
-    let addrs = loopback_addrs(2);
+    let addrs = two_addrs();
     let mut p = TestNode::new(&root.path().join("p"), addrs[0], &[]);
     if !kill_leaver {
         p.env = fault(step);
@@ -145,7 +204,7 @@ async fn dis_crash(step: &str, kill_leaver: bool) {
         l.env = fault(step);
     }
     l.restart().await;
-    let acked = preload(p.addr).await;
+    let mut acked = preload(p.addr, value_size(step)).await;
     let data = l.data.clone();
     let leave = std::thread::spawn(move || {
         std::process::Command::new(common::BIN)
@@ -161,6 +220,10 @@ async fn dis_crash(step: &str, kill_leaver: bool) {
             Duration::from_secs(30),
         )
         .await;
+    if value_size(step).is_some() {
+        // The worst case: sled's own flush (every 500 ms) has written the first pass.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
     victim.stop(libc::SIGKILL);
     victim.env.clear();
     let out = leave.join().unwrap();
@@ -181,6 +244,12 @@ async fn dis_crash(step: &str, kill_leaver: bool) {
             String::from_utf8_lossy(&out.stdout)
         );
         assert!(!out.stderr.is_empty(), "the failed leave says why");
+    }
+    if value_size(step).is_some() {
+        // L stays: remove some of its keys while P is down. P held them as keys with empty
+        // values (the first pass of its batch); if any survived P's restart, the repair pass
+        // would INS them back to L, which lacks them now.
+        remove_some(&mut acked, &addrs, addrs[1], addrs[1]).await;
     }
     victim.restart().await;
     settles(&[&p, &l], &acked).await;
@@ -213,18 +282,24 @@ crash_tests! {
     dis_leaver_killed_after_switch_before_delete: dis_crash("dis-leave:after-switch", true);
     dis_receiver_killed_mid_stream: dis_crash("dis-recv:mid-stream", false);
     dis_receiver_killed_before_t: dis_crash("dis-recv:before-ack", false);
+    // Between the two passes of a keys-first batch, keys hold empty values nobody wrote: both
+    // receivers that write that way drop what they received on the restart.
+    con_joiner_killed_between_the_passes_of_a_keys_first_batch:
+        con_crash("keys-first:between-passes", false);
+    dis_receiver_killed_between_the_passes_of_a_keys_first_batch:
+        dis_crash("keys-first:between-passes", false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handoff_in_progress_shows_in_inf_and_in_the_log() {
     let root = tempfile::tempdir().unwrap();
-    let addrs = loopback_addrs(2);
+    let addrs = two_addrs();
     let mut p = TestNode::new(&root.path().join("p"), addrs[0], &[]);
     p.env = fault("con-serve:mid-stream");
     p.env
         .push(("DHT_STORE_PROGRESS_INTERVAL_SECS".into(), "1".into()));
     p.restart().await;
-    preload(p.addr).await;
+    preload(p.addr, None).await;
     let via = p.addr.to_string();
     let mut j = TestNode::new(&root.path().join("j"), addrs[1], &["--join", &via]);
     j.launch();

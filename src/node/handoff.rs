@@ -14,11 +14,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
-use super::{fault, walk, Node, Progress};
+use super::{walk, Node, Progress};
 use crate::error::{Error, Result};
+use crate::fault;
 use crate::protocol::{Connection, HashKey, Limits, PeerAddr, Status};
 use crate::ring::{id_of, in_arc, Peer, RingState};
-use crate::storage::{Batcher, HandoffRecord, Phase, Storage};
+use crate::storage::{BatchWrite, Batcher, HandoffRecord, Phase, Storage};
 
 /// A receiver writes a batch once it holds this many value bytes (so 8 MiB values go one by one).
 pub const BATCH_BYTES: usize = 4 << 20;
@@ -205,19 +206,17 @@ async fn stream_arc<S: AsyncRead + AsyncWrite>(
 async fn receive_arc<S: AsyncRead + AsyncWrite>(
     node: &Node,
     conn: &mut Connection<S>,
-    n: u64,
-    from: &HashKey,
-    to: &HashKey,
+    arc: &Incoming<'_>,
     progress: &Progress,
-    step: &str,
 ) -> Result<()> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<(HashKey, Vec<u8>)>>(QUEUED_BATCHES);
     let writer = {
         let storage = node.storage.clone();
         let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || write_batches(&storage, &runtime, rx))
+        let how = arc.how;
+        tokio::task::spawn_blocking(move || write_batches(&storage, &runtime, rx, how))
     };
-    let read = read_entries(conn, n, from, to, progress, step, &tx).await;
+    let read = read_entries(conn, arc, progress, &tx).await;
     drop(tx);
     let written = writer
         .await
@@ -227,16 +226,30 @@ async fn receive_arc<S: AsyncRead + AsyncWrite>(
     read
 }
 
+/// What a receiver takes in.
+struct Incoming<'a> {
+    /// The entry count the sender announced.
+    n: u64,
+    /// The arc `[from, to)` the entries must lie in.
+    from: &'a HashKey,
+    to: &'a HashKey,
+    /// The exchange, as named by its fault points (`dis-recv`, `con-join`).
+    step: &'static str,
+    /// Keys first only when an interrupted receive drops everything it received (see
+    /// [`BatchWrite::KeysFirst`]).
+    how: BatchWrite,
+}
+
 /// The socket side of [`receive_arc`].
 async fn read_entries<S: AsyncRead + AsyncWrite>(
     conn: &mut Connection<S>,
-    n: u64,
-    from: &HashKey,
-    to: &HashKey,
+    arc: &Incoming<'_>,
     progress: &Progress,
-    step: &str,
     tx: &tokio::sync::mpsc::Sender<Vec<(HashKey, Vec<u8>)>>,
 ) -> Result<()> {
+    let Incoming {
+        n, from, to, step, ..
+    } = *arc;
     let stopped = || Error::Flush("the thread writing the arc stopped".into());
     let mut batcher = Batcher::new(BATCH_BYTES);
     for i in 0..n {
@@ -280,13 +293,14 @@ fn write_batches(
     storage: &Storage,
     runtime: &tokio::runtime::Handle,
     mut rx: tokio::sync::mpsc::Receiver<Vec<(HashKey, Vec<u8>)>>,
+    how: BatchWrite,
 ) -> Result<()> {
     let mut since_sync = 0u64;
     let mut ticket = None;
     let mut pending_sync = None;
     while let Some(mut batch) = rx.blocking_recv() {
         since_sync += batch.iter().map(|(_, v)| v.len() as u64).sum::<u64>();
-        ticket = Some(storage.insert_batch(&mut batch)?);
+        ticket = Some(storage.insert_batch(&mut batch, how)?);
         if since_sync >= SYNC_EVERY {
             if let Some(t) = pending_sync.take() {
                 runtime.block_on(storage.sync(t))?;
@@ -457,7 +471,15 @@ pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
     progress
         .total
         .store(n, std::sync::atomic::Ordering::Relaxed);
-    let received = receive_arc(node, conn, n, &l.id, &s1.id, &progress, "dis-recv").await;
+    // An aborted DIS drops what it received (below), and so does the restart after a crash.
+    let arc = Incoming {
+        n,
+        from: &l.id,
+        to: &s1.id,
+        step: "dis-recv",
+        how: BatchWrite::KeysFirst,
+    };
+    let received = receive_arc(node, conn, &arc, &progress).await;
     if let Err(e) = received {
         node.end_progress(&progress, "aborted");
         warn!(%leaver, "DIS aborted: dropping what we received of its range: {e}");
@@ -522,7 +544,7 @@ pub async fn join(node: &Arc<Node>, seed: PeerAddr) -> Result<()> {
         let fresh = node.storage.is_empty();
         node.set_handoff(Some(&HandoffRecord::ReceivingCon { from: owner, fresh }))
             .await?;
-        match con_exchange(node, owner, me).await {
+        match con_exchange(node, owner, me, fresh).await {
             Ok(true) => return Ok(()),
             Ok(false) => {
                 last = format!("{owner} answered N");
@@ -545,7 +567,7 @@ pub async fn join(node: &Arc<Node>, seed: PeerAddr) -> Result<()> {
 }
 
 /// One CON exchange as the joiner. `Ok(false)`: answered `N`.
-async fn con_exchange(node: &Node, owner: PeerAddr, me: PeerAddr) -> Result<bool> {
+async fn con_exchange(node: &Node, owner: PeerAddr, me: PeerAddr, fresh: bool) -> Result<bool> {
     let mut conn = connect(node, owner).await?;
     conn.write_raw(b"CON").await?;
     conn.write_addr(&me).await?;
@@ -568,7 +590,20 @@ async fn con_exchange(node: &Node, owner: PeerAddr, me: PeerAddr) -> Result<bool
     progress
         .total
         .store(n, std::sync::atomic::Ordering::Relaxed);
-    if let Err(e) = receive_arc(node, &mut conn, n, &my.id, &s1.id, &progress, "con-join").await {
+    // A joiner that held nothing drops all it received when the join fails or on the restart
+    // after a crash; one that held entries keeps them, so its batches must be whole.
+    let arc = Incoming {
+        n,
+        from: &my.id,
+        to: &s1.id,
+        step: "con-join",
+        how: if fresh {
+            BatchWrite::KeysFirst
+        } else {
+            BatchWrite::InPlace
+        },
+    };
+    if let Err(e) = receive_arc(node, &mut conn, &arc, &progress).await {
         node.end_progress(&progress, "aborted");
         return Err(e);
     }

@@ -192,7 +192,9 @@ const REPAIR_CHUNK_ENTRIES: usize = 64;
 async fn repair(node: &Node) -> Result<(u64, u64)> {
     let (mut moved, mut kept) = (0u64, 0u64);
     let ring = node.ring().clone();
-    if ring.is_alone() {
+    // A node that cannot write could not delete what it hands over; and what a failed write
+    // left half-made (a keys-first batch: `storage::BatchWrite`) must not travel.
+    if ring.is_alone() || !node.storage.is_writable() {
         return Ok((0, 0));
     }
     let (me, succ) = (ring.me, ring.successor);

@@ -5,7 +5,6 @@
 
 mod admin;
 mod commands;
-pub mod fault;
 mod gate;
 mod handoff;
 mod maintenance;
