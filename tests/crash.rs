@@ -320,3 +320,58 @@ async fn a_handoff_in_progress_shows_in_inf_and_in_the_log() {
     p.wait_log("handoff progress: CON to", Duration::from_secs(5))
         .await;
 }
+
+/// The repair pass hands the entries a node holds but does not own to their owners, then
+/// deletes its copies. A DIS receiver holds the leaver's entries before it owns them: a pass
+/// that runs meanwhile must leave them alone, or they are gone once the receiver takes the
+/// range (and the leaver has deleted its own). P pauses 4 s in the middle of the DIS, after a
+/// first batch is written, with a repair pass due every second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_pass_during_a_dis_leaves_what_is_being_received_alone() {
+    const N: usize = 5000;
+    let keys: Vec<HashKey> = (0..N)
+        .map(|i| HashKey::of(format!("repair-{i}").as_bytes()))
+        .collect();
+    // L must own over 2000 keys: the receiver writes batches of 1000, and the pause comes
+    // halfway through the stream.
+    let addrs = loop {
+        let a = loopback_addrs(2);
+        if keys.iter().filter(|k| owner_of(&a, k) == a[1]).count() > 2200 {
+            break a;
+        }
+    };
+    let root = tempfile::tempdir().unwrap();
+    let mut p = TestNode::new(&root.path().join("p"), addrs[0], &[]);
+    p.env = fault("dis-recv:mid-stream/4000");
+    p.env
+        .push(("DHT_STORE_REPAIR_INTERVAL_SECS".into(), "1".into()));
+    p.restart().await;
+    let via = p.addr.to_string();
+    let mut l = TestNode::new(&root.path().join("l"), addrs[1], &["--join", &via]);
+    l.restart().await;
+    let mut r = Router::new(p.addr, AddressEncoding::Compact);
+    let mut acked = HashMap::new();
+    for (i, k) in keys.iter().enumerate() {
+        let v = format!("repair value {i}").into_bytes();
+        assert!(r.put(k, &v).await.unwrap(), "preload {i}");
+        acked.insert(*k, v);
+    }
+    let out = std::process::Command::new(common::BIN)
+        .args(["leave", "--data"])
+        .arg(&l.data)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        p.log_text()
+            .contains("fault point dis-recv:mid-stream reached: pausing"),
+        "{}",
+        p.log_text()
+    );
+    settles(&[&p], &acked).await;
+}

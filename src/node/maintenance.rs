@@ -232,6 +232,13 @@ async fn repair(node: &Node) -> Result<(u64, u64)> {
                 kept += 1;
                 continue;
             }
+            // Never while a handoff runs: a DIS receiver holds the leaver's entries before it
+            // owns them, and the leaver still has them; deleting them here would lose them once
+            // the range is ours. The next pass sees them owned.
+            let Ok(_no_handoff) = node.handoff.try_lock() else {
+                kept += 1;
+                continue;
+            };
             let removed = node.gate.exclusive(|| -> Result<_> {
                 if node.owns(&k) {
                     return Ok(None);
