@@ -133,11 +133,13 @@ pub enum BatchWrite {
     /// written, no blob files, 1.7–2.1 s (BENCHMARKS.md, "Keys first").
     ///
     /// The price: a batch interrupted between its two passes (a crash, a failed write) leaves
-    /// keys with empty values that nobody wrote. So only writers whose interruption discards
-    /// the whole range use it: a restore (into a temporary directory), the receiver of a DIS
-    /// and a joiner that held nothing before (both drop what they received when a handoff
-    /// aborts, and on the restart after a crash). A backup's cut never sees the middle of such
-    /// a batch (`Storage::bulk`).
+    /// keys with empty values that nobody wrote, and a reader could see them between the
+    /// passes. So only writers whose interruption discards the whole range, and whose range
+    /// nobody reads meanwhile, use it: a restore (into a temporary directory), the receiver of
+    /// a DIS (it answers `N` for the range until it owns it) and a joiner that held nothing and
+    /// does not serve yet (both drop what they received when a handoff aborts, and on the
+    /// restart after a crash). A backup's cut never sees the middle of such a batch
+    /// (`Storage::bulk`).
     KeysFirst,
 }
 

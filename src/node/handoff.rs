@@ -518,8 +518,10 @@ pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
 
 /// Joins the ring through `seed`: finds the owner of our id, runs CON with it (again on `N`),
 /// and returns once we own our arc. Entries we held before (a node given up while it was down,
-/// or a restored directory) are kept; those received overwrite them.
-pub async fn join(node: &Arc<Node>, seed: PeerAddr) -> Result<()> {
+/// or a restored directory) are kept; those received overwrite them. `serving`: the node
+/// already answers requests (it rejoins after a restart), so reads may see what the CON
+/// writes as it writes it.
+pub async fn join(node: &Arc<Node>, seed: PeerAddr, serving: bool) -> Result<()> {
     let _one = node.handoff.lock().await;
     let me = node.config.advertised();
     let my_id = id_of(&me);
@@ -544,7 +546,14 @@ pub async fn join(node: &Arc<Node>, seed: PeerAddr) -> Result<()> {
         let fresh = node.storage.is_empty();
         node.set_handoff(Some(&HandoffRecord::ReceivingCon { from: owner, fresh }))
             .await?;
-        match con_exchange(node, owner, me, fresh).await {
+        // Keys first only where nobody can see it half-done: not while serving reads, and
+        // not over entries of our own, which a failed join keeps.
+        let how = if fresh && !serving {
+            BatchWrite::KeysFirst
+        } else {
+            BatchWrite::InPlace
+        };
+        match con_exchange(node, owner, me, how).await {
             Ok(true) => return Ok(()),
             Ok(false) => {
                 last = format!("{owner} answered N");
@@ -567,7 +576,7 @@ pub async fn join(node: &Arc<Node>, seed: PeerAddr) -> Result<()> {
 }
 
 /// One CON exchange as the joiner. `Ok(false)`: answered `N`.
-async fn con_exchange(node: &Node, owner: PeerAddr, me: PeerAddr, fresh: bool) -> Result<bool> {
+async fn con_exchange(node: &Node, owner: PeerAddr, me: PeerAddr, how: BatchWrite) -> Result<bool> {
     let mut conn = connect(node, owner).await?;
     conn.write_raw(b"CON").await?;
     conn.write_addr(&me).await?;
@@ -590,18 +599,12 @@ async fn con_exchange(node: &Node, owner: PeerAddr, me: PeerAddr, fresh: bool) -
     progress
         .total
         .store(n, std::sync::atomic::Ordering::Relaxed);
-    // A joiner that held nothing drops all it received when the join fails or on the restart
-    // after a crash; one that held entries keeps them, so its batches must be whole.
     let arc = Incoming {
         n,
         from: &my.id,
         to: &s1.id,
         step: "con-join",
-        how: if fresh {
-            BatchWrite::KeysFirst
-        } else {
-            BatchWrite::InPlace
-        },
+        how,
     };
     if let Err(e) = receive_arc(node, &mut conn, &arc, &progress).await {
         node.end_progress(&progress, "aborted");
@@ -913,7 +916,7 @@ pub async fn check_place(node: &Arc<Node>) -> Result<()> {
                     .drain(Duration::from_secs(node.config.drain_timeout_secs))
                     .await;
             }
-            let joined = join(node, owner).await;
+            let joined = join(node, owner, true).await;
             if fenced {
                 node.gate.lift();
             }

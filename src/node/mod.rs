@@ -399,7 +399,7 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
             true
         }
         Start::Join(seed) => {
-            handoff::join(&node, seed).await?;
+            handoff::join(&node, seed, false).await?;
             false
         }
         Start::Alone => {
