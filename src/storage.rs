@@ -129,8 +129,9 @@ pub enum BatchWrite {
     /// in key order with their values, 10 KiB entries fill leaves that are split and
     /// rewritten as they grow: sled wrote 1.4 GB (1,700 blob files) for 1 GB of values and took
     /// 4.6–6.4 s. With the keys first, the empty keys build the leaves (8–16 entries each),
-    /// and each value then lands as one small update of a leaf that no longer splits: 1.0 GB
-    /// written, no blob files, 1.7–2.1 s (BENCHMARKS.md, "Keys first").
+    /// and each value then lands as one small update of a leaf that no longer splits; only
+    /// the leaf a batch shares with the next is rewritten. With batches of 100 entries: 1.3 GB
+    /// written, no blob files, 1.7–1.9 s (BENCHMARKS.md, "keys first").
     ///
     /// The price: a batch interrupted between its two passes (a crash, a failed write) leaves
     /// keys with empty values that nobody wrote, and a reader could see them between the
