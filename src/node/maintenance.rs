@@ -234,11 +234,9 @@ async fn repair(node: &Node) -> Result<(u64, u64)> {
             }
             // Never while a handoff runs: a DIS receiver holds the leaver's entries before it
             // owns them, and the leaver still has them; deleting them here would lose them once
-            // the range is ours. The next pass sees them owned.
-            let Ok(_no_handoff) = node.handoff.try_lock() else {
-                kept += 1;
-                continue;
-            };
+            // the range is ours. So wait for the handoff (or maintenance round) to end; the
+            // ownership check below then sees what it changed.
+            let _no_handoff = node.handoff.lock().await;
             let removed = node.gate.exclusive(|| -> Result<_> {
                 if node.owns(&k) {
                     return Ok(None);
