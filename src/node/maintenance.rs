@@ -187,8 +187,9 @@ const REPAIR_CHUNK_ENTRIES: usize = 64;
 
 /// Hands every entry we hold but do not own (the arc `[id(successor), id(me))`) to its owner:
 /// if the owner already holds the key its copy wins (it is the newer: it came through a write or
-/// a handoff there); otherwise we INS ours. Ours is deleted only after the owner's `T`, and only
-/// if it is still unchanged and still not ours (checked under the write gate).
+/// a handoff there); otherwise we INS ours. Ours is deleted only after the owner's `T`, only
+/// if it is still unchanged and still not ours (checked under the write gate), and never while
+/// a handoff runs.
 async fn repair(node: &Node) -> Result<(u64, u64)> {
     let (mut moved, mut kept) = (0u64, 0u64);
     let ring = node.ring().clone();
