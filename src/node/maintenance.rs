@@ -236,14 +236,17 @@ async fn repair(node: &Node) -> Result<(u64, u64)> {
             // Never while a handoff runs: a DIS receiver holds the leaver's entries before it
             // owns them, and the leaver still has them; deleting them here would lose them once
             // the range is ours. So wait for the handoff (or maintenance round) to end; the
-            // ownership check below then sees what it changed.
-            let _no_handoff = node.handoff.lock().await;
-            let removed = node.gate.exclusive(|| -> Result<_> {
-                if node.owns(&k) {
-                    return Ok(None);
-                }
-                Ok(Some(node.storage.remove_if_unchanged(&k, &v)?))
-            })?;
+            // ownership check below then sees what it changed. Held for the check and the
+            // removal only, not for the sync after.
+            let removed = {
+                let _no_handoff = node.handoff.lock().await;
+                node.gate.exclusive(|| -> Result<_> {
+                    if node.owns(&k) {
+                        return Ok(None);
+                    }
+                    Ok(Some(node.storage.remove_if_unchanged(&k, &v)?))
+                })?
+            };
             if let Some((true, t)) = removed {
                 node.storage.sync(t).await?;
                 moved += 1;
