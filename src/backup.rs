@@ -101,11 +101,7 @@ pub fn write_archive(storage: &Storage, out: &Path, tick: Tick) -> Result<Summar
         Ok(summary) => {
             std::fs::rename(&partial, out)?;
             // The rename itself must survive a crash too.
-            let dir = match out.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d,
-                _ => Path::new("."),
-            };
-            File::open(dir)?.sync_all()?;
+            File::open(parent_dir(out))?.sync_all()?;
             Ok(summary)
         }
         Err(e) => {
@@ -539,6 +535,14 @@ pub fn verify(path: &Path, tick: Tick) -> Result<Summary> {
     r.finish()
 }
 
+/// The directory `path` lies in (`.` for a bare name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 /// Whether `dir` is missing or an empty directory.
 fn is_empty_dir(dir: &Path) -> Result<bool> {
     match std::fs::read_dir(dir) {
@@ -562,10 +566,7 @@ pub fn restore(archive: &Path, target: &Path, force: bool, tick: Tick) -> Result
         // Refuse to replace the directory of a running node (it holds the lock).
         Storage::open_lock_only(target)?;
     }
-    let parent = match target.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let parent = parent_dir(target).to_path_buf();
     std::fs::create_dir_all(&parent)?;
     let name = target
         .file_name()

@@ -9,7 +9,7 @@
 //! crash (it neither flushes the disk cache nor the file's size). sled also writes pages larger
 //! than 128 KiB (large values, or leaves of several values of some KiB) to blob files of their
 //! own that it never fsyncs; after a flush that may have made new ones, the flusher `syncfs`es
-//! the filesystem too ([`BlobSync`]). A node answers `T` only after `sync`.
+//! the filesystem too (`BlobSync`). A node answers `T` only after `sync`.
 //! Flushes are a group commit: when someone waits in `sync`, one flusher thread flushes
 //! everything written so far, and every writer whose change preceded that flush is released by
 //! it, so N concurrent writers share one fsync instead of paying one each. Writes nobody waits
@@ -639,7 +639,7 @@ impl Storage {
     }
 
     /// Makes everything written so far durable, on the calling thread: what the flusher does
-    /// for a group, always with a `syncfs` for sled's blob files (see [`BlobSync`]).
+    /// for a group, always with a `syncfs` for sled's blob files (see `BlobSync`).
     pub fn flush(&self) -> Result<()> {
         self.writable()?;
         self.wrote(self.db.flush())?;
@@ -926,11 +926,8 @@ impl Storage {
         r: sled::Result<(sled::IVec, sled::IVec)>,
     ) -> Result<Option<(HashKey, sled::IVec)>> {
         let (k, _) = r?;
-        let key: [u8; 20] = k
-            .as_ref()
-            .try_into()
-            .map_err(|_| Error::Config(format!("a stored key is {} bytes, not 20", k.len())))?;
-        Ok(self.touch(&k)?.map(|v| (HashKey(key), v)))
+        let key = stored_key(&k)?;
+        Ok(self.touch(&k)?.map(|v| (key, v)))
     }
 
     /// `get` once, and [`TOUCHES`] times in all for values of 1 KiB and more (see
@@ -949,7 +946,7 @@ impl Storage {
         Ok(v)
     }
 
-    /// Whether writes are still accepted (see [`Storage::wrote`]).
+    /// Whether writes are still accepted (see `Storage::wrote`).
     pub fn is_writable(&self) -> bool {
         self.commit.failed.get().is_none()
     }
@@ -1090,17 +1087,15 @@ impl CutEntries<'_> {
                 self.cow_seen = None;
                 (k, decode_old(old))
             };
-            let key: [u8; 20] = key.as_ref().try_into().map_err(|_| {
-                Error::Config(format!("a stored key is {} bytes, not 20", key.len()))
-            })?;
-            state.cursor = Some(HashKey(key));
+            let key = stored_key(&key)?;
+            state.cursor = Some(key);
             drop(cut);
             self.streamed += 1;
             if self.streamed.is_multiple_of(RECLAIM_EVERY) {
                 reclaim();
             }
             if let Some(v) = value {
-                return Ok(Some((HashKey(key), v)));
+                return Ok(Some((key, v)));
             }
             // Absent at the cut (inserted since): skip it.
         }
@@ -1113,6 +1108,14 @@ impl Iterator for CutEntries<'_> {
     fn next(&mut self) -> Option<Self::Item> {
         self.step().transpose()
     }
+}
+
+/// A key as read back from the data tree (always 20 bytes: anything else is damage).
+fn stored_key(k: &[u8]) -> Result<HashKey> {
+    let key: [u8; 20] = k
+        .try_into()
+        .map_err(|_| Error::Config(format!("a stored key is {} bytes, not 20", k.len())))?;
+    Ok(HashKey(key))
 }
 
 /// A copy-on-write record: `0` (absent at the cut) or `1` and the value.

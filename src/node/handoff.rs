@@ -3,9 +3,9 @@
 //!
 //! Entries move straight between sled and the socket: the sender streams a range iterator
 //! (fenced by the [`super::WriteGate`], since sled iterators are not snapshots), the receiver
-//! writes batches (`storage::Batcher`) of at most 1000 entries or [`BATCH_BYTES`] bytes. Nothing is
-//! collected in memory. What each side persists at each step, and why that loses nothing on a
-//! crash, is in ARCHITECTURE.md ("Crash safety of handoffs").
+//! writes batches (`storage::Batcher`) of at most [`BATCH_ENTRIES`] entries or [`BATCH_BYTES`]
+//! bytes. Nothing is collected in memory. What each side persists at each step, and why that
+//! loses nothing on a crash, is in ARCHITECTURE.md ("Crash safety of handoffs").
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +19,8 @@ use crate::error::{Error, Result};
 use crate::fault;
 use crate::protocol::{Connection, HashKey, Limits, PeerAddr, Status};
 use crate::ring::{id_of, in_arc, Peer, RingState};
+#[cfg(doc)]
+use crate::storage::BATCH_ENTRIES;
 use crate::storage::{BatchWrite, Batcher, HandoffRecord, Phase, Storage};
 
 /// A receiver writes a batch once it holds this many value bytes (so 8 MiB values go one by one).
@@ -88,7 +90,7 @@ enum Outgoing {
 /// One blocking thread counts and reads the arc while this task writes the socket: sled's
 /// page loads stay off the async workers (and in one malloc arena), and reading overlaps
 /// sending. They meet in a channel of [`QUEUED_BATCHES`] batches (`storage::Batcher`: at most
-/// 1000 entries or [`BATCH_BYTES`] bytes), so memory stays bounded whatever the arc holds.
+/// [`BATCH_ENTRIES`] entries or [`BATCH_BYTES`] bytes), so memory stays bounded whatever the arc holds.
 async fn send_arc<S: AsyncRead + AsyncWrite>(
     node: &Node,
     conn: &mut Connection<S>,
