@@ -60,6 +60,11 @@ pub enum Error {
     /// sled 0.34 cannot go on writing after that, so the storage refuses writes until restart.
     #[error("{0}")]
     Unwritable(String),
+
+    /// What the data directory holds does not fit together (pieces of a value that disagree):
+    /// damage, not something a retry mends.
+    #[error("stored data is damaged: {0}")]
+    Damaged(String),
 }
 
 impl Error {

@@ -20,11 +20,37 @@
 //! ```text
 //! DIR/LOCK        an exclusive advisory lock (flock) held by the running node; holds its pid
 //! DIR/db/         the sled database
-//!   tree "data"   key: the 20 bytes of the HashKey, big-endian; value: the raw value bytes
+//!   tree "data"   key: the 20 bytes of the HashKey, big-endian; value: the raw value bytes,
+//!                 for values of up to INLINE_MAX (6 KiB); longer values are stored in
+//!                 pieces (below)
 //!   tree "ring"   key: b"state"; value: a RingRecord (below)
 //!                 key: b"handoff"; value: a HandoffRecord (below), present only while a
 //!                 join or leave is in progress or must be finished after a crash
 //! ```
+//!
+//! # Values in pieces
+//!
+//! sled 0.34 keeps a page larger than 128 KiB in a blob file of its own, and its cache counts
+//! such a page by the size of the blob's pointer: it is never evicted. A leaf holds up to 16
+//! entries, so values of 8 KiB and more make blob leaves, and a node that read its large
+//! values kept them all in memory whatever its cache capacity (100 values of 8 MiB: 827 MB of
+//! RSS with a 64 MiB cache, BENCHMARKS.md). So a value longer than [`INLINE_MAX`] is stored as
+//! pieces of up to [`PIECE_BYTES`], each an entry of its own, and every leaf stays well under
+//! 128 KiB:
+//!
+//! ```text
+//! key:   the 20 bytes of the HashKey, then the piece's index i (u32, big-endian): 24 bytes
+//! i = 0: u64 write id, u64 value length, u32 number of pieces n, the first PIECE_BYTES
+//! i > 0: u64 write id, the next PIECE_BYTES (the last piece: what is left)
+//! ```
+//!
+//! All integers are big-endian. A key holds a whole value or pieces, never both. Every change
+//! of a key's pieces (and of a whole value into pieces or back) is one sled batch, so a crash
+//! leaves the old pieces or the new ones. sled applies a batch atomically for a crash and for
+//! other writers, but a reader may see it half-applied: the write id, fresh for every write,
+//! tells a reader that read pieces of two writes, and it reads again while holding the key's
+//! stripe (`Storage::stripes`), which every writer of the key holds. The pieces of a key sort
+//! right after the key itself and before the next one, so an arc is still one sled range.
 //!
 //! The ring state and the handoff record live in one tree so that a change of both is one
 //! atomic sled batch ([`Storage::save_state`]).
@@ -72,6 +98,19 @@ const TOUCHES: usize = 4;
 const KEYS_FIRST_MIN: usize = 32;
 /// Bulk operations (scans, range deletes, imports) call [`reclaim`] after this many entries.
 const RECLAIM_EVERY: u64 = 64;
+/// Values longer than this are stored in pieces (see "Values in pieces" above).
+pub const INLINE_MAX: usize = 6 * 1024;
+/// Value bytes per piece.
+const PIECE_BYTES: usize = 6 * 1024;
+/// Bytes before a piece's share of the value: its write id (u64).
+const PIECE_HEAD: usize = 8;
+/// Bytes before piece 0's share: write id (u64), the value's length (u64), pieces (u32).
+const PIECE0_HEAD: usize = 20;
+/// A value assembled from pieces grows as they are read, from at most this much reserved up
+/// front: a damaged length costs no more than the pieces really hold.
+const ASSEMBLE_RESERVE_MAX: u64 = 64 << 20;
+/// Stripes of [`Storage::stripes`].
+const STRIPES: usize = 64;
 /// Key of the in-progress handoff in the "ring" tree.
 const HANDOFF_KEY: &[u8] = b"handoff";
 /// Entries written (or deleted) per sled batch when a range moves: big enough to amortise the
@@ -507,6 +546,12 @@ pub struct Storage {
     /// `Some(cursor)` while a backup runs: keys above the cursor not yet streamed are copied
     /// into `cow` before they change. Writers and the backup take this lock briefly.
     cut: Mutex<Option<CutState>>,
+    /// Writers of the data tree hold the stripe of each key they change (a batch holds all
+    /// of them): reading a key's pieces and replacing them is then one step for other
+    /// writers, and a reader that saw pieces of two writes reads again under the stripe.
+    stripes: Vec<Mutex<()>>,
+    /// The next write id for a value stored in pieces (see "Values in pieces").
+    next_wid: std::sync::atomic::AtomicU64,
     /// Held shared by a [`BatchWrite::KeysFirst`] batch for both its passes and exclusively
     /// by [`Storage::begin_cut`], so that a cut never begins between the passes, when keys
     /// hold the empty values nobody wrote.
@@ -565,6 +610,14 @@ impl Storage {
             ring,
             cow,
             cut: Mutex::new(None),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            // Distinct from the ids of earlier runs, as far as the clock goes; only ids of
+            // concurrent writes have to differ.
+            next_wid: std::sync::atomic::AtomicU64::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
+            ),
             bulk: RwLock::new(()),
             commit,
             flusher: Some(flusher),
@@ -582,28 +635,215 @@ impl Storage {
         &self.dir
     }
 
+    /// The value under `key`, whole or assembled from its pieces.
     pub fn get(&self, key: &HashKey) -> Result<Option<sled::IVec>> {
-        Ok(self.data.get(key.as_bytes())?)
+        self.read_value(key, ReadFor::Request)
     }
 
     pub fn contains(&self, key: &HashKey) -> Result<bool> {
-        Ok(self.data.contains_key(key.as_bytes())?)
+        Ok(self.data.contains_key(key.as_bytes())?
+            || self.data.contains_key(RawKey::piece(key, 0))?)
     }
 
     /// Inserts or replaces; durable after [`Storage::sync`] of the ticket.
     pub fn insert(&self, key: &HashKey, value: Vec<u8>) -> Result<Ticket> {
         self.writable()?;
         self.preserve(key.as_bytes())?;
-        self.wrote(self.data.insert(key.as_bytes(), value))?;
+        let _stripe = self.stripe(key);
+        let written = self.write_locked(key, value)?;
+        drop(_stripe);
+        for k in written {
+            self.touch(k.as_ref())?;
+        }
         Ok(self.commit.note_write())
+    }
+
+    /// Writes one value while holding its stripe: whole, or in pieces, replacing what the key
+    /// held in one sled batch whenever pieces are involved. Returns the keys of pieces written
+    /// (to be touched: see [`Storage::touched`]).
+    fn write_locked(&self, key: &HashKey, value: Vec<u8>) -> Result<Vec<RawKey>> {
+        let mut written = Vec::new();
+        if value.len() > INLINE_MAX {
+            let mut batch = sled::Batch::default();
+            self.add_pieces(&mut batch, key, &value, &mut written)?;
+            self.wrote(self.data.apply_batch(batch))?;
+        } else if self.has_pieces(key)? {
+            let mut batch = sled::Batch::default();
+            self.add_piece_removal(&mut batch, key)?;
+            batch.insert(&key.0[..], value);
+            self.wrote(self.data.apply_batch(batch))?;
+        } else {
+            self.wrote(self.data.insert(key.as_bytes(), value))?;
+        }
+        Ok(written)
     }
 
     /// Removes; `true` if the key was there. Durable after [`Storage::sync`] of the ticket.
     pub fn remove(&self, key: &HashKey) -> Result<(bool, Ticket)> {
         self.writable()?;
         self.preserve(key.as_bytes())?;
-        let was = self.wrote(self.data.remove(key.as_bytes()))?.is_some();
+        let _stripe = self.stripe(key);
+        let was = self.remove_locked(key)?;
         Ok((was, self.commit.note_write()))
+    }
+
+    /// Removes `key` (its whole value or its pieces) while holding its stripe.
+    fn remove_locked(&self, key: &HashKey) -> Result<bool> {
+        if !self.has_pieces(key)? {
+            return Ok(self.wrote(self.data.remove(key.as_bytes()))?.is_some());
+        }
+        let mut batch = sled::Batch::default();
+        self.add_piece_removal(&mut batch, key)?;
+        batch.remove(&key.0[..]);
+        self.wrote(self.data.apply_batch(batch))?;
+        Ok(true)
+    }
+
+    /// The stripe lock of `key` (see [`Storage::stripes`]).
+    fn stripe(&self, key: &HashKey) -> std::sync::MutexGuard<'_, ()> {
+        self.stripes[key.0[19] as usize % STRIPES]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every stripe, in order: a batch of many keys.
+    fn all_stripes(&self) -> Vec<std::sync::MutexGuard<'_, ()>> {
+        self.stripes
+            .iter()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect()
+    }
+
+    /// Whether `key` is stored in pieces.
+    fn has_pieces(&self, key: &HashKey) -> Result<bool> {
+        Ok(self.data.contains_key(RawKey::piece(key, 0))?)
+    }
+
+    /// How many pieces `key` has (0: none). Read from piece 0; if that is unreadable, by
+    /// looking for them (a range scan, so that a removal misses none).
+    fn piece_count(&self, key: &HashKey) -> Result<u32> {
+        match self.data.get(RawKey::piece(key, 0))? {
+            None => Ok(0),
+            Some(p0) => match PieceHeader::parse(&p0) {
+                Some(h) => Ok(h.pieces),
+                None => {
+                    let (lo, hi) = (RawKey::piece(key, 0), RawKey::piece(key, u32::MAX));
+                    let mut n = 0u32;
+                    for k in self.data.range(lo..=hi).keys() {
+                        let k = k?;
+                        if let Some(i) = k.get(20..24) {
+                            n = n.max(u32::from_be_bytes([i[0], i[1], i[2], i[3]]) + 1);
+                        }
+                    }
+                    Ok(n)
+                }
+            },
+        }
+    }
+
+    /// Adds to `batch` what stores `value` under `key` in pieces, replacing a whole value and
+    /// the extra pieces of a longer one. The caller holds the stripe. The pieces' keys are
+    /// pushed on `written`.
+    fn add_pieces(
+        &self,
+        batch: &mut sled::Batch,
+        key: &HashKey,
+        value: &[u8],
+        written: &mut Vec<RawKey>,
+    ) -> Result<()> {
+        let old = self.piece_count(key)?;
+        batch.remove(&key.0[..]);
+        let wid = self
+            .next_wid
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = value.len().div_ceil(PIECE_BYTES) as u32;
+        for (i, share) in value.chunks(PIECE_BYTES).enumerate() {
+            let k = RawKey::piece(key, i as u32);
+            let mut p = Vec::with_capacity(PIECE0_HEAD + share.len());
+            p.extend_from_slice(&wid.to_be_bytes());
+            if i == 0 {
+                p.extend_from_slice(&(value.len() as u64).to_be_bytes());
+                p.extend_from_slice(&n.to_be_bytes());
+            }
+            p.extend_from_slice(share);
+            batch.insert(k.as_ref(), p);
+            written.push(k);
+        }
+        for i in n..old {
+            batch.remove(RawKey::piece(key, i).as_ref());
+        }
+        Ok(())
+    }
+
+    /// Adds to `batch` the removal of `key`'s pieces; `true` if it had any. The caller holds
+    /// the stripe.
+    fn add_piece_removal(&self, batch: &mut sled::Batch, key: &HashKey) -> Result<bool> {
+        let n = self.piece_count(key)?;
+        for i in 0..n {
+            batch.remove(RawKey::piece(key, i).as_ref());
+        }
+        Ok(n > 0)
+    }
+
+    /// The value of `key`: the whole value, or its pieces put together. A reader that finds
+    /// pieces of two writes (a writer was replacing them) reads again under the key's stripe.
+    fn read_value(&self, key: &HashKey, how: ReadFor) -> Result<Option<sled::IVec>> {
+        match self.read_value_once(key, how)? {
+            Found::Absent => return Ok(None),
+            Found::Value(v) => return Ok(Some(v)),
+            Found::Torn => {}
+        }
+        let _stripe = self.stripe(key);
+        self.read_value_locked(key, how)
+    }
+
+    /// [`Storage::read_value`] for a caller that holds the stripe: pieces that do not fit
+    /// together now are damage.
+    fn read_value_locked(&self, key: &HashKey, how: ReadFor) -> Result<Option<sled::IVec>> {
+        match self.read_value_once(key, how)? {
+            Found::Absent => Ok(None),
+            Found::Value(v) => Ok(Some(v)),
+            Found::Torn => Err(Error::Damaged(format!(
+                "the pieces of the value under {key} in {} do not fit together",
+                self.dir.display()
+            ))),
+        }
+    }
+
+    fn read_value_once(&self, key: &HashKey, how: ReadFor) -> Result<Found> {
+        let get = |k: &[u8]| -> Result<Option<sled::IVec>> {
+            match how {
+                ReadFor::Request => Ok(self.data.get(k)?),
+                ReadFor::Scan => self.touch(k),
+            }
+        };
+        if let Some(v) = get(key.as_bytes())? {
+            return Ok(Found::Value(v));
+        }
+        let Some(p0) = get(RawKey::piece(key, 0).as_ref())? else {
+            return Ok(Found::Absent);
+        };
+        let Some(h) = PieceHeader::parse(&p0) else {
+            return Ok(Found::Torn);
+        };
+        let mut value = Vec::with_capacity(h.len.min(ASSEMBLE_RESERVE_MAX) as usize);
+        value.extend_from_slice(&p0[PIECE0_HEAD..]);
+        for i in 1..h.pieces {
+            let Some(p) = get(RawKey::piece(key, i).as_ref())? else {
+                return Ok(Found::Torn);
+            };
+            if p.len() < PIECE_HEAD || p[..PIECE_HEAD] != h.wid {
+                return Ok(Found::Torn);
+            }
+            if value.len() as u64 + (p.len() - PIECE_HEAD) as u64 > h.len {
+                return Ok(Found::Torn);
+            }
+            value.extend_from_slice(&p[PIECE_HEAD..]);
+        }
+        if value.len() as u64 != h.len {
+            return Ok(Found::Torn);
+        }
+        Ok(Found::Value(value.into()))
     }
 
     /// Waits until the change behind `ticket` (and every change before it) is flushed.
@@ -730,35 +970,76 @@ impl Storage {
         for (k, _) in entries.iter() {
             self.preserve(k.as_bytes())?;
         }
+        let stripes = self.all_stripes();
+        // A key written whole must lose the pieces it may hold; in the usual import into an
+        // empty arc there are none, and one look at the batch's span says so.
+        let pieces_near = self.pieces_between(entries)?;
+        let mut written: Vec<RawKey> = Vec::new();
         if small {
             for (i, (k, v)) in entries.drain(..).enumerate() {
-                self.wrote(self.data.insert(&k.0[..], v))?;
+                if v.len() > INLINE_MAX || pieces_near {
+                    written.extend(self.write_locked(&k, v)?);
+                } else {
+                    self.wrote(self.data.insert(&k.0[..], v))?;
+                }
                 if (i as u64 + 1).is_multiple_of(RECLAIM_EVERY) {
                     reclaim();
                 }
             }
+            drop(stripes);
         } else {
+            let mut batch = sled::Batch::default();
+            for (k, v) in entries.iter_mut() {
+                if v.len() > INLINE_MAX {
+                    self.add_pieces(&mut batch, k, v, &mut written)?;
+                } else {
+                    if pieces_near {
+                        self.add_piece_removal(&mut batch, k)?;
+                    }
+                    written.push(RawKey::whole(k));
+                    batch.insert(&k.0[..], std::mem::take(v));
+                }
+            }
+            entries.clear();
             if keys_first {
-                for (k, _) in entries.iter() {
-                    self.wrote(self.data.insert(&k.0[..], &[][..]))?;
+                for k in &written {
+                    self.wrote(self.data.insert(k.as_ref(), &[][..]))?;
                 }
                 crate::fault::point_blocking("keys-first:between-passes");
             }
-            let mut batch = sled::Batch::default();
-            for (k, v) in entries.iter_mut() {
-                batch.insert(&k.0[..], std::mem::take(v));
-            }
             self.wrote(self.data.apply_batch(batch))?;
-            // Writes reach sled's LRU in the same blocks of 64 accesses per shard as reads
-            // (see `touched`): pages of large values written once would stay in memory
-            // unaccounted (a 1 GiB import peaked ~70 MiB over the cache). Touching them
-            // registers them as the import goes.
-            for (k, _) in entries.drain(..) {
-                self.touch(k.as_bytes())?;
+            drop(stripes);
+        }
+        // Writes reach sled's LRU in the same blocks of 64 accesses per shard as reads (see
+        // `touched`): pages of large values written once would stay in memory unaccounted (a
+        // 1 GiB import peaked ~70 MiB over the cache). Touching them registers them as the
+        // import goes.
+        for (i, k) in written.iter().enumerate() {
+            self.touch(k.as_ref())?;
+            if (i as u64 + 1).is_multiple_of(RECLAIM_EVERY) {
+                reclaim();
             }
         }
         reclaim();
         Ok(self.commit.note_write())
+    }
+
+    /// Whether any value between the first and the last key of `entries` is stored in pieces
+    /// (a scan of what the data tree holds in that span, usually nothing).
+    fn pieces_between(&self, entries: &[(HashKey, Vec<u8>)]) -> Result<bool> {
+        let (Some(lo), Some(hi)) = (
+            entries.iter().map(|(k, _)| k).min(),
+            entries.iter().map(|(k, _)| k).max(),
+        ) else {
+            return Ok(false);
+        };
+        let (lo, hi) = (RawKey::whole(lo), RawKey::piece(hi, u32::MAX));
+        for k in self.data.range(lo..=hi).keys() {
+            if k?.len() != 20 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Removes `key` only if it still holds `value` (a misplaced entry handed to its owner,
@@ -766,12 +1047,11 @@ impl Storage {
     pub fn remove_if_unchanged(&self, key: &HashKey, value: &[u8]) -> Result<(bool, Ticket)> {
         self.writable()?;
         self.preserve(key.as_bytes())?;
-        let done = self
-            .wrote(
-                self.data
-                    .compare_and_swap(key.as_bytes(), Some(value), None::<&[u8]>),
-            )?
-            .is_ok();
+        let _stripe = self.stripe(key);
+        let done = match self.read_value_locked(key, ReadFor::Request)? {
+            Some(v) if v == value => self.remove_locked(key)?,
+            _ => false,
+        };
         Ok((done, self.commit.note_write()))
     }
 
@@ -783,35 +1063,66 @@ impl Storage {
     /// Entries in the arc `[from, to)` (a scan, bounded in memory like every scan).
     pub fn count_arc(&self, from: &HashKey, to: &HashKey) -> Result<u64> {
         let mut n = 0u64;
-        for r in self.iter_arc(from, to) {
-            r?;
-            n += 1;
+        let mut last: Option<HashKey> = None;
+        for (i, r) in self.raw_arc(from, to).enumerate() {
+            let (k, _) = r?;
+            let key = stored_key(&k)?;
+            // Touch every piece too: the scan loaded its page (see `touched`).
+            let present = self.touch(&k)?.is_some();
+            if present && last != Some(key) {
+                n += 1;
+                last = Some(key);
+            }
+            if (i as u64 + 1).is_multiple_of(RECLAIM_EVERY) {
+                reclaim();
+            }
         }
         Ok(n)
+    }
+
+    /// The raw entries of the arc `[from, to)`: whole values and pieces, in key order.
+    fn raw_arc(
+        &self,
+        from: &HashKey,
+        to: &HashKey,
+    ) -> impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + '_ {
+        ring::arc_ranges(from, to)
+            .into_iter()
+            .flat_map(move |(start, end)| match end {
+                Some(end) => self.data.range(start.0..end.0),
+                None => self.data.range(start.0..),
+            })
     }
 
     /// Deletes every entry of the arc `[from, to)`, streaming the keys (never collecting them
     /// all). Returns how many were deleted; durable after [`Storage::sync`]. Single removes in
     /// key order: on sled 0.34 they were faster than 1000-key batches and kept a 512 MB delete
-    /// at 13 MB of RSS instead of 47 MB.
+    /// at 13 MB of RSS instead of 47 MB. A value in pieces goes in one batch of its own.
     pub fn delete_arc(&self, from: &HashKey, to: &HashKey) -> Result<(u64, Ticket)> {
         self.writable()?;
         let mut deleted = 0u64;
-        for (start, end) in ring::arc_ranges(from, to) {
-            let range = match end {
-                Some(end) => self.data.range(start.0..end.0),
-                None => self.data.range(start.0..),
+        let mut last: Option<HashKey> = None;
+        for entry in self.raw_arc(from, to) {
+            let (k, _) = entry?;
+            let key = stored_key(&k)?;
+            if last == Some(key) {
+                continue; // the other pieces of a value just deleted
+            }
+            last = Some(key);
+            self.preserve(key.as_bytes())?;
+            let _stripe = self.stripe(&key);
+            let removed = if k.len() == 20 {
+                // Registers the page with the cache (see `touched`); a whole value never
+                // shares its key with pieces.
+                self.touch(&k)?;
+                self.wrote(self.data.remove(&k))?.is_some()
+            } else {
+                self.remove_locked(&key)?
             };
-            for entry in range {
-                let Some((key, _)) = self.touched(entry)? else {
-                    continue;
-                };
-                self.preserve(key.as_bytes())?;
-                if self.wrote(self.data.remove(key.as_bytes()))?.is_some() {
-                    deleted += 1;
-                    if deleted.is_multiple_of(RECLAIM_EVERY) {
-                        reclaim();
-                    }
+            if removed {
+                deleted += 1;
+                if deleted.is_multiple_of(RECLAIM_EVERY) {
+                    reclaim();
                 }
             }
         }
@@ -828,7 +1139,7 @@ impl Storage {
         if state.cursor.is_some_and(|c| key <= &c.0[..]) || self.cow.contains_key(key)? {
             return Ok(());
         }
-        let old = match self.data.get(key)? {
+        let old = match self.read_value(&stored_key(key)?, ReadFor::Request)? {
             Some(v) => {
                 let mut b = Vec::with_capacity(v.len() + 1);
                 b.push(1);
@@ -897,19 +1208,14 @@ impl Storage {
         to: &HashKey,
     ) -> impl Iterator<Item = Result<(HashKey, sled::IVec)>> + '_ {
         let mut seen = 0u64;
-        ring::arc_ranges(from, to)
-            .into_iter()
-            .flat_map(move |(start, end)| match end {
-                Some(end) => self.data.range(start.0..end.0),
-                None => self.data.range(start.0..),
-            })
-            .filter_map(move |r| {
-                seen += 1;
-                if seen.is_multiple_of(RECLAIM_EVERY) {
-                    reclaim();
-                }
-                self.touched(r).transpose()
-            })
+        let mut last: Option<HashKey> = None;
+        self.raw_arc(from, to).filter_map(move |r| {
+            seen += 1;
+            if seen.is_multiple_of(RECLAIM_EVERY) {
+                reclaim();
+            }
+            self.touched(r, &mut last).transpose()
+        })
     }
 
     /// sled 0.34's iterators load pages without telling its cache, whose LRU learns of a page
@@ -920,14 +1226,24 @@ impl Storage {
     /// [`TOUCHES`] accesses per entry make the blocks fill that much sooner and keep a scan
     /// within the capacity (measured: a 512 MB scan with a 64 MiB cache peaks at 510 MB RSS
     /// plain, 169 MB with one touch, 78 MB with four). The page is already in memory, so the
-    /// extra reads are cheap. `None`: the entry went away meanwhile.
+    /// extra reads are cheap. `None`: the entry went away meanwhile, or it is a piece of the
+    /// value read just before (`last`: the pieces are read, and touched, as a whole at the
+    /// first one).
     fn touched(
         &self,
         r: sled::Result<(sled::IVec, sled::IVec)>,
+        last: &mut Option<HashKey>,
     ) -> Result<Option<(HashKey, sled::IVec)>> {
         let (k, _) = r?;
         let key = stored_key(&k)?;
-        Ok(self.touch(&k)?.map(|v| (key, v)))
+        if *last == Some(key) {
+            return Ok(None);
+        }
+        *last = Some(key);
+        if k.len() == 20 {
+            return Ok(self.touch(&k)?.map(|v| (key, v)));
+        }
+        Ok(self.read_value(&key, ReadFor::Scan)?.map(|v| (key, v)))
     }
 
     /// `get` once, and [`TOUCHES`] times in all for values of 1 KiB and more (see
@@ -1063,31 +1379,37 @@ impl CutEntries<'_> {
                     .transpose()?;
                 self.cow_seen = Some(state.preserved);
             }
-            let from_data = match (&self.peeked, &self.cow_next) {
+            // The data tree's next key as a HashKey: the pieces of a value share its 20 bytes.
+            let data_key = match &self.peeked {
+                Some((k, _)) => Some(stored_key(k)?),
+                None => None,
+            };
+            if data_key.is_some_and(|k| state.cursor.is_some_and(|c| k <= c)) {
+                // Streamed already: another piece of the value just streamed, or the live
+                // version of a key streamed from the copy-on-write tree.
+                self.peeked = None;
+                continue;
+            }
+            let from_data = match (data_key, &self.cow_next) {
                 (None, None) => return Ok(None),
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
-                (Some((dk, _)), Some((ok, _))) => dk < ok,
+                (Some(dk), Some((ok, _))) => dk.0[..] < ok[..],
             };
             let (key, value) = if from_data {
-                let Some((k, _)) = self.peeked.take() else {
+                let (Some(key), Some(_)) = (data_key, self.peeked.take()) else {
                     continue;
                 };
-                // Read again for the cache's sake (see `touched`); under the cut's lock no
-                // writer can have changed an unpreserved key since the iterator read it.
-                let v = storage.touch(&k)?;
-                (k, v)
+                // Read again, whole, for the cache's sake (see `touched`); under the cut's
+                // lock no writer can have changed an unpreserved key since the iterator read it.
+                (key, storage.read_value(&key, ReadFor::Scan)?)
             } else {
                 let Some((k, old)) = self.cow_next.take() else {
                     continue;
                 };
-                if self.peeked.as_ref().is_some_and(|(dk, _)| *dk == k) {
-                    self.peeked = None;
-                }
                 self.cow_seen = None;
-                (k, decode_old(old))
+                (stored_key(&k)?, decode_old(old))
             };
-            let key = stored_key(&key)?;
             state.cursor = Some(key);
             drop(cut);
             self.streamed += 1;
@@ -1110,12 +1432,87 @@ impl Iterator for CutEntries<'_> {
     }
 }
 
-/// A key as read back from the data tree (always 20 bytes: anything else is damage).
+/// The HashKey of a key read back from the data tree: 20 bytes (a whole value) or 24 (a
+/// piece); anything else is damage.
 fn stored_key(k: &[u8]) -> Result<HashKey> {
-    let key: [u8; 20] = k
-        .try_into()
-        .map_err(|_| Error::Config(format!("a stored key is {} bytes, not 20", k.len())))?;
-    Ok(HashKey(key))
+    let key: Option<[u8; 20]> = match k.len() {
+        20 | 24 => k.get(..20).and_then(|b| b.try_into().ok()),
+        _ => None,
+    };
+    key.map(HashKey)
+        .ok_or_else(|| Error::Damaged(format!("a stored key is {} bytes, not 20 or 24", k.len())))
+}
+
+/// A key of the data tree: a HashKey's 20 bytes (a whole value), or those and a piece's
+/// index (see "Values in pieces").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RawKey {
+    /// The key's bytes; only the first `len` count.
+    bytes: [u8; 24],
+    /// 20 or 24.
+    len: u8,
+}
+
+impl RawKey {
+    fn whole(key: &HashKey) -> RawKey {
+        let mut bytes = [0u8; 24];
+        bytes[..20].copy_from_slice(&key.0);
+        RawKey { bytes, len: 20 }
+    }
+
+    fn piece(key: &HashKey, i: u32) -> RawKey {
+        let mut bytes = [0u8; 24];
+        bytes[..20].copy_from_slice(&key.0);
+        bytes[20..].copy_from_slice(&i.to_be_bytes());
+        RawKey { bytes, len: 24 }
+    }
+}
+
+impl AsRef<[u8]> for RawKey {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+/// What piece 0 says of the whole value (see "Values in pieces").
+struct PieceHeader {
+    /// The write id every piece of this write starts with.
+    wid: [u8; 8],
+    /// The value's length.
+    len: u64,
+    /// How many pieces it has.
+    pieces: u32,
+}
+
+impl PieceHeader {
+    /// `None` unless the header is there and consistent: `pieces` pieces of [`PIECE_BYTES`]
+    /// (the last one shorter) hold exactly `len` bytes.
+    fn parse(p0: &[u8]) -> Option<PieceHeader> {
+        let wid: [u8; 8] = p0.get(..8)?.try_into().ok()?;
+        let len = u64::from_be_bytes(p0.get(8..16)?.try_into().ok()?);
+        let pieces = u32::from_be_bytes(p0.get(16..20)?.try_into().ok()?);
+        let fits = pieces > 0
+            && len <= u64::from(pieces) * PIECE_BYTES as u64
+            && len > u64::from(pieces - 1) * PIECE_BYTES as u64;
+        fits.then_some(PieceHeader { wid, len, pieces })
+    }
+}
+
+/// What one read of a key found.
+enum Found {
+    Absent,
+    Value(sled::IVec),
+    /// Pieces that do not fit together (of two writes, or damaged).
+    Torn,
+}
+
+/// How a value is read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReadFor {
+    /// For a request: plain `get`s.
+    Request,
+    /// In a scan: with [`Storage::touch`], so that sled's cache evicts as the scan goes.
+    Scan,
 }
 
 /// A copy-on-write record: `0` (absent at the cut) or `1` and the value.
@@ -1329,9 +1726,22 @@ mod tests {
     }
 
     /// A value that says which write made it, so a wrong version cannot pass for the right one.
+    /// A value telling its key and version. One in three is longer than `INLINE_MAX`
+    /// (stored in three pieces), one in three exactly `INLINE_MAX` (whole), so that writes
+    /// turn whole values into pieces and back.
     fn val(key: u8, version: u32) -> Vec<u8> {
         let mut v = vec![key];
         v.extend_from_slice(&version.to_be_bytes());
+        let len = match (u32::from(key) + version) % 3 {
+            0 => 5,
+            1 => INLINE_MAX,
+            _ => 2 * PIECE_BYTES + 100,
+        };
+        let fill = key ^ version as u8;
+        v.resize(len, fill);
+        if len > 5 {
+            v[len - 4..].copy_from_slice(&version.to_be_bytes());
+        }
         v
     }
 
@@ -1448,7 +1858,7 @@ mod tests {
     #[test]
     fn a_keys_first_batch_writes_what_an_in_place_batch_writes() {
         for how in [BatchWrite::InPlace, BatchWrite::KeysFirst] {
-            for len in [100, 2048] {
+            for len in [100, 2048, 3 * PIECE_BYTES + 1] {
                 for count in [8u8, 200] {
                     let dir = tempfile::tempdir().unwrap();
                     let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
@@ -1508,6 +1918,140 @@ mod tests {
                 let empty = got.iter().filter(|(_, v)| v.is_empty()).count();
                 assert_eq!(empty, 0, "round {round}: {empty} empty values in the cut");
             }
+        });
+    }
+
+    /// Every key of the data tree, raw: whole values and pieces.
+    fn raw_keys(s: &Storage) -> Vec<Vec<u8>> {
+        s.data.iter().keys().map(|k| k.unwrap().to_vec()).collect()
+    }
+
+    /// Values of every length around the piece boundaries come back as written, through every
+    /// way of reading; replacing a value by a shorter, a longer, a whole or a pieced one
+    /// leaves no piece behind; and they survive a reopen.
+    #[test]
+    fn values_in_pieces_read_back_whole_and_leave_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let lens = [
+            0,
+            1,
+            INLINE_MAX,
+            INLINE_MAX + 1,
+            2 * PIECE_BYTES,
+            2 * PIECE_BYTES + 1,
+            (1 << 20) + 7,
+        ];
+        let value = |n: usize, len: usize| -> Vec<u8> {
+            (0..len)
+                .map(|i| (i * 7 + n * 13 + i / 4099) as u8)
+                .collect()
+        };
+        {
+            let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+            for round in 0..3 {
+                for (n, _) in lens.iter().enumerate() {
+                    // Each key goes through several lengths: round r writes lens[n + r].
+                    let len = lens[(n + round) % lens.len()];
+                    let _ = s.insert(&k(n as u8), value(n + round, len)).unwrap();
+                }
+                for (n, _) in lens.iter().enumerate() {
+                    let want = value(n + round, lens[(n + round) % lens.len()]);
+                    assert_eq!(
+                        s.get(&k(n as u8)).unwrap().unwrap(),
+                        want[..],
+                        "round {round}"
+                    );
+                    assert!(s.contains(&k(n as u8)).unwrap());
+                }
+                let scanned = snapshot(&s);
+                assert_eq!(scanned.len(), lens.len());
+                assert_eq!(s.count().unwrap(), lens.len() as u64);
+                // Raw keys: one per whole value, one per piece, nothing else.
+                let pieces: usize = (0..lens.len())
+                    .map(|n| {
+                        let len = lens[(n + round) % lens.len()];
+                        if len > INLINE_MAX {
+                            len.div_ceil(PIECE_BYTES)
+                        } else {
+                            1
+                        }
+                    })
+                    .sum();
+                assert_eq!(raw_keys(&s).len(), pieces, "round {round}");
+            }
+            let _ = s.insert(&k(200), value(200, 3 * PIECE_BYTES)).unwrap();
+            s.flush().unwrap();
+        }
+        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        assert_eq!(
+            s.get(&k(200)).unwrap().unwrap(),
+            value(200, 3 * PIECE_BYTES)[..]
+        );
+        // Removal, each way: REM, a conditional removal, an arc deletion.
+        assert!(s.remove(&k(200)).unwrap().0);
+        assert!(!s.contains(&k(200)).unwrap());
+        let six = value(6 + 2, lens[(6 + 2) % lens.len()]);
+        assert!(!s.remove_if_unchanged(&k(6), b"something else").unwrap().0);
+        assert!(s.remove_if_unchanged(&k(6), &six).unwrap().0);
+        assert_eq!(s.get(&k(6)).unwrap(), None);
+        let (deleted, _) = s.delete_arc(&HashKey::ZERO, &HashKey::ZERO).unwrap();
+        assert_eq!(deleted, lens.len() as u64 - 1);
+        assert!(raw_keys(&s).is_empty());
+    }
+
+    /// Pieces keep sled's pages small: no page of a large value goes to a blob file, which
+    /// sled's cache would count at the size of a pointer and never evict.
+    #[test]
+    fn large_values_make_no_blob_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        for n in 0..40u8 {
+            let _ = s.insert(&k(n), vec![n; 1 << 20]).unwrap();
+        }
+        let mut batch: Vec<_> = (40..140u8).map(|n| (k(n), vec![n; 20 << 10])).collect();
+        let _ = s.insert_batch(&mut batch, BatchWrite::KeysFirst).unwrap();
+        s.flush().unwrap();
+        let blobs = std::fs::read_dir(dir.path().join("db").join("blobs"))
+            .unwrap()
+            .count();
+        assert_eq!(blobs, 0, "sled wrote {blobs} blob files");
+        assert_eq!(s.get(&k(39)).unwrap().unwrap(), vec![39; 1 << 20][..]);
+    }
+
+    /// A reader racing a writer that replaces a value's pieces (sled applies a batch at once
+    /// for a crash and for writers, not for readers) gets one of the values written, whole.
+    #[test]
+    fn a_reader_never_gets_the_pieces_of_two_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        let value = |version: u32| -> Vec<u8> {
+            // Its length follows from its byte, so that a read can be checked on its own.
+            let len = [3, 5, 9][usize::from(version as u8) % 3] * PIECE_BYTES + 11;
+            vec![version as u8; len]
+        };
+        let _ = s.insert(&k(1), value(0)).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let mut version = 1;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = s.insert(&k(1), value(version)).unwrap();
+                    version += 1;
+                }
+            });
+            let mut checked = 0;
+            for _ in 0..3000 {
+                let got = s.get(&k(1)).unwrap().unwrap();
+                let whole =
+                    got.iter().all(|b| *b == got[0]) && got.len() == value(u32::from(got[0])).len();
+                if !whole {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    panic!("read {} bytes mixing two writes", got.len());
+                }
+                checked += 1;
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(checked, 3000);
         });
     }
 }

@@ -78,6 +78,90 @@ async fn acknowledged_values_survive_sigkill() {
     assert_eq!(c.exi(&key("k0-1")).await.unwrap(), Status::T);
 }
 
+/// A value for `large_values_survive_sigkill_amid_overwrites`: its version, then a fill byte,
+/// at a length that follows from the version (from 1 KiB, stored whole, to 300 KiB, stored in
+/// fifty pieces), so that a value read back can be checked on its own.
+fn versioned(version: u32) -> Vec<u8> {
+    let len = [1 << 10, 20 << 10, 300 << 10, 7 << 10][version as usize % 4];
+    let mut v = vec![version as u8 ^ 0x5A; len];
+    v[..4].copy_from_slice(&version.to_be_bytes());
+    v
+}
+
+/// The version of a value made by `versioned`, if it is whole.
+fn version_of(v: &[u8]) -> Option<u32> {
+    let version = u32::from_be_bytes(v.get(..4)?.try_into().ok()?);
+    (versioned(version) == v).then_some(version)
+}
+
+/// Large values are stored in pieces, each write of them one sled batch. A SIGKILL while
+/// writers replace them (whole values by pieces, pieces by fewer pieces, and back) must leave
+/// every key with a whole value: the last one acknowledged, or the one in flight.
+#[tokio::test]
+async fn large_values_survive_sigkill_amid_overwrites() {
+    const WRITERS: usize = 4;
+    const KEYS: usize = 5;
+    let root = tempfile::tempdir().unwrap();
+    let mut node = TestNode::start_new(root.path(), &[]).await;
+    let acked: std::sync::Arc<Vec<std::sync::atomic::AtomicU32>> = std::sync::Arc::new(
+        (0..WRITERS * KEYS)
+            .map(|_| std::sync::atomic::AtomicU32::new(u32::MAX))
+            .collect(),
+    );
+    let mut tasks = Vec::new();
+    for t in 0..WRITERS {
+        let (addr, acked) = (node.addr, acked.clone());
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut c) = dht_store::client::Client::connect(addr, Default::default()).await
+            else {
+                return;
+            };
+            // Each key has one writer, so its versions are acknowledged in order.
+            for version in 0u32.. {
+                let slot = t * KEYS + version as usize % KEYS;
+                let k = key(&format!("large-{slot}"));
+                match c.ins(&k, &versioned(version)).await {
+                    Ok(Status::T) => {
+                        acked[slot].store(version, std::sync::atomic::Ordering::SeqCst)
+                    }
+                    Ok(st) => panic!("INS answered {st:?}"),
+                    Err(_) => return, // the node was killed
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    node.stop(libc::SIGKILL);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    node.restart().await;
+    let mut c = node.client().await;
+    let mut checked = 0;
+    for slot in 0..WRITERS * KEYS {
+        let last = acked[slot].load(std::sync::atomic::Ordering::SeqCst);
+        if last == u32::MAX {
+            continue;
+        }
+        let got = match c.get(&key(&format!("large-{slot}"))).await.unwrap() {
+            Lookup::Found(v) => v,
+            other => panic!("large-{slot}: acknowledged version {last}, found {other:?}"),
+        };
+        let version = version_of(&got)
+            .unwrap_or_else(|| panic!("large-{slot}: {} bytes that are no whole value", got.len()));
+        // The acknowledged version, or the next one of the same key, in flight at the kill.
+        assert!(
+            version == last || version == last + KEYS as u32,
+            "large-{slot}: version {version} after acknowledged {last}"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= WRITERS,
+        "only {checked} keys were acknowledged before the kill"
+    );
+}
+
 #[tokio::test]
 async fn values_survive_sigterm_and_the_node_exits_0() {
     let root = tempfile::tempdir().unwrap();
