@@ -665,7 +665,7 @@ impl Storage {
         let mut written = Vec::new();
         if value.len() > INLINE_MAX {
             let mut batch = sled::Batch::default();
-            self.add_pieces(&mut batch, key, &value, &mut written)?;
+            self.add_pieces(&mut batch, key, &value, &mut written, true)?;
             self.wrote(self.data.apply_batch(batch))?;
         } else if self.has_pieces(key)? {
             let mut batch = sled::Batch::default();
@@ -742,17 +742,23 @@ impl Storage {
     }
 
     /// Adds to `batch` what stores `value` under `key` in pieces, replacing a whole value and
-    /// the extra pieces of a longer one. The caller holds the stripe. The pieces' keys are
-    /// pushed on `written`.
+    /// the extra pieces of a longer one (`look: false`: the caller knows the key holds
+    /// nothing). The caller holds the stripe. The pieces' keys are pushed on `written`.
     fn add_pieces(
         &self,
         batch: &mut sled::Batch,
         key: &HashKey,
         value: &[u8],
         written: &mut Vec<RawKey>,
+        look: bool,
     ) -> Result<()> {
-        let old = self.piece_count(key)?;
-        batch.remove(&key.0[..]);
+        let mut old = 0;
+        if look {
+            old = self.piece_count(key)?;
+            if self.data.contains_key(key.as_bytes())? {
+                batch.remove(&key.0[..]);
+            }
+        }
         let wid = self
             .next_wid
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -971,14 +977,18 @@ impl Storage {
             self.preserve(k.as_bytes())?;
         }
         let stripes = self.all_stripes();
-        // A key written whole must lose the pieces it may hold; in the usual import into an
-        // empty arc there are none, and one look at the batch's span says so.
-        let pieces_near = self.pieces_between(entries)?;
+        // What the batch replaces: in the usual import into an empty arc nothing, and one look
+        // at the batch's span says so, sparing a look per key.
+        let span = self.span_holds(entries)?;
         let mut written: Vec<RawKey> = Vec::new();
         if small {
             for (i, (k, v)) in entries.drain(..).enumerate() {
-                if v.len() > INLINE_MAX || pieces_near {
+                if span.pieces || (v.len() > INLINE_MAX && span.whole) {
                     written.extend(self.write_locked(&k, v)?);
+                } else if v.len() > INLINE_MAX {
+                    let mut batch = sled::Batch::default();
+                    self.add_pieces(&mut batch, &k, &v, &mut written, false)?;
+                    self.wrote(self.data.apply_batch(batch))?;
                 } else {
                     self.wrote(self.data.insert(&k.0[..], v))?;
                 }
@@ -991,9 +1001,10 @@ impl Storage {
             let mut batch = sled::Batch::default();
             for (k, v) in entries.iter_mut() {
                 if v.len() > INLINE_MAX {
-                    self.add_pieces(&mut batch, k, v, &mut written)?;
+                    let look = span.whole || span.pieces;
+                    self.add_pieces(&mut batch, k, v, &mut written, look)?;
                 } else {
-                    if pieces_near {
+                    if span.pieces {
                         self.add_piece_removal(&mut batch, k)?;
                     }
                     written.push(RawKey::whole(k));
@@ -1024,22 +1035,26 @@ impl Storage {
         Ok(self.commit.note_write())
     }
 
-    /// Whether any value between the first and the last key of `entries` is stored in pieces
-    /// (a scan of what the data tree holds in that span, usually nothing).
-    fn pieces_between(&self, entries: &[(HashKey, Vec<u8>)]) -> Result<bool> {
+    /// What the data tree holds between the first and the last key of `entries` (a scan of
+    /// that span, usually empty).
+    fn span_holds(&self, entries: &[(HashKey, Vec<u8>)]) -> Result<Span> {
+        let mut span = Span::default();
         let (Some(lo), Some(hi)) = (
             entries.iter().map(|(k, _)| k).min(),
             entries.iter().map(|(k, _)| k).max(),
         ) else {
-            return Ok(false);
+            return Ok(span);
         };
         let (lo, hi) = (RawKey::whole(lo), RawKey::piece(hi, u32::MAX));
         for k in self.data.range(lo..=hi).keys() {
-            if k?.len() != 20 {
-                return Ok(true);
+            if k?.len() == 20 {
+                span.whole = true;
+            } else {
+                span.pieces = true;
+                break;
             }
         }
-        Ok(false)
+        Ok(span)
     }
 
     /// Removes `key` only if it still holds `value` (a misplaced entry handed to its owner,
@@ -1067,9 +1082,11 @@ impl Storage {
         for (i, r) in self.raw_arc(from, to).enumerate() {
             let (k, _) = r?;
             let key = stored_key(&k)?;
-            // Touch every piece too: the scan loaded its page (see `touched`).
+            // Touch every piece too: the scan loaded its page (see `touched`). An entry is a
+            // whole value or a piece 0 (see `delete_arc` for pieces without one).
             let present = self.touch(&k)?.is_some();
-            if present && last != Some(key) {
+            let first = k.len() == 20 || k[20..] == [0, 0, 0, 0];
+            if present && first && last != Some(key) {
                 n += 1;
                 last = Some(key);
             }
@@ -1097,29 +1114,32 @@ impl Storage {
     /// Deletes every entry of the arc `[from, to)`, streaming the keys (never collecting them
     /// all). Returns how many were deleted; durable after [`Storage::sync`]. Single removes in
     /// key order: on sled 0.34 they were faster than 1000-key batches and kept a 512 MB delete
-    /// at 13 MB of RSS instead of 47 MB. A value in pieces goes in one batch of its own.
+    /// at 13 MB of RSS instead of 47 MB. So the pieces of a value go one by one too (not in one
+    /// batch like other changes of pieces): an arc is deleted only once nobody serves it, and
+    /// a deletion cut short leaves pieces without their piece 0, which readers take for an
+    /// absent value and the next deletion of the arc removes.
     pub fn delete_arc(&self, from: &HashKey, to: &HashKey) -> Result<(u64, Ticket)> {
         self.writable()?;
         let mut deleted = 0u64;
-        let mut last: Option<HashKey> = None;
+        // The key whose raw entries are being removed, with its stripe held.
+        let mut current: Option<(HashKey, std::sync::MutexGuard<'_, ()>)> = None;
         for entry in self.raw_arc(from, to) {
             let (k, _) = entry?;
             let key = stored_key(&k)?;
-            if last == Some(key) {
-                continue; // the other pieces of a value just deleted
+            let first = current.as_ref().is_none_or(|(c, _)| *c != key);
+            if first {
+                // Released before `preserve`, which may take a stripe itself.
+                drop(current.take());
+                self.preserve(key.as_bytes())?;
+                current = Some((key, self.stripe(&key)));
             }
-            last = Some(key);
-            self.preserve(key.as_bytes())?;
-            let _stripe = self.stripe(&key);
-            let removed = if k.len() == 20 {
-                // Registers the page with the cache (see `touched`); a whole value never
-                // shares its key with pieces.
-                self.touch(&k)?;
-                self.wrote(self.data.remove(&k))?.is_some()
-            } else {
-                self.remove_locked(&key)?
-            };
-            if removed {
+            // One raw entry at a time, piece 0 first: the moment it goes, readers (under the
+            // stripe) find the value absent. Registers the page with the cache (`touched`).
+            self.touch(&k)?;
+            let was = self.wrote(self.data.remove(&k))?.is_some();
+            // An entry is a whole value or a piece 0 (pieces without piece 0 are what an
+            // earlier deletion left when it was interrupted: readers never see them).
+            if first && was && (k.len() == 20 || k[20..] == [0, 0, 0, 0]) {
                 deleted += 1;
                 if deleted.is_multiple_of(RECLAIM_EVERY) {
                     reclaim();
@@ -1496,6 +1516,15 @@ impl PieceHeader {
             && len > u64::from(pieces - 1) * PIECE_BYTES as u64;
         fits.then_some(PieceHeader { wid, len, pieces })
     }
+}
+
+/// What a span of the data tree holds (see `Storage::span_holds`).
+#[derive(Default)]
+struct Span {
+    /// Some whole value.
+    whole: bool,
+    /// Some piece.
+    pieces: bool,
 }
 
 /// What one read of a key found.
@@ -2053,5 +2082,34 @@ mod tests {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             assert_eq!(checked, 3000);
         });
+    }
+
+    /// What an arc deletion cut short by a crash leaves (the pieces after piece 0) is invisible
+    /// to every reader and counter, does not spoil a later write of the key, and goes with the
+    /// next deletion of the arc.
+    #[test]
+    fn pieces_left_by_an_interrupted_deletion_are_invisible_and_go_with_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        let _ = s.insert(&k(1), vec![1; 4 * PIECE_BYTES]).unwrap();
+        let _ = s.insert(&k(2), vec![2; 10]).unwrap();
+        // The deletion removed piece 0 of k(1), then the process died.
+        s.data.remove(RawKey::piece(&k(1), 0)).unwrap();
+        assert_eq!(s.get(&k(1)).unwrap(), None);
+        assert!(!s.contains(&k(1)).unwrap());
+        assert_eq!(s.count().unwrap(), 1);
+        assert_eq!(snapshot(&s), vec![(k(2), vec![2; 10])]);
+        s.begin_cut().unwrap();
+        let cut: Vec<_> = s.cut_entries().unwrap().map(|r| r.unwrap().0).collect();
+        s.end_cut().unwrap();
+        assert_eq!(cut, vec![k(2)]);
+        // A shorter value written over them reads back whole.
+        let _ = s.insert(&k(1), vec![9; PIECE_BYTES + 1]).unwrap();
+        assert_eq!(s.get(&k(1)).unwrap().unwrap(), vec![9; PIECE_BYTES + 1][..]);
+        assert!(s.remove(&k(1)).unwrap().0);
+        assert_eq!(s.get(&k(1)).unwrap(), None);
+        let (deleted, _) = s.delete_arc(&HashKey::ZERO, &HashKey::ZERO).unwrap();
+        assert_eq!(deleted, 1, "k(2) only");
+        assert!(raw_keys(&s).is_empty(), "left: {:?}", raw_keys(&s));
     }
 }
