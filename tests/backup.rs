@@ -43,6 +43,32 @@ fn hot_key(i: usize) -> HashKey {
     HashKey::of(format!("hot-{i}").as_bytes())
 }
 
+/// Round `round`'s value of hot key `i`: "round N;", then padding to 13 KiB every other
+/// round, so that the key turns from a whole value into pieces and back through the backup.
+fn hot_value(round: u64, i: usize) -> Vec<u8> {
+    let mut v = format!("round {round};").into_bytes();
+    if (round + i as u64).is_multiple_of(2) {
+        v.resize(13 << 10, b'.');
+    }
+    v
+}
+
+/// The round of a value made by `hot_value` (checking that it is whole).
+fn hot_round(v: &[u8]) -> u64 {
+    let text = String::from_utf8(v.to_vec()).unwrap();
+    let (head, _) = text.split_once(';').unwrap();
+    let round: u64 = head["round ".len()..].parse().unwrap();
+    for i in 0..100 {
+        if hot_value(round, i) == v {
+            return round;
+        }
+    }
+    panic!(
+        "a value of round {round} that no writer wrote ({} bytes)",
+        v.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_of_a_running_node_under_writes_is_a_consistent_point_in_time_copy() {
     let root = tempfile::tempdir().unwrap();
@@ -60,7 +86,9 @@ async fn a_backup_of_a_running_node_under_writes_is_a_consistent_point_in_time_c
                 let mut acked = Vec::new();
                 for i in 0..2500 {
                     let k = HashKey::of(format!("bulk-{t}-{i}").as_bytes());
-                    let v = vec![(i % 251) as u8; 2048];
+                    // One in ten is large, stored in pieces.
+                    let len = if i % 10 == 0 { 20 << 10 } else { 2048 };
+                    let v = vec![(i % 251) as u8; len];
                     assert_eq!(c.ins(&k, &v).await.unwrap(), Status::T);
                     acked.push((k, v));
                 }
@@ -74,7 +102,10 @@ async fn a_backup_of_a_running_node_under_writes_is_a_consistent_point_in_time_c
     // A writer rewrites 100 hot keys in rounds, in a fixed order, all through the backup.
     let mut c = node.client().await;
     for i in 0..100 {
-        assert_eq!(c.ins(&hot_key(i), b"round 0").await.unwrap(), Status::T);
+        assert_eq!(
+            c.ins(&hot_key(i), &hot_value(0, i)).await.unwrap(),
+            Status::T
+        );
     }
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -87,8 +118,8 @@ async fn a_backup_of_a_running_node_under_writes_is_a_consistent_point_in_time_c
             let mut fresh = 0;
             while !stop.load(Ordering::Relaxed) {
                 for i in 0..100 {
-                    let v = format!("round {round}");
-                    assert_eq!(c.ins(&hot_key(i), v.as_bytes()).await.unwrap(), Status::T);
+                    let v = hot_value(round, i);
+                    assert_eq!(c.ins(&hot_key(i), &v).await.unwrap(), Status::T);
                 }
                 // And new keys, which the copy may or may not hold.
                 for _ in 0..20 {
@@ -170,9 +201,7 @@ async fn a_backup_of_a_running_node_under_writes_is_a_consistent_point_in_time_c
     for i in 0..100 {
         match c.get(&hot_key(i)).await.unwrap() {
             Lookup::Found(v) => {
-                let r: u64 = String::from_utf8(v).unwrap()["round ".len()..]
-                    .parse()
-                    .unwrap();
+                let r = hot_round(&v);
                 rounds_seen.push(r);
             }
             other => panic!("hot key {i}: {other:?}"),
