@@ -18,14 +18,22 @@ const KEYS: usize = 400;
 /// values of 1 KiB and more on average (`storage::BatchWrite::KeysFirst`).
 const KEYS_FIRST_VALUE: usize = 2048;
 
-/// Writes KEYS keys through `entry`; values of `size` bytes, or short ones for `None`.
+/// Writes KEYS keys through `entry`; values of `size` bytes, or short ones for `None`. Some are
+/// 13 KiB, stored in pieces (one in ten, or one in forty among short ones, so that the mean
+/// stays under 1 KiB and the receiver's path for small values is the one taken).
 async fn preload(entry: PeerAddr, size: Option<usize>) -> HashMap<HashKey, Vec<u8>> {
     let mut r = Router::new(entry, AddressEncoding::Compact);
     let mut acked = HashMap::new();
     for i in 0..KEYS {
         let k = HashKey::of(format!("crash-{i}").as_bytes());
         let mut v = format!("value {i}").into_bytes();
-        if let Some(size) = size {
+        let large = match size {
+            Some(_) => i % 10 == 3,
+            None => i % 40 == 7,
+        };
+        if large {
+            v.resize(13 << 10, b'a' + (i % 26) as u8);
+        } else if let Some(size) = size {
             v.resize(size, b'a' + (i % 26) as u8);
         }
         assert!(r.put(&k, &v).await.unwrap(), "preload {i}");
