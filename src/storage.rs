@@ -91,6 +91,8 @@ const SINGLE_INSERTS_BELOW: usize = 1024;
 /// Point reads per entry when scanning, so that sled's cache evicts as a scan goes (see
 /// `Storage::touched`).
 const TOUCHES: usize = 4;
+/// Point reads per piece when a scan reads a value in pieces (see [`ReadFor::ScanPieces`]).
+const PIECE_TOUCHES: usize = 2;
 /// Fewest entries for which a [`BatchWrite::KeysFirst`] batch writes its keys first. Each
 /// batch still rewrites the leaf it shares with the next one, so the gain grows with the
 /// batch: importing 1 GiB of 10 KiB values took 4.6–6.4 s in place, 3.9 s with 32-entry
@@ -662,7 +664,7 @@ impl Storage {
         let written = self.write_locked(key, value)?;
         drop(_stripe);
         for k in written {
-            self.touch(k.as_ref())?;
+            self.touch_n(k.as_ref(), PIECE_TOUCHES)?;
         }
         Ok(self.commit.note_write())
     }
@@ -848,10 +850,13 @@ impl Storage {
             match how {
                 ReadFor::Request => Ok(self.data.get(k)?),
                 ReadFor::Scan => self.touch(k),
+                ReadFor::ScanPieces => self.touch_n(k, PIECE_TOUCHES),
             }
         };
-        if let Some(v) = get(key.as_bytes())? {
-            return Ok(Found::Value(v));
+        if how != ReadFor::ScanPieces {
+            if let Some(v) = get(key.as_bytes())? {
+                return Ok(Found::Value(v));
+            }
         }
         if !self.pieces_seen() {
             return Ok(Found::Absent);
@@ -1056,7 +1061,8 @@ impl Storage {
         // 1 GiB import peaked ~70 MiB over the cache). Touching them registers them as the
         // import goes.
         for (i, k) in written.iter().enumerate() {
-            self.touch(k.as_ref())?;
+            let touches = if k.len == 20 { TOUCHES } else { PIECE_TOUCHES };
+            self.touch_n(k.as_ref(), touches)?;
             if (i as u64 + 1).is_multiple_of(RECLAIM_EVERY) {
                 reclaim();
             }
@@ -1293,7 +1299,9 @@ impl Storage {
         if k.len() == 20 {
             return Ok(self.touch(&k)?.map(|v| (key, v)));
         }
-        Ok(self.read_value(&key, ReadFor::Scan)?.map(|v| (key, v)))
+        Ok(self
+            .read_value(&key, ReadFor::ScanPieces)?
+            .map(|v| (key, v)))
     }
 
     /// `get` once, and [`TOUCHES`] times in all for values of 1 KiB and more (see
@@ -1302,10 +1310,15 @@ impl Storage {
     /// evicted and re-loaded the pages of a freshly written tree over and over (a DIS of 1M ×
     /// 100 B spent 28% of the sender's CPU freeing nodes; BENCHMARKS.md).
     fn touch(&self, k: &[u8]) -> Result<Option<sled::IVec>> {
+        self.touch_n(k, TOUCHES)
+    }
+
+    /// [`Storage::touch`] with `touches` reads in all for values of 1 KiB and more.
+    fn touch_n(&self, k: &[u8], touches: usize) -> Result<Option<sled::IVec>> {
         // A `get` can write: sled splits an overgrown leaf on the next traversal.
         let v = self.wrote(self.data.get(k))?;
         if v.as_ref().is_some_and(|v| v.len() >= SINGLE_INSERTS_BELOW) {
-            for _ in 1..TOUCHES {
+            for _ in 1..touches {
                 self.wrote(self.data.get(k))?;
             }
         }
@@ -1447,12 +1460,17 @@ impl CutEntries<'_> {
                 (Some(dk), Some((ok, _))) => dk.0[..] < ok[..],
             };
             let (key, value) = if from_data {
-                let (Some(key), Some(_)) = (data_key, self.peeked.take()) else {
+                let Some(key) = data_key else {
                     continue;
                 };
                 // Read again, whole, for the cache's sake (see `touched`); under the cut's
                 // lock no writer can have changed an unpreserved key since the iterator read it.
-                (key, storage.read_value(&key, ReadFor::Scan)?)
+                let how = match self.peeked.as_ref().map(|(k, _)| k.len()) {
+                    Some(20) | None => ReadFor::Scan,
+                    Some(_) => ReadFor::ScanPieces,
+                };
+                let _ = self.peeked.take();
+                (key, storage.read_value(&key, how)?)
             } else {
                 let Some((k, old)) = self.cow_next.take() else {
                     continue;
@@ -1572,6 +1590,10 @@ enum ReadFor {
     Request,
     /// In a scan: with [`Storage::touch`], so that sled's cache evicts as the scan goes.
     Scan,
+    /// In a scan that met the key's pieces (so it holds no whole value): each piece read
+    /// [`PIECE_TOUCHES`] times, which for a 10 KiB value in two pieces is as many reads as
+    /// [`TOUCHES`] for it whole.
+    ScanPieces,
 }
 
 /// A copy-on-write record: `0` (absent at the cut) or `1` and the value.
