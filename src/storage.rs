@@ -591,6 +591,10 @@ impl Storage {
         let ring = db.open_tree("ring")?;
         let cow = db.open_tree("backup-cow")?;
         let pieces_seen = ring.contains_key(PIECES_KEY)?;
+        // Write ids distinct from those of every earlier run: sled's id generator never
+        // repeats across restarts (it persists, and skips ahead after a crash), and a run
+        // would need 2^32 writes of pieces to reach the next run's ids.
+        let wid_base = db.generate_id()? << 32;
         // A backup interrupted by a crash leaves old versions here: they mean nothing now.
         cow.clear()?;
         let commit = Arc::new(GroupCommit {
@@ -623,13 +627,7 @@ impl Storage {
             cut: Mutex::new(None),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             pieces_seen: std::sync::atomic::AtomicBool::new(pieces_seen),
-            // Distinct from the ids of earlier runs, as far as the clock goes; only ids of
-            // concurrent writes have to differ.
-            next_wid: std::sync::atomic::AtomicU64::new(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as u64),
-            ),
+            next_wid: std::sync::atomic::AtomicU64::new(wid_base),
             bulk: RwLock::new(()),
             commit,
             flusher: Some(flusher),
@@ -653,6 +651,14 @@ impl Storage {
     }
 
     pub fn contains(&self, key: &HashKey) -> Result<bool> {
+        if self.data.contains_key(key.as_bytes())? || self.has_pieces(key)? {
+            return Ok(true);
+        }
+        if !self.pieces_seen() {
+            return Ok(false);
+        }
+        // A writer may have turned pieces into a whole value between the two looks.
+        let _stripe = self.stripe(key);
         Ok(self.data.contains_key(key.as_bytes())? || self.has_pieces(key)?)
     }
 
@@ -747,26 +753,16 @@ impl Storage {
         Ok(())
     }
 
-    /// How many pieces `key` has (0: none). Read from piece 0; if that is unreadable, by
-    /// looking for them (a range scan, so that a removal misses none).
-    fn piece_count(&self, key: &HashKey) -> Result<u32> {
-        match self.data.get(RawKey::piece(key, 0))? {
-            None => Ok(0),
-            Some(p0) => match PieceHeader::parse(&p0) {
-                Some(h) => Ok(h.pieces),
-                None => {
-                    let (lo, hi) = (RawKey::piece(key, 0), RawKey::piece(key, u32::MAX));
-                    let mut n = 0u32;
-                    for k in self.data.range(lo..=hi).keys() {
-                        let k = k?;
-                        if let Some(i) = k.get(20..24) {
-                            n = n.max(u32::from_be_bytes([i[0], i[1], i[2], i[3]]) + 1);
-                        }
-                    }
-                    Ok(n)
-                }
-            },
+    /// The keys of the pieces stored under `key`, as they are (a range scan): what a removal
+    /// must remove, whatever piece 0 says or whether it is there at all. The caller holds the
+    /// stripe.
+    fn stored_pieces(&self, key: &HashKey) -> Result<Vec<sled::IVec>> {
+        let (lo, hi) = (RawKey::piece(key, 0), RawKey::piece(key, u32::MAX));
+        let mut keys = Vec::new();
+        for k in self.data.range(lo..=hi).keys() {
+            keys.push(k?);
         }
+        Ok(keys)
     }
 
     /// Adds to `batch` what stores `value` under `key` in pieces, replacing a whole value and
@@ -781,9 +777,9 @@ impl Storage {
         look: bool,
     ) -> Result<()> {
         self.note_pieces()?;
-        let mut old = 0;
+        let mut old = Vec::new();
         if look {
-            old = self.piece_count(key)?;
+            old = self.stored_pieces(key)?;
             if self.data.contains_key(key.as_bytes())? {
                 batch.remove(&key.0[..]);
             }
@@ -804,8 +800,12 @@ impl Storage {
             batch.insert(k.as_ref(), p);
             written.push(k);
         }
-        for i in n..old {
-            batch.remove(RawKey::piece(key, i).as_ref());
+        // The old pieces that the new ones do not overwrite.
+        for k in old
+            .iter()
+            .filter(|k| k.get(20..24) >= Some(&n.to_be_bytes()[..]))
+        {
+            batch.remove(k);
         }
         Ok(())
     }
@@ -813,17 +813,19 @@ impl Storage {
     /// Adds to `batch` the removal of `key`'s pieces; `true` if it had any. The caller holds
     /// the stripe.
     fn add_piece_removal(&self, batch: &mut sled::Batch, key: &HashKey) -> Result<bool> {
-        let n = self.piece_count(key)?;
-        for i in 0..n {
-            batch.remove(RawKey::piece(key, i).as_ref());
+        let old = self.stored_pieces(key)?;
+        for k in &old {
+            batch.remove(k);
         }
-        Ok(n > 0)
+        Ok(!old.is_empty())
     }
 
     /// The value of `key`: the whole value, or its pieces put together. A reader that finds
-    /// pieces of two writes (a writer was replacing them) reads again under the key's stripe.
+    /// pieces of two writes, or neither a whole value nor pieces once the directory holds
+    /// pieces (a writer may have switched between its reads), reads again under the key's
+    /// stripe.
     fn read_value(&self, key: &HashKey, how: ReadFor) -> Result<Option<sled::IVec>> {
-        match self.read_value_once(key, how)? {
+        match self.read_value_once(key, how, false)? {
             Found::Absent => return Ok(None),
             Found::Value(v) => return Ok(Some(v)),
             Found::Torn => {}
@@ -835,7 +837,7 @@ impl Storage {
     /// [`Storage::read_value`] for a caller that holds the stripe: pieces that do not fit
     /// together now are damage.
     fn read_value_locked(&self, key: &HashKey, how: ReadFor) -> Result<Option<sled::IVec>> {
-        match self.read_value_once(key, how)? {
+        match self.read_value_once(key, how, true)? {
             Found::Absent => Ok(None),
             Found::Value(v) => Ok(Some(v)),
             Found::Torn => Err(Error::Damaged(format!(
@@ -845,7 +847,7 @@ impl Storage {
         }
     }
 
-    fn read_value_once(&self, key: &HashKey, how: ReadFor) -> Result<Found> {
+    fn read_value_once(&self, key: &HashKey, how: ReadFor, locked: bool) -> Result<Found> {
         let get = |k: &[u8]| -> Result<Option<sled::IVec>> {
             match how {
                 ReadFor::Request => Ok(self.data.get(k)?),
@@ -862,7 +864,9 @@ impl Storage {
             return Ok(Found::Absent);
         }
         let Some(p0) = get(RawKey::piece(key, 0).as_ref())? else {
-            return Ok(Found::Absent);
+            // Neither a whole value nor piece 0: absent, or a writer turned pieces into a
+            // whole value between the two reads. Only under the stripe is that sure.
+            return Ok(if locked { Found::Absent } else { Found::Torn });
         };
         let Some(h) = PieceHeader::parse(&p0) else {
             return Ok(Found::Torn);
@@ -1014,9 +1018,18 @@ impl Storage {
         let stripes = self.all_stripes();
         // What the batch replaces: in the usual import into an empty arc nothing, and one look
         // at the batch's span says so, sparing a look per key.
-        let span = self.span_holds(entries)?;
+        let mut span = self.span_holds(entries)?;
+        // Entries come in strictly increasing key order from every caller; should a peer
+        // send a key twice, each entry is written on its own, looking at what is stored.
+        let ordered = entries.windows(2).all(|w| w[0].0 < w[1].0);
+        if !ordered {
+            span = Span {
+                whole: true,
+                pieces: true,
+            };
+        }
         let mut written: Vec<RawKey> = Vec::new();
-        if small {
+        if small || !ordered {
             for (i, (k, v)) in entries.drain(..).enumerate() {
                 if span.pieces || (v.len() > INLINE_MAX && span.whole) {
                     written.extend(self.write_locked(&k, v)?);
@@ -2170,13 +2183,86 @@ mod tests {
         let cut: Vec<_> = s.cut_entries().unwrap().map(|r| r.unwrap().0).collect();
         s.end_cut().unwrap();
         assert_eq!(cut, vec![k(2)]);
+        // Damage: stray pieces far out, which no count in a piece 0 covers.
+        s.data
+            .insert(RawKey::piece(&k(1), u32::MAX), &[7u8; 8][..])
+            .unwrap();
+        s.data
+            .insert(RawKey::piece(&k(1), 1 << 31), &[7u8; 8][..])
+            .unwrap();
         // A shorter value written over them reads back whole.
         let _ = s.insert(&k(1), vec![9; PIECE_BYTES + 1]).unwrap();
         assert_eq!(s.get(&k(1)).unwrap().unwrap(), vec![9; PIECE_BYTES + 1][..]);
         assert!(s.remove(&k(1)).unwrap().0);
         assert_eq!(s.get(&k(1)).unwrap(), None);
+        // The removal took every piece it found, the stray ones too.
+        assert!(
+            raw_keys(&s).iter().all(|r| r[..20] != k(1).0),
+            "{:?}",
+            raw_keys(&s)
+        );
+        let _ = s.insert(&k(1), vec![1; 4 * PIECE_BYTES]).unwrap();
+        s.data.remove(RawKey::piece(&k(1), 0)).unwrap();
         let (deleted, _) = s.delete_arc(&HashKey::ZERO, &HashKey::ZERO).unwrap();
         assert_eq!(deleted, 1, "k(2) only");
         assert!(raw_keys(&s).is_empty(), "left: {:?}", raw_keys(&s));
+    }
+
+    /// A reader racing a writer that turns a value from pieces into a whole value and back
+    /// never finds the key absent (between its look for the whole value and its look for
+    /// piece 0, the writer may have switched).
+    #[test]
+    fn a_key_switching_between_whole_and_pieces_never_reads_as_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        let value = |i: u32| -> Vec<u8> {
+            let len = if i.is_multiple_of(2) { 100 } else { 3 * PIECE_BYTES };
+            vec![i as u8; len]
+        };
+        let _ = s.insert(&k(1), value(1)).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let mut i = 2;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = s.insert(&k(1), value(i)).unwrap();
+                    i += 1;
+                }
+            });
+            let (mut absent, mut missing) = (0, 0);
+            for _ in 0..20_000 {
+                if s.get(&k(1)).unwrap().is_none() {
+                    absent += 1;
+                }
+                if !s.contains(&k(1)).unwrap() {
+                    missing += 1;
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(
+                (absent, missing),
+                (0, 0),
+                "(GET absent, EXI absent) of 20 000 each"
+            );
+        });
+    }
+
+    /// A batch that names a key twice (a peer may send anything) still leaves the key with a
+    /// whole value or pieces, not both: the later entry wins.
+    #[test]
+    fn a_batch_naming_a_key_twice_leaves_one_value() {
+        for how in [BatchWrite::InPlace, BatchWrite::KeysFirst] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+            let mut batch: Vec<_> = (0..40u8)
+                .map(|n| (k(n), vec![n; 2 * PIECE_BYTES]))
+                .collect();
+            batch.push((k(5), vec![9; 10]));
+            let _ = s.insert_batch(&mut batch, how).unwrap();
+            assert_eq!(s.get(&k(5)).unwrap().unwrap(), vec![9; 10][..], "{how:?}");
+            assert_eq!(s.count().unwrap(), 40);
+            let raw = raw_keys(&s);
+            assert_eq!(raw.len(), 39 * 2 + 1, "{how:?}: stray pieces of k(5)");
+        }
     }
 }
