@@ -2216,7 +2216,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
         let value = |i: u32| -> Vec<u8> {
-            let len = if i.is_multiple_of(2) { 100 } else { 3 * PIECE_BYTES };
+            let len = if i.is_multiple_of(2) {
+                100
+            } else {
+                3 * PIECE_BYTES
+            };
             vec![i as u8; len]
         };
         let _ = s.insert(&k(1), value(1)).unwrap();
