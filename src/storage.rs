@@ -651,7 +651,10 @@ impl Storage {
     }
 
     pub fn contains(&self, key: &HashKey) -> Result<bool> {
-        if self.data.contains_key(key.as_bytes())? || self.has_pieces(key)? {
+        let look = || -> Result<bool> {
+            Ok(self.data.contains_key(key.as_bytes())? || self.has_pieces(key)?)
+        };
+        if look()? {
             return Ok(true);
         }
         if !self.pieces_seen() {
@@ -659,32 +662,34 @@ impl Storage {
         }
         // A writer may have turned pieces into a whole value between the two looks.
         let _stripe = self.stripe(key);
-        Ok(self.data.contains_key(key.as_bytes())? || self.has_pieces(key)?)
+        look()
     }
 
     /// Inserts or replaces; durable after [`Storage::sync`] of the ticket.
     pub fn insert(&self, key: &HashKey, value: Vec<u8>) -> Result<Ticket> {
         self.writable()?;
-        self.preserve(key.as_bytes())?;
-        let _stripe = self.stripe(key);
-        let written = self.write_locked(key, value)?;
-        drop(_stripe);
+        self.preserve(key)?;
+        let stripe = self.stripe(key);
+        let written = self.write_locked(key, value, Span::ANYTHING)?;
+        drop(stripe);
         for k in written {
-            self.touch_n(k.as_ref(), PIECE_TOUCHES)?;
+            self.touch_raw(k.as_ref())?;
         }
         Ok(self.commit.note_write())
     }
 
     /// Writes one value while holding its stripe: whole, or in pieces, replacing what the key
-    /// held in one sled batch whenever pieces are involved. Returns the keys of pieces written
+    /// held in one sled batch whenever pieces are involved. `held`: what the key may hold (a
+    /// batch into an empty span knows it holds nothing). Returns the keys of pieces written
     /// (to be touched: see [`Storage::touched`]).
-    fn write_locked(&self, key: &HashKey, value: Vec<u8>) -> Result<Vec<RawKey>> {
+    fn write_locked(&self, key: &HashKey, value: Vec<u8>, held: Span) -> Result<Vec<RawKey>> {
         let mut written = Vec::new();
         if value.len() > INLINE_MAX {
             let mut batch = sled::Batch::default();
-            self.add_pieces(&mut batch, key, &value, &mut written, true)?;
+            let look = held.whole || held.pieces;
+            self.add_pieces(&mut batch, key, &value, &mut written, look)?;
             self.wrote(self.data.apply_batch(batch))?;
-        } else if self.has_pieces(key)? {
+        } else if held.pieces && self.has_pieces(key)? {
             let mut batch = sled::Batch::default();
             self.add_piece_removal(&mut batch, key)?;
             batch.insert(&key.0[..], value);
@@ -698,7 +703,7 @@ impl Storage {
     /// Removes; `true` if the key was there. Durable after [`Storage::sync`] of the ticket.
     pub fn remove(&self, key: &HashKey) -> Result<(bool, Ticket)> {
         self.writable()?;
-        self.preserve(key.as_bytes())?;
+        self.preserve(key)?;
         let _stripe = self.stripe(key);
         let was = self.remove_locked(key)?;
         Ok((was, self.commit.note_write()))
@@ -851,8 +856,7 @@ impl Storage {
         let get = |k: &[u8]| -> Result<Option<sled::IVec>> {
             match how {
                 ReadFor::Request => Ok(self.data.get(k)?),
-                ReadFor::Scan => self.touch(k),
-                ReadFor::ScanPieces => self.touch_n(k, PIECE_TOUCHES),
+                ReadFor::Scan | ReadFor::ScanPieces => self.touch_raw(k),
             }
         };
         if how != ReadFor::ScanPieces {
@@ -1013,43 +1017,20 @@ impl Storage {
         // Both passes under the shared lock: no cut begins between them.
         let _bulk = keys_first.then(|| self.bulk.read().unwrap_or_else(|e| e.into_inner()));
         for (k, _) in entries.iter() {
-            self.preserve(k.as_bytes())?;
+            self.preserve(k)?;
         }
         let stripes = self.all_stripes();
         // What the batch replaces: in the usual import into an empty arc nothing, and one look
-        // at the batch's span says so, sparing a look per key.
-        // Entries come in ring order from every caller: increasing, wrapping past 2^160-1 at
-        // most once. Should a peer send a key twice (or out of order), each entry is written
-        // on its own, looking at what is stored.
-        let runs = ring_runs(entries);
-        let ordered = runs.is_some();
-        let span = match runs {
-            Some(runs) => {
-                let mut span = Span::default();
-                for run in runs {
-                    let s = self.span_holds(run)?;
-                    span.whole |= s.whole;
-                    span.pieces |= s.pieces;
-                }
-                span
-            }
-            None => Span {
-                whole: true,
-                pieces: true,
-            },
+        // at the batch's span says so, sparing a look per key. A batch out of ring order (a
+        // key twice, from a peer) is written entry by entry, each looking at what is stored.
+        let (span, ordered) = match self.batch_holds(entries)? {
+            Some(span) => (span, true),
+            None => (Span::ANYTHING, false),
         };
         let mut written: Vec<RawKey> = Vec::new();
         if small || !ordered {
             for (i, (k, v)) in entries.drain(..).enumerate() {
-                if span.pieces || (v.len() > INLINE_MAX && span.whole) {
-                    written.extend(self.write_locked(&k, v)?);
-                } else if v.len() > INLINE_MAX {
-                    let mut batch = sled::Batch::default();
-                    self.add_pieces(&mut batch, &k, &v, &mut written, false)?;
-                    self.wrote(self.data.apply_batch(batch))?;
-                } else {
-                    self.wrote(self.data.insert(&k.0[..], v))?;
-                }
+                written.extend(self.write_locked(&k, v, span)?);
                 if (i as u64 + 1).is_multiple_of(RECLAIM_EVERY) {
                     reclaim();
                 }
@@ -1084,8 +1065,7 @@ impl Storage {
         // 1 GiB import peaked ~70 MiB over the cache). Touching them registers them as the
         // import goes.
         for (i, k) in written.iter().enumerate() {
-            let touches = if k.len == 20 { TOUCHES } else { PIECE_TOUCHES };
-            self.touch_n(k.as_ref(), touches)?;
+            self.touch_raw(k.as_ref())?;
             if (i as u64 + 1).is_multiple_of(RECLAIM_EVERY) {
                 reclaim();
             }
@@ -1094,31 +1074,36 @@ impl Storage {
         Ok(self.commit.note_write())
     }
 
-    /// What the data tree holds between the first and the last key of `entries` (a scan of
-    /// that span, usually empty).
-    /// `entries` is one run in increasing key order (see [`ring_runs`]).
-    fn span_holds(&self, entries: &[(HashKey, Vec<u8>)]) -> Result<Span> {
-        let mut span = Span::default();
-        let (Some((lo, _)), Some((hi, _))) = (entries.first(), entries.last()) else {
-            return Ok(span);
+    /// What the data tree holds where `entries` go: a scan of the span from their first key
+    /// to their last (usually empty), or of two spans when they wrap past 2^160-1 (see
+    /// [`ring_runs`]). `None`: the entries are not in ring order.
+    fn batch_holds(&self, entries: &[(HashKey, Vec<u8>)]) -> Result<Option<Span>> {
+        let Some(runs) = ring_runs(entries) else {
+            return Ok(None);
         };
-        let (lo, hi) = (RawKey::whole(lo), RawKey::piece(hi, u32::MAX));
-        for k in self.data.range(lo..=hi).keys() {
-            if k?.len() == 20 {
-                span.whole = true;
-            } else {
-                span.pieces = true;
-                break;
+        let mut span = Span::default();
+        for run in runs {
+            let (Some((lo, _)), Some((hi, _))) = (run.first(), run.last()) else {
+                continue;
+            };
+            let (lo, hi) = (RawKey::whole(lo), RawKey::piece(hi, u32::MAX));
+            for k in self.data.range(lo..=hi).keys() {
+                if k?.len() == 20 {
+                    span.whole = true;
+                } else {
+                    span.pieces = true;
+                    break;
+                }
             }
         }
-        Ok(span)
+        Ok(Some(span))
     }
 
     /// Removes `key` only if it still holds `value` (a misplaced entry handed to its owner,
     /// unless it changed meanwhile). Returns whether it was removed.
     pub fn remove_if_unchanged(&self, key: &HashKey, value: &[u8]) -> Result<(bool, Ticket)> {
         self.writable()?;
-        self.preserve(key.as_bytes())?;
+        self.preserve(key)?;
         let _stripe = self.stripe(key);
         let done = match self.read_value_locked(key, ReadFor::Request)? {
             Some(v) if v == value => self.remove_locked(key)?,
@@ -1141,7 +1126,7 @@ impl Storage {
             let key = stored_key(&k)?;
             // Touch every piece too: the scan loaded its page (see `touched`). An entry is a
             // whole value or a piece 0 (see `delete_arc` for pieces without one).
-            let present = self.touch(&k)?.is_some();
+            let present = self.touch_raw(&k)?.is_some();
             let first = k.len() == 20 || k[20..] == [0, 0, 0, 0];
             if present && first && last != Some(key) {
                 n += 1;
@@ -1187,12 +1172,12 @@ impl Storage {
             if first {
                 // Released before `preserve`, which may take a stripe itself.
                 drop(current.take());
-                self.preserve(key.as_bytes())?;
+                self.preserve(&key)?;
                 current = Some((key, self.stripe(&key)));
             }
             // One raw entry at a time, piece 0 first: the moment it goes, readers (under the
             // stripe) find the value absent. Registers the page with the cache (`touched`).
-            self.touch(&k)?;
+            self.touch_raw(&k)?;
             let was = self.wrote(self.data.remove(&k))?.is_some();
             // An entry is a whole value or a piece 0 (pieces without piece 0 are what an
             // earlier deletion left when it was interrupted: readers never see them).
@@ -1208,15 +1193,15 @@ impl Storage {
 
     /// Before `key` changes: if a backup's cut is active and has not streamed `key` yet, keep
     /// its current version (or its absence) in the copy-on-write tree, once.
-    fn preserve(&self, key: &[u8]) -> Result<()> {
+    fn preserve(&self, key: &HashKey) -> Result<()> {
         let mut cut = self.cut.lock().unwrap_or_else(|e| e.into_inner());
         let Some(state) = cut.as_mut() else {
             return Ok(());
         };
-        if state.cursor.is_some_and(|c| key <= &c.0[..]) || self.cow.contains_key(key)? {
+        if state.cursor.is_some_and(|c| *key <= c) || self.cow.contains_key(key.as_bytes())? {
             return Ok(());
         }
-        let old = match self.read_value(&stored_key(key)?, ReadFor::Request)? {
+        let old = match self.read_value(key, ReadFor::Request)? {
             Some(v) => {
                 let mut b = Vec::with_capacity(v.len() + 1);
                 b.push(1);
@@ -1225,7 +1210,7 @@ impl Storage {
             }
             None => vec![0],
         };
-        self.wrote(self.cow.insert(key, old))?;
+        self.wrote(self.cow.insert(key.as_bytes(), old))?;
         state.preserved += 1;
         Ok(())
     }
@@ -1332,6 +1317,19 @@ impl Storage {
     /// 100 B spent 28% of the sender's CPU freeing nodes; BENCHMARKS.md).
     fn touch(&self, k: &[u8]) -> Result<Option<sled::IVec>> {
         self.touch_n(k, TOUCHES)
+    }
+
+    /// [`Storage::touch`] for a raw key of the data tree: [`PIECE_TOUCHES`] reads for a piece
+    /// (a 10 KiB value in two pieces gets the reads it got whole).
+    fn touch_raw(&self, k: &[u8]) -> Result<Option<sled::IVec>> {
+        self.touch_n(
+            k,
+            if k.len() == 20 {
+                TOUCHES
+            } else {
+                PIECE_TOUCHES
+            },
+        )
     }
 
     /// [`Storage::touch`] with `touches` reads in all for values of 1 KiB and more.
@@ -1604,13 +1602,21 @@ fn ring_runs<V>(entries: &[(HashKey, V)]) -> Option<Vec<&[(HashKey, V)]>> {
     }
 }
 
-/// What a span of the data tree holds (see `Storage::span_holds`).
-#[derive(Default)]
+/// What a span of the data tree holds (see `Storage::batch_holds`).
+#[derive(Clone, Copy, Default)]
 struct Span {
     /// Some whole value.
     whole: bool,
     /// Some piece.
     pieces: bool,
+}
+
+impl Span {
+    /// When nothing is known: look at every key.
+    const ANYTHING: Span = Span {
+        whole: true,
+        pieces: true,
+    };
 }
 
 /// What one read of a key found.
