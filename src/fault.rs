@@ -41,12 +41,16 @@ pub async fn point(step: &str) {
 }
 
 /// [`point`] for a step inside a blocking thread (the storage's writes): the thread sleeps
-/// for good.
+/// for good, or for the pause.
 pub fn point_blocking(step: &str) {
     if armed() == Some(step) {
         tracing::error!("fault point {step} reached: stopping here (DHT_STORE_FAULT)");
         loop {
             std::thread::park();
         }
+    }
+    if let Some(d) = pause(step) {
+        tracing::error!("fault point {step} reached: pausing {d:?} (DHT_STORE_FAULT)");
+        std::thread::sleep(d);
     }
 }

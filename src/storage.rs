@@ -40,18 +40,33 @@
 //! 128 KiB:
 //!
 //! ```text
-//! key:   the 20 bytes of the HashKey, then the piece's index i (u32, big-endian): 24 bytes
-//! i = 0: u64 write id, u64 value length, u32 number of pieces n, the first PIECE_BYTES
-//! i > 0: u64 write id, the next PIECE_BYTES (the last piece: what is left)
+//! key:   the 20 bytes of the HashKey, then the piece's index (u32, big-endian): 24 bytes
+//! index 0:          u64 write id, u64 value length, u32 s·2^31 + number of pieces n,
+//!                   the first PIECE_BYTES
+//! index s·2^31 + i: u64 write id, the next PIECE_BYTES (the last piece: what is left),
+//!                   for i in 1..n; s (0 or 1) is the slot that piece 0 names
 //! ```
 //!
-//! All integers are big-endian. A key holds a whole value or pieces, never both. Every change
-//! of a key's pieces (and of a whole value into pieces or back) is one sled batch, so a crash
-//! leaves the old pieces or the new ones. sled applies a batch atomically for a crash and for
-//! other writers, but a reader may see it half-applied: the write id, fresh for every write,
-//! tells a reader that read pieces of two writes, and it reads again while holding the key's
-//! stripe (`Storage::stripes`), which every writer of the key holds. The pieces of a key sort
-//! right after the key itself and before the next one, so an arc is still one sled range.
+//! All integers are big-endian. What a key holds is its whole value if there is one, else the
+//! value that piece 0 describes: the pieces 1..n of the slot it names, all carrying its write
+//! id. Any other entry under the key is a leftover of an interrupted change, invisible to
+//! readers, and removed when the key's pieces are next rewritten or the key is deleted.
+//!
+//! A value of up to [`ONE_BATCH_MAX`] (768 KiB) is written in slot 0 by one sled batch that
+//! also removes what the key held before, so a crash leaves the old value or the new one. A
+//! longer value would make one batch of up to 11,000 pieces, and sled 0.34 keeps everything
+//! a batch replaced in memory until the batch ends (a 64 MiB value peaked at ~700 MiB of
+//! RSS), so it is written in batches of [`PIECES_PER_BATCH`] pieces into the slot piece 0
+//! does not name, and piece 0 goes last, naming the new slot: the commit point
+//! ([`Storage::write_staged`]). Before it, a crash leaves the old value; after it, the new
+//! one, with the old slot's pieces as leftovers, which the writer then removes.
+//!
+//! sled applies a batch atomically for a crash and for other writers, but a reader may see it
+//! half-applied, or see the leftovers of a replaced value go: the write id, fresh for every
+//! write, tells a reader that read pieces of two writes or missed one, and it reads again
+//! while holding the key's stripe (`Storage::stripes`), which every writer of the key holds
+//! for the whole change. The pieces of a key sort right after the key itself and before the
+//! next one, so an arc is still one sled range.
 //!
 //! The ring state and the handoff record live in one tree so that a change of both is one
 //! atomic sled batch ([`Storage::save_state`]).
@@ -109,6 +124,14 @@ const PIECE_BYTES: usize = 6 * 1024;
 const PIECE_HEAD: usize = 8;
 /// Bytes before piece 0's share: write id (u64), the value's length (u64), pieces (u32).
 const PIECE0_HEAD: usize = 20;
+/// The top bit of a piece's index, and of the count in piece 0: which of a key's two slots
+/// holds its pieces 1.. (see "Values in pieces").
+const SLOT_BIT: u32 = 1 << 31;
+/// Pieces per sled batch when a value of more pieces is written or removed (see
+/// [`Storage::write_staged`]): 768 KiB of value per batch.
+const PIECES_PER_BATCH: usize = 128;
+/// Values longer than this are written in several batches ([`Storage::write_staged`]).
+const ONE_BATCH_MAX: usize = PIECES_PER_BATCH * PIECE_BYTES;
 /// A value assembled from pieces grows as they are read, from at most this much reserved up
 /// front: a damaged length costs no more than the pieces really hold.
 const ASSEMBLE_RESERVE_MAX: u64 = 64 << 20;
@@ -684,16 +707,20 @@ impl Storage {
     /// (to be touched: see [`Storage::touched`]).
     fn write_locked(&self, key: &HashKey, value: Vec<u8>, held: Span) -> Result<Vec<RawKey>> {
         let mut written = Vec::new();
-        if value.len() > INLINE_MAX {
+        if value.len() > ONE_BATCH_MAX {
+            self.write_staged(key, &value, &mut written)?;
+        } else if value.len() > INLINE_MAX {
             let mut batch = sled::Batch::default();
             let look = held.whole || held.pieces;
-            self.add_pieces(&mut batch, key, &value, &mut written, look)?;
+            let old = self.add_pieces(&mut batch, key, &value, &mut written, look)?;
             self.wrote(self.data.apply_batch(batch))?;
+            self.remove_in_batches(&old)?;
         } else if held.pieces && self.has_pieces(key)? {
             let mut batch = sled::Batch::default();
-            self.add_piece_removal(&mut batch, key)?;
+            let old = self.add_piece_removal(&mut batch, key)?;
             batch.insert(&key.0[..], value);
             self.wrote(self.data.apply_batch(batch))?;
+            self.remove_in_batches(&old)?;
         } else {
             self.wrote(self.data.insert(key.as_bytes(), value))?;
         }
@@ -715,9 +742,10 @@ impl Storage {
             return Ok(self.wrote(self.data.remove(key.as_bytes()))?.is_some());
         }
         let mut batch = sled::Batch::default();
-        self.add_piece_removal(&mut batch, key)?;
+        let old = self.add_piece_removal(&mut batch, key)?;
         batch.remove(&key.0[..]);
         self.wrote(self.data.apply_batch(batch))?;
+        self.remove_in_batches(&old)?;
         Ok(true)
     }
 
@@ -770,9 +798,11 @@ impl Storage {
         Ok(keys)
     }
 
-    /// Adds to `batch` what stores `value` under `key` in pieces, replacing a whole value and
-    /// the extra pieces of a longer one (`look: false`: the caller knows the key holds
-    /// nothing). The caller holds the stripe. The pieces' keys are pushed on `written`.
+    /// Adds to `batch` what stores `value` (at most [`ONE_BATCH_MAX`] bytes) under `key` in
+    /// pieces in slot 0, replacing a whole value and the other pieces the key holds
+    /// (`look: false`: the caller knows the key holds nothing). The caller holds the stripe.
+    /// The pieces' keys are pushed on `written`. Returns the old pieces left for
+    /// [`Storage::remove_in_batches`] (see [`Storage::add_piece_removal`]).
     fn add_pieces(
         &self,
         batch: &mut sled::Batch,
@@ -780,7 +810,7 @@ impl Storage {
         value: &[u8],
         written: &mut Vec<RawKey>,
         look: bool,
-    ) -> Result<()> {
+    ) -> Result<Vec<sled::IVec>> {
         self.note_pieces()?;
         let mut old = Vec::new();
         if look {
@@ -795,34 +825,88 @@ impl Storage {
         let n = value.len().div_ceil(PIECE_BYTES) as u32;
         for (i, share) in value.chunks(PIECE_BYTES).enumerate() {
             let k = RawKey::piece(key, i as u32);
-            let mut p = Vec::with_capacity(PIECE0_HEAD + share.len());
-            p.extend_from_slice(&wid.to_be_bytes());
-            if i == 0 {
-                p.extend_from_slice(&(value.len() as u64).to_be_bytes());
-                p.extend_from_slice(&n.to_be_bytes());
-            }
-            p.extend_from_slice(share);
+            let p = if i == 0 {
+                piece0(wid, value.len(), n, share)
+            } else {
+                piece(wid, share)
+            };
             batch.insert(k.as_ref(), p);
             written.push(k);
         }
         // The old pieces that the new ones do not overwrite.
-        for k in old
-            .iter()
-            .filter(|k| k.get(20..24) >= Some(&n.to_be_bytes()[..]))
-        {
-            batch.remove(k);
+        old.retain(|k| k.get(20..24) >= Some(&n.to_be_bytes()[..]));
+        Ok(split_removal(batch, old))
+    }
+
+    /// Adds to `batch` the removal of `key`'s pieces: all of them, or piece 0 and the first
+    /// [`PIECES_PER_BATCH`] when there are more. Returns the rest, which are leftovers once
+    /// the batch is applied, for [`Storage::remove_in_batches`]. The caller holds the stripe.
+    fn add_piece_removal(&self, batch: &mut sled::Batch, key: &HashKey) -> Result<Vec<sled::IVec>> {
+        Ok(split_removal(batch, self.stored_pieces(key)?))
+    }
+
+    /// Removes `keys` (leftover pieces, invisible to readers) in batches of
+    /// [`PIECES_PER_BATCH`]. The caller holds the stripe.
+    fn remove_in_batches(&self, keys: &[sled::IVec]) -> Result<()> {
+        for chunk in keys.chunks(PIECES_PER_BATCH) {
+            let mut batch = sled::Batch::default();
+            for k in chunk {
+                batch.remove(k);
+            }
+            self.wrote(self.data.apply_batch(batch))?;
+            reclaim();
         }
         Ok(())
     }
 
-    /// Adds to `batch` the removal of `key`'s pieces; `true` if it had any. The caller holds
-    /// the stripe.
-    fn add_piece_removal(&self, batch: &mut sled::Batch, key: &HashKey) -> Result<bool> {
+    /// Stores a value of more than [`ONE_BATCH_MAX`] bytes under `key` in several sled
+    /// batches, so that memory stays bounded (see "Values in pieces"): pieces 1.. go to the
+    /// slot piece 0 does not name, [`PIECES_PER_BATCH`] at a time, then one batch writes piece
+    /// 0 naming that slot (and removes a whole value): until then readers get the old value,
+    /// from then on the new one. Last, the old slot's pieces go. The caller holds the stripe.
+    fn write_staged(&self, key: &HashKey, value: &[u8], written: &mut Vec<RawKey>) -> Result<()> {
+        self.note_pieces()?;
         let old = self.stored_pieces(key)?;
-        for k in &old {
-            batch.remove(k);
+        let live = match self.data.get(RawKey::piece(key, 0))? {
+            Some(p0) => PieceHeader::parse(&p0).map_or(0, |h| h.slot),
+            None => 0,
+        };
+        let slot = SLOT_BIT - live;
+        let (strays, old): (Vec<_>, Vec<_>) = old
+            .into_iter()
+            .filter(|k| piece_index(k) != Some(0))
+            .partition(|k| piece_index(k).is_some_and(|i| i & SLOT_BIT == slot));
+        // Pieces an interrupted write left in the slot (invisible: piece 0 names the other).
+        self.remove_in_batches(&strays)?;
+        let wid = self
+            .next_wid
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = value.len().div_ceil(PIECE_BYTES) as u32;
+        let mut shares = value.chunks(PIECE_BYTES);
+        let first = shares.next().unwrap_or_default();
+        let mut batch = sled::Batch::default();
+        for (i, share) in (1..).zip(shares) {
+            let k = RawKey::piece(key, slot | i);
+            batch.insert(k.as_ref(), piece(wid, share));
+            written.push(k);
+            if (i as usize).is_multiple_of(PIECES_PER_BATCH) {
+                self.wrote(self.data.apply_batch(std::mem::take(&mut batch)))?;
+                reclaim();
+            }
         }
-        Ok(!old.is_empty())
+        self.wrote(self.data.apply_batch(batch))?;
+        crate::fault::point_blocking("staged:before-commit");
+        // The commit point.
+        let mut batch = sled::Batch::default();
+        let k = RawKey::piece(key, 0);
+        batch.insert(k.as_ref(), piece0(wid, value.len(), slot | n, first));
+        written.push(k);
+        if self.data.contains_key(key.as_bytes())? {
+            batch.remove(&key.0[..]);
+        }
+        self.wrote(self.data.apply_batch(batch))?;
+        crate::fault::point_blocking("staged:after-commit");
+        self.remove_in_batches(&old)
     }
 
     /// The value of `key`: the whole value, or its pieces put together. A reader that finds
@@ -878,7 +962,7 @@ impl Storage {
         let mut value = Vec::with_capacity(h.len.min(ASSEMBLE_RESERVE_MAX) as usize);
         value.extend_from_slice(&p0[PIECE0_HEAD..]);
         for i in 1..h.pieces {
-            let Some(p) = get(RawKey::piece(key, i).as_ref())? else {
+            let Some(p) = get(RawKey::piece(key, h.slot | i).as_ref())? else {
                 return Ok(Found::Torn);
             };
             if p.len() < PIECE_HEAD || p[..PIECE_HEAD] != h.wid {
@@ -1028,7 +1112,9 @@ impl Storage {
             None => (Span::ANYTHING, false),
         };
         let mut written: Vec<RawKey> = Vec::new();
-        if small || !ordered {
+        // A value written in several batches of its own (see `write_staged`).
+        let staged = entries.iter().any(|(_, v)| v.len() > ONE_BATCH_MAX);
+        if small || !ordered || staged {
             for (i, (k, v)) in entries.drain(..).enumerate() {
                 written.extend(self.write_locked(&k, v, span)?);
                 if (i as u64 + 1).is_multiple_of(RECLAIM_EVERY) {
@@ -1038,13 +1124,15 @@ impl Storage {
             drop(stripes);
         } else {
             let mut batch = sled::Batch::default();
+            // Pieces of replaced values beyond what one batch removes (see `split_removal`).
+            let mut leftovers = Vec::new();
             for (k, v) in entries.iter_mut() {
                 if v.len() > INLINE_MAX {
                     let look = span.whole || span.pieces;
-                    self.add_pieces(&mut batch, k, v, &mut written, look)?;
+                    leftovers.extend(self.add_pieces(&mut batch, k, v, &mut written, look)?);
                 } else {
                     if span.pieces {
-                        self.add_piece_removal(&mut batch, k)?;
+                        leftovers.extend(self.add_piece_removal(&mut batch, k)?);
                     }
                     written.push(RawKey::whole(k));
                     batch.insert(&k.0[..], std::mem::take(v));
@@ -1058,6 +1146,7 @@ impl Storage {
                 crate::fault::point_blocking("keys-first:between-passes");
             }
             self.wrote(self.data.apply_batch(batch))?;
+            self.remove_in_batches(&leftovers)?;
             drop(stripes);
         }
         // Writes reach sled's LRU in the same blocks of 64 accesses per shard as reads (see
@@ -1519,6 +1608,41 @@ impl Iterator for CutEntries<'_> {
     }
 }
 
+/// Piece 0 of a value in pieces (see "Values in pieces"); `count` carries the slot bit.
+fn piece0(wid: u64, len: usize, count: u32, share: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(PIECE0_HEAD + share.len());
+    p.extend_from_slice(&wid.to_be_bytes());
+    p.extend_from_slice(&(len as u64).to_be_bytes());
+    p.extend_from_slice(&count.to_be_bytes());
+    p.extend_from_slice(share);
+    p
+}
+
+/// A piece after the first.
+fn piece(wid: u64, share: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(PIECE_HEAD + share.len());
+    p.extend_from_slice(&wid.to_be_bytes());
+    p.extend_from_slice(share);
+    p
+}
+
+/// The index of a raw key of the data tree, `None` for a whole value's key.
+fn piece_index(k: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(k.get(20..24)?.try_into().ok()?))
+}
+
+/// Puts the removal of `old` pieces of a key in `batch` (the change that replaces or removes
+/// the key's value): piece 0, and up to [`PIECES_PER_BATCH`] others. Returns the others, which
+/// that batch makes leftovers, to be removed after it.
+fn split_removal(batch: &mut sled::Batch, mut old: Vec<sled::IVec>) -> Vec<sled::IVec> {
+    // Piece 0 sorts first; it goes in this batch whatever the count.
+    let now = old.len().min(PIECES_PER_BATCH + 1);
+    for k in old.drain(..now) {
+        batch.remove(k);
+    }
+    old
+}
+
 /// The HashKey of a key read back from the data tree: 20 bytes (a whole value) or 24 (a
 /// piece); anything else is damage.
 fn stored_key(k: &[u8]) -> Result<HashKey> {
@@ -1569,6 +1693,8 @@ struct PieceHeader {
     len: u64,
     /// How many pieces it has.
     pieces: u32,
+    /// Where pieces 1.. are: 0 or [`SLOT_BIT`], added to their index.
+    slot: u32,
 }
 
 impl PieceHeader {
@@ -1577,11 +1703,17 @@ impl PieceHeader {
     fn parse(p0: &[u8]) -> Option<PieceHeader> {
         let wid: [u8; 8] = p0.get(..8)?.try_into().ok()?;
         let len = u64::from_be_bytes(p0.get(8..16)?.try_into().ok()?);
-        let pieces = u32::from_be_bytes(p0.get(16..20)?.try_into().ok()?);
+        let count = u32::from_be_bytes(p0.get(16..20)?.try_into().ok()?);
+        let (slot, pieces) = (count & SLOT_BIT, count & !SLOT_BIT);
         let fits = pieces > 0
             && len <= u64::from(pieces) * PIECE_BYTES as u64
             && len > u64::from(pieces - 1) * PIECE_BYTES as u64;
-        fits.then_some(PieceHeader { wid, len, pieces })
+        fits.then_some(PieceHeader {
+            wid,
+            len,
+            pieces,
+            slot,
+        })
     }
 }
 
@@ -2166,7 +2298,8 @@ mod tests {
         let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
         let value = |version: u32| -> Vec<u8> {
             // Its length follows from its byte, so that a read can be checked on its own.
-            let len = [3, 5, 9][usize::from(version as u8) % 3] * PIECE_BYTES + 11;
+            // 150 and 300 pieces: written in several batches (`write_staged`).
+            let len = [3, 150, 9, 300, 5][usize::from(version as u8) % 5] * PIECE_BYTES + 11;
             vec![version as u8; len]
         };
         let _ = s.insert(&k(1), value(0)).unwrap();
@@ -2193,6 +2326,133 @@ mod tests {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             assert_eq!(checked, 3000);
         });
+    }
+
+    /// The slot piece 0 of `key` names (0 or 1), `None` without a piece 0.
+    fn live_slot(s: &Storage, key: &HashKey) -> Option<u32> {
+        let p0 = s.data.get(RawKey::piece(key, 0)).unwrap()?;
+        Some(PieceHeader::parse(&p0).unwrap().slot >> 31)
+    }
+
+    /// Values over [`ONE_BATCH_MAX`] are written in several batches, in the slot piece 0 does
+    /// not name: every change between a whole value, one batch of pieces and several leaves
+    /// the new value readable and no other entry under the key, and the slot alternates.
+    #[test]
+    fn staged_values_alternate_slots_and_leave_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        let _ = s.insert(&k(2), vec![2; 100]).unwrap();
+        let _ = s.insert(&k(0), vec![0; 3 * PIECE_BYTES]).unwrap();
+        let value = |n: usize, len: usize| -> Vec<u8> {
+            (0..len)
+                .map(|i| (i / 5 + n * 31 + i / 6151) as u8)
+                .collect()
+        };
+        let lens = [
+            1,
+            ONE_BATCH_MAX + 1, // whole → several batches
+            (3 << 20) + 5,     // → several batches, more pieces
+            (1 << 20) + 7,     // → several batches, fewer pieces
+            INLINE_MAX + 1,    // → one batch
+            2 << 20,           // one batch → several
+            10,                // several → whole
+            (2 << 20) + 3,     // whole → several
+            ONE_BATCH_MAX,     // several → one batch, its largest
+        ];
+        let mut slot = None;
+        for (n, &len) in lens.iter().enumerate() {
+            let v = value(n, len);
+            let _ = s.insert(&k(1), v.clone()).unwrap();
+            assert_eq!(s.get(&k(1)).unwrap().unwrap(), v[..], "length {len}");
+            let mine: Vec<Vec<u8>> = raw_keys(&s)
+                .into_iter()
+                .filter(|r| r[..20] == k(1).0)
+                .collect();
+            let want = if len > INLINE_MAX {
+                len.div_ceil(PIECE_BYTES)
+            } else {
+                1
+            };
+            assert_eq!(mine.len(), want, "length {len}: raw keys left");
+            if len > ONE_BATCH_MAX {
+                let now = live_slot(&s, &k(1));
+                if let (Some(before), Some(now)) = (slot, now) {
+                    assert_ne!(before, now, "length {len}: the same slot again");
+                }
+                slot = now;
+            } else {
+                slot = live_slot(&s, &k(1));
+                assert!(slot.is_none_or(|s| s == 0), "one batch writes slot 0");
+            }
+        }
+        // The neighbours never changed.
+        assert_eq!(s.get(&k(2)).unwrap().unwrap(), vec![2; 100][..]);
+        assert_eq!(s.get(&k(0)).unwrap().unwrap(), vec![0; 3 * PIECE_BYTES][..]);
+        let _ = s.insert(&k(1), value(99, 4 << 20)).unwrap();
+        assert_eq!(s.count().unwrap(), 3);
+        assert!(s.remove(&k(1)).unwrap().0);
+        assert_eq!(s.get(&k(1)).unwrap(), None);
+        assert!(raw_keys(&s).iter().all(|r| r[..20] != k(1).0));
+    }
+
+    /// What a staged write cut short leaves: pieces in the slot piece 0 does not name (before
+    /// the commit: the new value's; after it: the old one's). The old value, or the new one,
+    /// reads back whole, and the next write of the key removes the rest.
+    #[test]
+    fn an_interrupted_staged_write_leaves_one_value_and_is_cleaned_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        let old = vec![1u8; 2 << 20];
+        let _ = s.insert(&k(1), old.clone()).unwrap();
+        let live = live_slot(&s, &k(1)).unwrap();
+        let other = (1 - live) << 31;
+        // Before the commit: some pieces of another write in the other slot, under another id.
+        for i in 1..200u32 {
+            let _ = s
+                .data
+                .insert(RawKey::piece(&k(1), other | i), piece(7, &[9; PIECE_BYTES]))
+                .unwrap();
+        }
+        assert_eq!(s.get(&k(1)).unwrap().unwrap(), old[..]);
+        assert_eq!(s.count().unwrap(), 1);
+        assert_eq!(snapshot(&s), vec![(k(1), old.clone())]);
+        s.begin_cut().unwrap();
+        let cut: Vec<_> = s.cut_entries().unwrap().map(|r| r.unwrap()).collect();
+        s.end_cut().unwrap();
+        assert_eq!(cut.len(), 1);
+        assert_eq!(cut[0].1, old[..]);
+        // The next write (several batches, into that slot) takes the strays out first.
+        let new = vec![2u8; (1 << 20) + 1];
+        let _ = s.insert(&k(1), new.clone()).unwrap();
+        assert_eq!(s.get(&k(1)).unwrap().unwrap(), new[..]);
+        assert_eq!(raw_keys(&s).len(), new.len().div_ceil(PIECE_BYTES));
+        // After a commit: the old value's pieces still in the other slot.
+        let live = live_slot(&s, &k(1)).unwrap();
+        let other = (1 - live) << 31;
+        for i in 1..400u32 {
+            let _ = s
+                .data
+                .insert(RawKey::piece(&k(1), other | i), piece(8, &[9; PIECE_BYTES]))
+                .unwrap();
+        }
+        assert_eq!(s.get(&k(1)).unwrap().unwrap(), new[..]);
+        assert_eq!(s.count().unwrap(), 1);
+        // A write in one batch (slot 0) and a whole value each leave nothing else.
+        let _ = s.insert(&k(1), vec![3u8; 5 * PIECE_BYTES]).unwrap();
+        assert_eq!(
+            s.get(&k(1)).unwrap().unwrap(),
+            vec![3u8; 5 * PIECE_BYTES][..]
+        );
+        assert_eq!(raw_keys(&s).len(), 5);
+        for i in 1..400u32 {
+            let _ = s
+                .data
+                .insert(RawKey::piece(&k(1), SLOT_BIT | i), piece(8, &[9; 8]))
+                .unwrap();
+        }
+        let _ = s.insert(&k(1), vec![4u8; 10]).unwrap();
+        assert_eq!(s.get(&k(1)).unwrap().unwrap(), vec![4u8; 10][..]);
+        assert_eq!(raw_keys(&s), vec![k(1).0.to_vec()]);
     }
 
     /// What an arc deletion cut short by a crash leaves (the pieces after piece 0) is invisible

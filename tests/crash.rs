@@ -20,7 +20,10 @@ const KEYS_FIRST_VALUE: usize = 2048;
 
 /// Writes KEYS keys through `entry`; values of `size` bytes, or short ones for `None`. Some are
 /// 13 KiB, stored in pieces (one in ten, or one in forty among short ones, so that the mean
-/// stays under 1 KiB and the receiver's path for small values is the one taken).
+/// stays under 1 KiB and the receiver's path for small values is the one taken). Among short
+/// ones, one in a hundred is over 1 MiB, which a receiver writes in several sled batches
+/// (`storage::Storage::write_staged`; a batch holding one is written entry by entry, as a
+/// batch of short values is).
 async fn preload(entry: PeerAddr, size: Option<usize>) -> HashMap<HashKey, Vec<u8>> {
     let mut r = Router::new(entry, AddressEncoding::Compact);
     let mut acked = HashMap::new();
@@ -31,7 +34,9 @@ async fn preload(entry: PeerAddr, size: Option<usize>) -> HashMap<HashKey, Vec<u
             Some(_) => i % 10 == 3,
             None => i % 40 == 7,
         };
-        if large {
+        if size.is_none() && i % 100 == 51 {
+            v.resize((1 << 20) + 3, b'A' + (i % 26) as u8);
+        } else if large {
             v.resize(13 << 10, b'a' + (i % 26) as u8);
         } else if let Some(size) = size {
             v.resize(size, b'a' + (i % 26) as u8);

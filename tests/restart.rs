@@ -82,7 +82,17 @@ async fn acknowledged_values_survive_sigkill() {
 /// at a length that follows from the version (from 1 KiB, stored whole, to 300 KiB, stored in
 /// fifty pieces), so that a value read back can be checked on its own.
 fn versioned(version: u32) -> Vec<u8> {
-    let len = [1 << 10, 20 << 10, 300 << 10, 7 << 10][version as usize % 4];
+    // The versions of one key (every KEYS-th) go through these lengths backwards: a whole
+    // value, several batches (`write_staged`), several with fewer pieces, one batch, one
+    // batch, several, and back to whole.
+    let len = [
+        3 << 20,
+        300 << 10,
+        20 << 10,
+        (3 << 19) + 1,
+        2 << 20,
+        1 << 10,
+    ][version as usize % 6];
     let mut v = vec![version as u8 ^ 0x5A; len];
     v[..4].copy_from_slice(&version.to_be_bytes());
     v
@@ -160,6 +170,74 @@ async fn large_values_survive_sigkill_amid_overwrites() {
         checked >= WRITERS,
         "only {checked} keys were acknowledged before the kill"
     );
+}
+
+/// A value over 768 KiB is written in several sled batches into the slot its key's piece 0
+/// does not name, and piece 0, written last, commits it. The node pauses 3 s at a step of such
+/// a write (`DHT_STORE_FAULT=<step>/3000`), long enough for sled's own background flush (every
+/// 500 ms) to put on disk what the write did so far, and is SIGKILLed there: before the commit
+/// it must come back with the old value, after it with the new one, whole either way.
+#[tokio::test]
+async fn a_large_value_written_in_batches_is_all_or_nothing_at_a_kill() {
+    for (step, new_expected) in [
+        ("staged:before-commit", false),
+        ("staged:after-commit", true),
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        let mut node = TestNode::start_new(root.path(), &[]).await;
+        node.stop(libc::SIGTERM);
+        node.env = vec![("DHT_STORE_FAULT".into(), format!("{step}/3000"))];
+        node.restart().await;
+        let k = key("staged");
+        let old = versioned_len(1, 2 << 20);
+        let new = versioned_len(2, (3 << 20) + 5);
+        let mut c = node.client().await;
+        // The first write pauses at the step too, then completes.
+        assert_eq!(c.ins(&k, &old).await.unwrap(), Status::T);
+        let (addr, value) = (node.addr, new.clone());
+        let writer = tokio::spawn(async move {
+            let mut c = dht_store::client::Client::connect(addr, Default::default())
+                .await
+                .unwrap();
+            let _ = c.ins(&k, &value).await; // cut off by the kill
+        });
+        let reached = format!("fault point {step} reached");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while node.log_text().matches(&reached).count() < 2 {
+            assert!(Instant::now() < deadline, "{}", node.log_text());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // sled's background flush writes out what the paused write did so far.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        node.stop(libc::SIGKILL);
+        writer.await.unwrap();
+        node.env.clear();
+        node.restart().await;
+        let mut c = node.client().await;
+        let got = match c.get(&k).await.unwrap() {
+            Lookup::Found(v) => v,
+            other => panic!("{step}: found {other:?}"),
+        };
+        let want = if new_expected { &new } else { &old };
+        assert!(
+            got == *want,
+            "{step}: {} bytes, version {:?}; wanted version {}",
+            got.len(),
+            got.get(..4),
+            if new_expected { 2 } else { 1 }
+        );
+        // What the cut-off write left (pieces in the other slot) does not spoil the next one.
+        let last = versioned_len(3, (1 << 20) + 3);
+        assert_eq!(c.ins(&k, &last).await.unwrap(), Status::T);
+        assert_eq!(c.get(&k).await.unwrap(), Lookup::Found(last));
+    }
+}
+
+/// A value of `len` bytes that starts with `version`.
+fn versioned_len(version: u32, len: usize) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..len).map(|i| (i % 251) as u8 ^ version as u8).collect();
+    v[..4].copy_from_slice(&version.to_be_bytes());
+    v
 }
 
 #[tokio::test]
