@@ -103,7 +103,7 @@ async fn get<S: AsyncRead + AsyncWrite>(
         if node.departed() || !ring.owns(&key) {
             None
         } else {
-            Some(node.storage.get(&key))
+            Some(super::blocking(|| node.storage.get(&key)))
         }
     };
     match found {

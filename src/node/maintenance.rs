@@ -240,12 +240,14 @@ async fn repair(node: &Node) -> Result<(u64, u64)> {
             // removal only, not for the sync after.
             let removed = {
                 let _no_handoff = node.handoff.lock().await;
-                node.gate.exclusive(|| -> Result<_> {
-                    if node.owns(&k) {
-                        return Ok(None);
-                    }
-                    Ok(Some(node.storage.remove_if_unchanged(&k, &v)?))
-                })?
+                node.gate
+                    .exclusive(|| -> Result<_> {
+                        if node.owns(&k) {
+                            return Ok(None);
+                        }
+                        Ok(Some(node.storage.remove_if_unchanged(&k, &v)?))
+                    })
+                    .await?
             };
             if let Some((true, t)) = removed {
                 node.storage.sync(t).await?;

@@ -116,29 +116,35 @@ impl Node {
         state: Option<RingState>,
         handoff: Option<Option<&HandoffRecord>>,
     ) -> Result<()> {
-        let ticket = self.gate.exclusive(|| -> Result<_> {
-            let t = self.storage.save_state(Some(state.as_ref()), handoff)?;
-            match state {
-                Some(s) => *self.ring.write().unwrap_or_else(|e| e.into_inner()) = s,
-                None => self.departed.store(true, Ordering::Release),
-            }
-            Ok(t)
-        })?;
+        let ticket = self
+            .gate
+            .exclusive(|| -> Result<_> {
+                let t = self.storage.save_state(Some(state.as_ref()), handoff)?;
+                match state {
+                    Some(s) => *self.ring.write().unwrap_or_else(|e| e.into_inner()) = s,
+                    None => self.departed.store(true, Ordering::Release),
+                }
+                Ok(t)
+            })
+            .await?;
         self.storage.sync(ticket).await
     }
 
     /// Changes the ring state with `f` (which sees the current state, under the write gate)
     /// and persists it, if `f` returns `true`.
     pub async fn update_ring(&self, f: impl FnOnce(&mut RingState) -> bool) -> Result<bool> {
-        let ticket = self.gate.exclusive(|| -> Result<_> {
-            let mut next = self.ring().clone();
-            if self.departed() || !f(&mut next) {
-                return Ok(None);
-            }
-            let t = self.storage.save_state(Some(Some(&next)), None)?;
-            *self.ring.write().unwrap_or_else(|e| e.into_inner()) = next;
-            Ok(Some(t))
-        })?;
+        let ticket = self
+            .gate
+            .exclusive(|| -> Result<_> {
+                let mut next = self.ring().clone();
+                if self.departed() || !f(&mut next) {
+                    return Ok(None);
+                }
+                let t = self.storage.save_state(Some(Some(&next)), None)?;
+                *self.ring.write().unwrap_or_else(|e| e.into_inner()) = next;
+                Ok(Some(t))
+            })
+            .await?;
         match ticket {
             Some(t) => {
                 self.storage.sync(t).await?;
@@ -165,12 +171,15 @@ impl Node {
     /// Applies an INS registered with [`WriteGate::begin_insert`].
     pub async fn finish_insert(&self, slot: gate::Slot<'_>, value: Vec<u8>) -> Result<Written> {
         let key = slot.key;
-        let applied = self.gate.finish_insert(slot, || -> Result<Option<_>> {
-            if !self.owns(&key) {
-                return Ok(None);
-            }
-            Ok(Some(self.storage.insert(&key, value)?))
-        });
+        let applied = self
+            .gate
+            .finish_insert(slot, || -> Result<Option<_>> {
+                if !self.owns(&key) {
+                    return Ok(None);
+                }
+                Ok(Some(blocking(|| self.storage.insert(&key, value))?))
+            })
+            .await;
         match applied {
             gate::Pass::Go(Ok(Some(ticket))) => {
                 self.storage.sync(ticket).await?;
@@ -189,7 +198,7 @@ impl Node {
                 if !self.owns(key) {
                     return Ok(None);
                 }
-                Ok(Some(self.storage.remove(key)?))
+                Ok(Some(blocking(|| self.storage.remove(key))?))
             })
             .await?;
         let Some((was, ticket)) = applied else {
@@ -448,4 +457,14 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
     node.storage.flush()?;
     info!("flushed {}; stopped", node.storage.dir().display());
     Ok(())
+}
+
+/// Runs storage work that may take long (a large value: a quarter of a second for 64 MiB) on
+/// this thread, telling a multi-threaded runtime to move its other tasks elsewhere meanwhile,
+/// so that one large write does not stall the requests queued behind it on this worker.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
