@@ -17,7 +17,7 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 PID=
 LOOP=
 cleanup() {
-  [ -n "$LOOP" ] && kill "$LOOP" 2>/dev/null
+  [ -n "$LOOP" ] && { kill "$LOOP" 2>/dev/null; pkill -P "$LOOP" 2>/dev/null; }
   [ -n "$PID" ] && kill "$PID" 2>/dev/null
   wait 2>/dev/null
   rm -rf "$DIR"

@@ -81,7 +81,7 @@ enum Outgoing {
     /// The number of entries in the arc: the Int sent first.
     Count(u64),
     /// The next entries in ring order.
-    Entries(Vec<(HashKey, sled::IVec)>),
+    Entries(Vec<(HashKey, crate::storage::Value)>),
 }
 
 /// Streams the entries of `[from, to)` out of sled: the Int count, then each HashKey and Value.

@@ -205,7 +205,7 @@ async fn repair(node: &Node) -> Result<(u64, u64)> {
         if node.departed() || node.ring().successor != succ {
             break; // the ring changed: the next pass starts from the new bounds
         }
-        let mut chunk: Vec<(HashKey, sled::IVec)> = Vec::new();
+        let mut chunk: Vec<(HashKey, crate::storage::Value)> = Vec::new();
         let mut bytes = 0;
         for entry in node.storage.iter_arc(&cursor, &me.id) {
             let (k, v) = entry?;
