@@ -673,6 +673,30 @@ impl Storage {
         self.read_value(key, ReadFor::Request)
     }
 
+    /// [`Storage::get`] if the value is at most `max` bytes (or absent); `None` for a longer
+    /// value in pieces, which the caller may read elsewhere than on a latency-sensitive thread
+    /// (a whole value is at most [`INLINE_MAX`] and is returned as it is).
+    pub fn get_within(&self, key: &HashKey, max: u64) -> Result<Option<Option<Value>>> {
+        if let Some(v) = self.data.get(key.as_bytes())? {
+            return Ok(Some(Some(Value::Stored(v))));
+        }
+        if !self.longer_than(key, max)? {
+            return self.get(key).map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Whether `key` holds a value in pieces of more than `max` bytes, as its piece 0 says.
+    pub fn longer_than(&self, key: &HashKey, max: u64) -> Result<bool> {
+        if !self.pieces_seen() {
+            return Ok(false);
+        }
+        Ok(match self.data.get(RawKey::piece(key, 0))? {
+            Some(p0) => PieceHeader::parse(&p0).is_some_and(|h| h.len > max),
+            None => false,
+        })
+    }
+
     pub fn contains(&self, key: &HashKey) -> Result<bool> {
         let look = || -> Result<bool> {
             Ok(self.data.contains_key(key.as_bytes())? || self.has_pieces(key)?)
@@ -2512,6 +2536,32 @@ mod tests {
         let _ = s.insert(&k(1), vec![4u8; 10]).unwrap();
         assert_eq!(s.get(&k(1)).unwrap().unwrap(), vec![4u8; 10][..]);
         assert_eq!(raw_keys(&s), vec![k(1).0.to_vec()]);
+    }
+
+    /// `get_within` answers for whole values, absent keys and short values in pieces, and
+    /// leaves longer ones to the caller; `longer_than` reads only piece 0.
+    #[test]
+    fn get_within_leaves_long_values_to_the_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        let _ = s.insert(&k(1), vec![1; 100]).unwrap();
+        let _ = s.insert(&k(2), vec![2; 100 << 10]).unwrap();
+        let _ = s.insert(&k(3), vec![3; 1 << 20]).unwrap();
+        let max = 256 << 10;
+        assert_eq!(
+            s.get_within(&k(1), max).unwrap(),
+            Some(Some(Value::Stored(vec![1; 100].into())))
+        );
+        assert_eq!(
+            s.get_within(&k(2), max).unwrap().unwrap().unwrap(),
+            vec![2; 100 << 10]
+        );
+        assert_eq!(s.get_within(&k(3), max).unwrap(), None);
+        assert_eq!(s.get_within(&k(4), max).unwrap(), Some(None));
+        assert!(s.longer_than(&k(3), max).unwrap());
+        assert!(!s.longer_than(&k(3), 1 << 20).unwrap());
+        assert!(!s.longer_than(&k(2), max).unwrap());
+        assert!(!s.longer_than(&k(1), 0).unwrap());
     }
 
     /// What an arc deletion cut short by a crash leaves (the pieces after piece 0) is invisible

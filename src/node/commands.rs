@@ -103,7 +103,11 @@ async fn get<S: AsyncRead + AsyncWrite>(
         if node.departed() || !ring.owns(&key) {
             None
         } else {
-            Some(super::blocking(|| node.storage.get(&key)))
+            Some(match node.storage.get_within(&key, super::BLOCKING_ABOVE) {
+                Ok(Some(found)) => Ok(found),
+                Ok(None) => super::blocking(|| node.storage.get(&key)),
+                Err(e) => Err(e),
+            })
         }
     };
     match found {
