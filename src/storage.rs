@@ -726,9 +726,9 @@ impl Storage {
     }
 
     /// Writes one value while holding its stripe: whole, or in pieces, replacing what the key
-    /// held in one sled batch whenever pieces are involved. `held`: what the key may hold (a
-    /// batch into an empty span knows it holds nothing). Returns the keys of pieces written
-    /// (to be touched: see [`Storage::touched`]).
+    /// held; the commit point is one sled batch (see "Values in pieces"). `held`: what the key
+    /// may hold (a batch into an empty span knows it holds nothing). Returns the keys of
+    /// pieces written (to be touched: see [`Storage::touched`]).
     fn write_locked(&self, key: &HashKey, value: Vec<u8>, held: Span) -> Result<Vec<RawKey>> {
         let mut written = Vec::new();
         if value.len() > ONE_BATCH_MAX {
@@ -739,7 +739,7 @@ impl Storage {
             let old = self.add_pieces(&mut batch, key, &value, &mut written, look)?;
             self.wrote(self.data.apply_batch(batch))?;
             self.remove_in_batches(&old)?;
-        } else if held.pieces && self.has_pieces(key)? {
+        } else if held.pieces && self.holds_pieces(key)? {
             let mut batch = sled::Batch::default();
             let old = self.add_piece_removal(&mut batch, key)?;
             batch.insert(&key.0[..], value);
@@ -761,16 +761,18 @@ impl Storage {
     }
 
     /// Removes `key` (its whole value or its pieces) while holding its stripe.
+    /// Returns whether it held a value (leftover pieces alone are no value, but go too).
     fn remove_locked(&self, key: &HashKey) -> Result<bool> {
-        if !self.has_pieces(key)? {
+        if !self.holds_pieces(key)? {
             return Ok(self.wrote(self.data.remove(key.as_bytes()))?.is_some());
         }
+        let was = self.data.contains_key(key.as_bytes())? || self.has_pieces(key)?;
         let mut batch = sled::Batch::default();
         let old = self.add_piece_removal(&mut batch, key)?;
         batch.remove(&key.0[..]);
         self.wrote(self.data.apply_batch(batch))?;
         self.remove_in_batches(&old)?;
-        Ok(true)
+        Ok(was)
     }
 
     /// The stripe lock of `key` (see [`Storage::stripes`]).
@@ -788,9 +790,25 @@ impl Storage {
             .collect()
     }
 
-    /// Whether `key` is stored in pieces.
+    /// Whether `key` is stored in pieces (has a piece 0).
     fn has_pieces(&self, key: &HashKey) -> Result<bool> {
         Ok(self.pieces_seen() && self.data.contains_key(RawKey::piece(key, 0))?)
+    }
+
+    /// Whether any piece is stored under `key`, leftovers included: what a change of the key
+    /// must remove.
+    fn holds_pieces(&self, key: &HashKey) -> Result<bool> {
+        if !self.pieces_seen() {
+            return Ok(false);
+        }
+        let (lo, hi) = (RawKey::piece(key, 0), RawKey::piece(key, u32::MAX));
+        Ok(self
+            .data
+            .range(lo..=hi)
+            .keys()
+            .next()
+            .transpose()?
+            .is_some())
     }
 
     /// Whether this directory ever held a value in pieces (the field of the same name).
@@ -2536,6 +2554,36 @@ mod tests {
         let _ = s.insert(&k(1), vec![4u8; 10]).unwrap();
         assert_eq!(s.get(&k(1)).unwrap().unwrap(), vec![4u8; 10][..]);
         assert_eq!(raw_keys(&s), vec![k(1).0.to_vec()]);
+        // Leftovers without a piece 0 (a staged write cut off over a whole value, or over
+        // nothing): a whole value written over them, and a removal, take them out too.
+        let strays = |s: &Storage| {
+            for i in 1..50u32 {
+                let _ = s
+                    .data
+                    .insert(RawKey::piece(&k(1), SLOT_BIT | i), piece(9, &[9; 8]))
+                    .unwrap();
+            }
+        };
+        strays(&s);
+        assert_eq!(s.get(&k(1)).unwrap().unwrap(), vec![4u8; 10][..]);
+        let _ = s.insert(&k(1), vec![5u8; 10]).unwrap();
+        assert_eq!(raw_keys(&s), vec![k(1).0.to_vec()]);
+        strays(&s);
+        assert!(s.remove(&k(1)).unwrap().0);
+        assert!(
+            raw_keys(&s).is_empty(),
+            "{} raw keys left",
+            raw_keys(&s).len()
+        );
+        strays(&s);
+        assert_eq!(s.get(&k(1)).unwrap(), None);
+        assert!(!s.contains(&k(1)).unwrap());
+        assert!(!s.remove(&k(1)).unwrap().0, "leftovers alone are no value");
+        assert!(
+            raw_keys(&s).is_empty(),
+            "{} raw keys left",
+            raw_keys(&s).len()
+        );
     }
 
     /// `get_within` answers for whole values, absent keys and short values in pieces, and

@@ -30,7 +30,13 @@ pub async fn execute<S: AsyncRead + AsyncWrite>(
         Request::Con(joiner) => handoff::serve_con(node, conn, joiner).await?,
         Request::Dis(leaver) => handoff::serve_dis(node, conn, leaver).await?,
         Request::Pul => conn.write_status(Status::T).await?,
-        Request::Inf => conn.write_value(node.info().as_bytes()).await?,
+        // INF counts the keys with a full scan (seconds for millions): inline, it stalled the
+        // tasks queued on this worker, and a predecessor whose PULs went unanswered took us
+        // for dead (seen with 8M entries in the handoff bench).
+        Request::Inf => {
+            let info = super::blocking(|| node.info());
+            conn.write_value(info.as_bytes()).await?
+        }
         Request::Abd => {
             let succ = node.ring().successor.addr;
             conn.write_addr(&succ).await?
@@ -98,17 +104,18 @@ async fn get<S: AsyncRead + AsyncWrite>(
     conn: &mut Connection<S>,
     key: HashKey,
 ) -> Result<()> {
-    let found = {
-        let ring = node.ring();
-        if node.departed() || !ring.owns(&key) {
-            None
-        } else {
-            Some(match node.storage.get_within(&key, super::BLOCKING_ABOVE) {
-                Ok(Some(found)) => Ok(found),
-                Ok(None) => super::blocking(|| node.storage.get(&key)),
-                Err(e) => Err(e),
-            })
-        }
+    // Ownership is checked before and after the read, not held (the ring lock would hold up
+    // a ring switch, and every request behind it, for the whole read of a large value): a
+    // key handed over meanwhile may already be dropped here, and its answer is `N`.
+    let found = if node.owns(&key) {
+        let read = match node.storage.get_within(&key, super::BLOCKING_ABOVE) {
+            Ok(Some(found)) => Ok(found),
+            Ok(None) => super::blocking(|| node.storage.get(&key)),
+            Err(e) => Err(e),
+        };
+        node.owns(&key).then_some(read)
+    } else {
+        None
     };
     match found {
         None => conn.write_status(Status::N).await,

@@ -67,8 +67,8 @@ impl GateState {
 /// See the module docs.
 #[derive(Default)]
 pub struct WriteGate {
-    /// Fence, in-flight and applying writes. A std mutex: held for map updates (and an
-    /// exclusive section's few sled calls), never across an `.await` or a write's storage work.
+    /// Fence, in-flight and applying writes. A std mutex: held for map updates only, never
+    /// across an `.await` or storage work.
     state: Mutex<GateState>,
     /// Woken whenever the fence is lifted or an in-flight write ends.
     changed: Notify,
@@ -162,7 +162,9 @@ impl WriteGate {
             notified.as_mut().enable();
             {
                 let mut st = self.lock();
-                if !st.fence.is_some_and(|f| f.covers(key)) {
+                // Not while a ring switch is pending: told `T` now, the INS would get `F` after
+                // it where `N` (ask the new owner) is the answer.
+                if !st.switching && !st.fence.is_some_and(|f| f.covers(key)) {
                     if !owns() {
                         return None;
                     }
@@ -262,8 +264,9 @@ impl WriteGate {
         }
     }
 
-    /// Runs `f` under the gate once no write is applying, and lets none start until it is
-    /// done: a ring switch made here is seen atomically by every write.
+    /// Runs `f` once no write is applying, and lets no write start (nor an INS be told `T`)
+    /// until it is done: a ring switch made here is seen atomically by every write. `f` runs
+    /// without the gate's lock, so it may do storage work (the repair pass's removals).
     pub async fn exclusive<T>(&self, f: impl FnOnce() -> T) -> T {
         let mut mine: Option<Switching<'_>> = None;
         loop {
@@ -277,14 +280,14 @@ impl WriteGate {
                     mine = Some(Switching { gate: self });
                 }
                 if mine.is_some() && st.applying.is_empty() {
-                    let out = f();
-                    drop(st);
-                    drop(mine); // lets writes go on
-                    return out;
+                    break;
                 }
             }
             notified.await;
         }
+        let out = f();
+        drop(mine); // lets writes go on
+        out
     }
 
     /// Lifts the fence; waiting writes go on and see the ownership as it now is.

@@ -245,7 +245,8 @@ async fn repair(node: &Node) -> Result<(u64, u64)> {
                         if node.owns(&k) {
                             return Ok(None);
                         }
-                        Ok(Some(node.storage.remove_if_unchanged(&k, &v)?))
+                        let remove = || node.storage.remove_if_unchanged(&k, &v);
+                        Ok(Some(super::blocking(remove)?))
                     })
                     .await?
             };
