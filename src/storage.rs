@@ -1909,11 +1909,7 @@ impl Drop for Storage {
 mod tests {
     use super::*;
 
-    fn k(n: u8) -> HashKey {
-        let mut b = [0u8; 20];
-        b[0] = n;
-        HashKey(b)
-    }
+    use crate::protocol::test_key as k;
 
     #[tokio::test]
     async fn writes_are_durable_after_sync_and_survive_reopen() {

@@ -302,11 +302,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    fn k(n: u8) -> HashKey {
-        let mut b = [0u8; 20];
-        b[0] = n;
-        HashKey(b)
-    }
+    use crate::protocol::test_key as k;
 
     #[tokio::test]
     async fn writes_to_a_fenced_arc_wait_until_it_lifts_and_others_do_not() {

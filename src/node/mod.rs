@@ -501,11 +501,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn k(n: u8) -> HashKey {
-        let mut b = [0u8; 20];
-        b[0] = n;
-        HashKey(b)
-    }
+    use crate::protocol::test_key as k;
 
     /// The maintenance's ring changes that keep our arc (a finger, the predecessor) do not
     /// wait for the writes applying, and so do not hold up the writes behind them (a 64 MiB

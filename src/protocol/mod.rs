@@ -30,6 +30,14 @@ pub const MAX_TEXT_ADDRESS: u64 = 64;
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct HashKey(pub [u8; 20]);
 
+/// A key whose first byte is `n`, the rest zero: tests use it for keys in a known ring order.
+#[cfg(test)]
+pub(crate) fn test_key(n: u8) -> HashKey {
+    let mut b = [0u8; 20];
+    b[0] = n;
+    HashKey(b)
+}
+
 impl HashKey {
     pub const ZERO: HashKey = HashKey([0; 20]);
     pub const MAX: HashKey = HashKey([0xff; 20]);
