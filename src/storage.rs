@@ -27,6 +27,8 @@
 //!                 key: b"handoff"; value: a HandoffRecord (below), present only while a
 //!                 join or leave is in progress or must be finished after a crash
 //!                 key: b"pieces"; value: [1], once the data tree may hold values in pieces
+//!                 key: b"format"; value: u32 big-endian, the layout version (FORMAT): a
+//!                 build refuses a directory of a newer layout than it reads
 //! ```
 //!
 //! # Values in pieces
@@ -139,6 +141,12 @@ const ASSEMBLE_RESERVE_MAX: u64 = 64 << 20;
 const STRIPES: usize = 64;
 /// Key of the mark, in the "ring" tree, that the directory may hold values in pieces.
 const PIECES_KEY: &[u8] = b"pieces";
+/// Key, in the "ring" tree, of the layout version of the data tree (u32, big-endian).
+const FORMAT_KEY: &[u8] = b"format";
+/// The layout this build writes and the newest it reads: 1, values whole or in pieces in one
+/// slot (`e616b69`); 2, values over [`ONE_BATCH_MAX`] in either of two slots. Builds before
+/// this number existed do not look at it (see README.md).
+const FORMAT: u32 = 2;
 /// Key of the in-progress handoff in the "ring" tree.
 const HANDOFF_KEY: &[u8] = b"handoff";
 /// Entries written (or deleted) per sled batch when a range moves: big enough to amortise the
@@ -613,6 +621,7 @@ impl Storage {
         let data = db.open_tree("data")?;
         let ring = db.open_tree("ring")?;
         let cow = db.open_tree("backup-cow")?;
+        check_format(dir, &ring)?;
         let pieces_seen = ring.contains_key(PIECES_KEY)?;
         // Write ids distinct from those of every earlier run: sled's id generator never
         // repeats across restarts (it persists, and skips ahead after a crash), and a run
@@ -1685,6 +1694,38 @@ fn split_removal(batch: &mut sled::Batch, mut old: Vec<sled::IVec>) -> Vec<sled:
     old
 }
 
+/// Refuses a directory whose layout is newer than this build reads; records this build's
+/// layout in one that has none or an older one (and flushes it, before anything is written
+/// in the new layout).
+fn check_format(dir: &Path, ring: &sled::Tree) -> Result<()> {
+    let stored = match ring.get(FORMAT_KEY)? {
+        Some(v) => Some(
+            <[u8; 4]>::try_from(&v[..])
+                .map(u32::from_be_bytes)
+                .map_err(|_| {
+                    Error::Damaged(format!(
+                        "the layout version in {} is unreadable",
+                        dir.display()
+                    ))
+                })?,
+        ),
+        None => None,
+    };
+    match stored {
+        Some(n) if n > FORMAT => Err(Error::Config(format!(
+            "{} was written by a newer dht-store (data layout {n}; this build reads up to {FORMAT}): \
+             use that build or a newer one",
+            dir.display()
+        ))),
+        Some(n) if n == FORMAT => Ok(()),
+        _ => {
+            ring.insert(FORMAT_KEY, &FORMAT.to_be_bytes()[..])?;
+            ring.flush()?;
+            Ok(())
+        }
+    }
+}
+
 /// The HashKey of a key read back from the data tree: 20 bytes (a whole value) or 24 (a
 /// piece); anything else is damage.
 fn stored_key(k: &[u8]) -> Result<HashKey> {
@@ -2579,6 +2620,44 @@ mod tests {
             raw_keys(&s).is_empty(),
             "{} raw keys left",
             raw_keys(&s).len()
+        );
+    }
+
+    /// A directory of a newer layout is refused, naming it; one of this layout opens.
+    #[test]
+    fn a_directory_of_a_newer_layout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+            assert_eq!(
+                s.ring.get(FORMAT_KEY).unwrap().unwrap(),
+                FORMAT.to_be_bytes()[..]
+            );
+            let _ = s.insert(&k(1), vec![1; 10]).unwrap();
+            s.ring
+                .insert(FORMAT_KEY, &(FORMAT + 1).to_be_bytes()[..])
+                .unwrap();
+            s.flush().unwrap();
+        }
+        let err = Storage::open(dir.path(), &StorageOptions::default())
+            .err()
+            .expect("a newer layout must be refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("newer dht-store") && text.contains(&dir.path().display().to_string()),
+            "{text}"
+        );
+        {
+            // What an older build would see: no version at all; it is recorded on open.
+            let db = sled::open(dir.path().join("db")).unwrap();
+            db.open_tree("ring").unwrap().remove(FORMAT_KEY).unwrap();
+            db.flush().unwrap();
+        }
+        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        assert_eq!(s.get(&k(1)).unwrap().unwrap(), vec![1; 10]);
+        assert_eq!(
+            s.ring.get(FORMAT_KEY).unwrap().unwrap(),
+            FORMAT.to_be_bytes()[..]
         );
     }
 
