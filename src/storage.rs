@@ -579,6 +579,10 @@ pub struct Storage {
     /// Old versions of entries changed during a backup's cut (copy-on-write), so that the
     /// backup streams the data as it was when the cut began. Empty when no backup runs.
     cow: sled::Tree,
+    /// The old versions in `cow` longer than [`INLINE_MAX`], in pieces (key: HashKey ‖ u32
+    /// index; value: the next `PIECE_BYTES`), for the reason values are stored in pieces: one
+    /// sled value of 64 MiB would be a blob page that the cache never evicts.
+    cow_pieces: sled::Tree,
     /// `Some(cursor)` while a backup runs: keys above the cursor not yet streamed are copied
     /// into `cow` before they change. Writers and the backup take this lock briefly.
     cut: Mutex<Option<CutState>>,
@@ -621,6 +625,8 @@ impl Storage {
         let data = db.open_tree("data")?;
         let ring = db.open_tree("ring")?;
         let cow = db.open_tree("backup-cow")?;
+        let cow_pieces = db.open_tree("backup-cow-pieces")?;
+        cow_pieces.clear()?;
         check_format(dir, &ring)?;
         let pieces_seen = ring.contains_key(PIECES_KEY)?;
         // Write ids distinct from those of every earlier run: sled's id generator never
@@ -656,6 +662,7 @@ impl Storage {
             data,
             ring,
             cow,
+            cow_pieces,
             cut: Mutex::new(None),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             pieces_seen: std::sync::atomic::AtomicBool::new(pieces_seen),
@@ -1342,6 +1349,21 @@ impl Storage {
             return Ok(());
         }
         let old = match self.read_value(key, ReadFor::Request)? {
+            Some(v) if v.len() > INLINE_MAX => {
+                // The pieces first: the cut reads them once the record names them.
+                for (n, chunk) in v.chunks(PIECE_BYTES * PIECES_PER_BATCH).enumerate() {
+                    let mut batch = sled::Batch::default();
+                    for (i, share) in chunk.chunks(PIECE_BYTES).enumerate() {
+                        let i = (n * PIECES_PER_BATCH + i) as u32;
+                        batch.insert(RawKey::piece(key, i).as_ref(), share);
+                    }
+                    self.wrote(self.cow_pieces.apply_batch(batch))?;
+                    reclaim();
+                }
+                let mut b = vec![2];
+                b.extend_from_slice(&(v.len() as u64).to_be_bytes());
+                b
+            }
             Some(v) => {
                 let mut b = Vec::with_capacity(v.len() + 1);
                 b.push(1);
@@ -1367,6 +1389,7 @@ impl Storage {
             ));
         }
         self.cow.clear()?;
+        self.cow_pieces.clear()?;
         *cut = Some(CutState::default());
         Ok(())
     }
@@ -1393,6 +1416,7 @@ impl Storage {
         let mut cut = self.cut.lock().unwrap_or_else(|e| e.into_inner());
         *cut = None;
         self.cow.clear()?;
+        self.cow_pieces.clear()?;
         Ok(())
     }
 
@@ -1635,7 +1659,8 @@ impl CutEntries<'_> {
                     continue;
                 };
                 self.cow_seen = None;
-                (stored_key(&k)?, decode_old(old))
+                let key = stored_key(&k)?;
+                (key, storage.old_version(&key, old)?)
             };
             state.cursor = Some(key);
             drop(cut);
@@ -1914,11 +1939,36 @@ enum ReadFor {
     ScanPieces,
 }
 
-/// A copy-on-write record: `0` (absent at the cut) or `1` and the value.
-fn decode_old(v: sled::IVec) -> Option<Value> {
-    match v.first() {
-        Some(1) => Some(Value::Stored(v.subslice(1, v.len() - 1))),
-        _ => None,
+impl Storage {
+    /// The value a copy-on-write record keeps: `0`, absent at the cut; `1` and the value; `2`
+    /// and the length (u64) of a value kept in pieces in `cow_pieces`.
+    fn old_version(&self, key: &HashKey, v: sled::IVec) -> Result<Option<Value>> {
+        match v.first() {
+            Some(1) => Ok(Some(Value::Stored(v.subslice(1, v.len() - 1)))),
+            Some(2) => {
+                let len = v
+                    .get(1..9)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes);
+                let (lo, hi) = (RawKey::piece(key, 0), RawKey::piece(key, u32::MAX));
+                let mut value =
+                    Vec::with_capacity(len.unwrap_or(0).min(ASSEMBLE_RESERVE_MAX) as usize);
+                for (i, r) in self.cow_pieces.range(lo..=hi).values().enumerate() {
+                    value.extend_from_slice(&r?);
+                    if (i as u64 + 1).is_multiple_of(RECLAIM_EVERY) {
+                        reclaim();
+                    }
+                }
+                if Some(value.len() as u64) != len {
+                    return Err(Error::Damaged(format!(
+                        "the backup's copy of the value under {key} is {} bytes, not {len:?}",
+                        value.len()
+                    )));
+                }
+                Ok(Some(Value::Assembled(value)))
+            }
+            _ => Ok(None),
+        }
     }
 }
 
@@ -2621,6 +2671,43 @@ mod tests {
             "{} raw keys left",
             raw_keys(&s).len()
         );
+    }
+
+    /// The cut keeps the old version of a large value in pieces (no blob file), streams it
+    /// whole, and drops it when it ends.
+    #[test]
+    fn a_cut_keeps_large_old_versions_in_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        let old: Vec<u8> = (0..(3 << 20) + 5).map(|i| (i % 253) as u8).collect();
+        let _ = s.insert(&k(1), old.clone()).unwrap();
+        let _ = s.insert(&k(2), vec![2; 9000]).unwrap();
+        let _ = s.insert(&k(3), vec![3; 10]).unwrap();
+        s.begin_cut().unwrap();
+        let _ = s.insert(&k(1), vec![7; 10]).unwrap();
+        assert!(s.remove(&k(2)).unwrap().0);
+        let _ = s.insert(&k(3), vec![8; 1 << 20]).unwrap();
+        assert!(
+            s.cow_pieces.len() > 500,
+            "{} pieces kept",
+            s.cow_pieces.len()
+        );
+        let cut: Vec<(HashKey, Vec<u8>)> = s
+            .cut_entries()
+            .unwrap()
+            .map(|r| r.map(|(k, v)| (k, v.to_vec())).unwrap())
+            .collect();
+        s.end_cut().unwrap();
+        assert_eq!(
+            cut,
+            vec![(k(1), old), (k(2), vec![2; 9000]), (k(3), vec![3; 10])]
+        );
+        assert!(s.cow_pieces.is_empty() && s.cow.is_empty());
+        s.flush().unwrap();
+        let blobs = std::fs::read_dir(dir.path().join("db").join("blobs"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(blobs, 0, "blob files written");
     }
 
     /// A directory of a newer layout is refused, naming it; one of this layout opens.
