@@ -16,10 +16,12 @@ DIR=$(mktemp -d "${TMPDIR:-/tmp}/large-put-latency.XXXXXX")
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 PID=
 LOOP=
+# Every step may fail (the process already gone) without stopping the rest: under `set -e` a
+# failing kill used to end the trap and leave the node running.
 cleanup() {
-  [ -n "$LOOP" ] && { kill "$LOOP" 2>/dev/null; pkill -P "$LOOP" 2>/dev/null; }
-  [ -n "$PID" ] && kill "$PID" 2>/dev/null
-  wait 2>/dev/null
+  if [ -n "$LOOP" ]; then kill "$LOOP" 2>/dev/null || true; pkill -P "$LOOP" 2>/dev/null || true; fi
+  if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; fi
+  wait 2>/dev/null || true
   rm -rf "$DIR"
 }
 trap cleanup EXIT

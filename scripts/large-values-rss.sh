@@ -16,7 +16,7 @@ SIZE=${SIZE:-8388608}
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/large-values.XXXXXX")
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 PID=
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$DIR"; }
+cleanup() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; fi; wait 2>/dev/null || true; rm -rf "$DIR"; }
 trap cleanup EXIT
 head -c "$SIZE" /dev/urandom > "$DIR/value"
 
