@@ -755,14 +755,20 @@ impl Storage {
             let old = self.add_pieces(&mut batch, key, &value, &mut written, look)?;
             self.wrote(self.data.apply_batch(batch))?;
             self.remove_in_batches(&old)?;
-        } else if held.pieces && self.holds_pieces(key)? {
-            let mut batch = sled::Batch::default();
-            let old = self.add_piece_removal(&mut batch, key)?;
-            batch.insert(&key.0[..], value);
-            self.wrote(self.data.apply_batch(batch))?;
-            self.remove_in_batches(&old)?;
         } else {
-            self.wrote(self.data.insert(key.as_bytes(), value))?;
+            let old = match held.pieces {
+                true => self.pieces_if_seen(key)?,
+                false => Vec::new(),
+            };
+            if old.is_empty() {
+                self.wrote(self.data.insert(key.as_bytes(), value))?;
+            } else {
+                let mut batch = sled::Batch::default();
+                let rest = split_removal(&mut batch, old);
+                batch.insert(&key.0[..], value);
+                self.wrote(self.data.apply_batch(batch))?;
+                self.remove_in_batches(&rest)?;
+            }
         }
         Ok(written)
     }
@@ -779,15 +785,18 @@ impl Storage {
     /// Removes `key` (its whole value or its pieces) while holding its stripe.
     /// Returns whether it held a value (leftover pieces alone are no value, but go too).
     fn remove_locked(&self, key: &HashKey) -> Result<bool> {
-        if !self.holds_pieces(key)? {
+        let old = self.pieces_if_seen(key)?;
+        if old.is_empty() {
             return Ok(self.wrote(self.data.remove(key.as_bytes()))?.is_some());
         }
-        let was = self.data.contains_key(key.as_bytes())? || self.has_pieces(key)?;
+        // A value in pieces has its piece 0, which sorts first.
+        let has_piece0 = old.first().is_some_and(|k| piece_index(k) == Some(0));
+        let was = has_piece0 || self.data.contains_key(key.as_bytes())?;
         let mut batch = sled::Batch::default();
-        let old = self.add_piece_removal(&mut batch, key)?;
+        let rest = split_removal(&mut batch, old);
         batch.remove(&key.0[..]);
         self.wrote(self.data.apply_batch(batch))?;
-        self.remove_in_batches(&old)?;
+        self.remove_in_batches(&rest)?;
         Ok(was)
     }
 
@@ -811,20 +820,13 @@ impl Storage {
         Ok(self.pieces_seen() && self.data.contains_key(RawKey::piece(key, 0))?)
     }
 
-    /// Whether any piece is stored under `key`, leftovers included: what a change of the key
-    /// must remove.
-    fn holds_pieces(&self, key: &HashKey) -> Result<bool> {
+    /// [`Storage::stored_pieces`], or nothing without a look when the directory never held
+    /// pieces.
+    fn pieces_if_seen(&self, key: &HashKey) -> Result<Vec<sled::IVec>> {
         if !self.pieces_seen() {
-            return Ok(false);
+            return Ok(Vec::new());
         }
-        let (lo, hi) = (RawKey::piece(key, 0), RawKey::piece(key, u32::MAX));
-        Ok(self
-            .data
-            .range(lo..=hi)
-            .keys()
-            .next()
-            .transpose()?
-            .is_some())
+        self.stored_pieces(key)
     }
 
     /// Whether this directory ever held a value in pieces (the field of the same name).

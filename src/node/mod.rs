@@ -185,17 +185,15 @@ impl Node {
     /// Applies an INS registered with [`WriteGate::begin_insert`].
     pub async fn finish_insert(&self, slot: gate::Slot<'_>, value: Vec<u8>) -> Result<Written> {
         let key = slot.key;
-        // Large to write, or replacing a large value (its pieces are removed).
-        let large = value.len() as u64 > BLOCKING_ABOVE
-            || self.storage.longer_than(&key, BLOCKING_ABOVE)?;
         let applied = self
             .gate
             .finish_insert(slot, || -> Result<Option<_>> {
                 if !self.owns(&key) {
                     return Ok(None);
                 }
+                let len = value.len();
                 let store = || self.storage.insert(&key, value);
-                Ok(Some(if large { blocking(store) } else { store() }?))
+                Ok(Some(self.storage_work(&key, len, store)?))
             })
             .await;
         match applied {
@@ -216,11 +214,9 @@ impl Node {
                 if !self.owns(key) {
                     return Ok(None);
                 }
-                let remove = || self.storage.remove(key);
-                if self.storage.longer_than(key, BLOCKING_ABOVE)? {
-                    return Ok(Some(blocking(remove)?));
-                }
-                Ok(Some(remove()?))
+                Ok(Some(
+                    self.storage_work(key, 0, || self.storage.remove(key))?,
+                ))
             })
             .await?;
         let Some((was, ticket)) = applied else {
@@ -228,6 +224,22 @@ impl Node {
         };
         self.storage.sync(ticket).await?;
         Ok(if was { Written::Done } else { Written::Absent })
+    }
+
+    /// Runs `f`, storage work on `key` that writes `len` bytes, in [`blocking`] when it handles
+    /// a large value: `len` over [`BLOCKING_ABOVE`], or a stored value over it that `f`
+    /// replaces or removes (piece 0 says; one lookup, only in a directory that holds pieces).
+    fn storage_work<T>(
+        &self,
+        key: &HashKey,
+        len: usize,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        if len as u64 > BLOCKING_ABOVE || self.storage.longer_than(key, BLOCKING_ABOVE)? {
+            blocking(f)
+        } else {
+            f()
+        }
     }
 
     /// Notes that `peer` answered just now.
