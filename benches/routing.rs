@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use dht_store::client::Client;
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr, Status};
-use dht_store::ring::{finger_targets, id_of, owner_of, Peer, RingState};
+use dht_store::ring::{finger_targets, id_of, owner_of, successor_list, Peer, RingState};
 
 const ENC: AddressEncoding = AddressEncoding::Compact;
 /// A walk longer than this is a failure (the nodes' own limit).
@@ -405,8 +405,7 @@ fn ideal_states(addrs: &[PeerAddr], layout: Layout) -> HashMap<PeerAddr, RingSta
             }
             let state = RingState {
                 me,
-                successor: peers[(i + 1) % n],
-                second_successor: peers[(i + 2) % n],
+                successors: successor_list(&me, (1..n).map(|d| peers[(i + d) % n]), 2),
                 predecessor: (n > 1).then(|| peers[(i + n - 1) % n]),
                 fingers,
             };

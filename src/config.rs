@@ -51,6 +51,9 @@ pub struct Config {
     pub dead_after: u32,
     /// Fingers kept, at id + 2^159, id + 2^158, ...: more shortens OWN walks.
     pub fingers: usize,
+    /// Length of the successor list, refreshed every maintenance round by ABD: the ring
+    /// survives `successors - 1` adjacent nodes dying at once without a search.
+    pub successors: usize,
     /// Seconds a handoff waits for INS requests already told T in the moving arc; stragglers
     /// then get F.
     pub drain_timeout_secs: u64,
@@ -81,6 +84,7 @@ impl Default for Config {
             maintenance_interval_ms: 1000,
             dead_after: 3,
             fingers: 8,
+            successors: 4,
             drain_timeout_secs: 5,
             handoff_ack_timeout_secs: 300,
             progress_interval_secs: 5,
@@ -107,11 +111,15 @@ pub const SETTINGS: &[&str] = &[
     "maintenance_interval_ms",
     "dead_after",
     "fingers",
+    "successors",
     "drain_timeout_secs",
     "handoff_ack_timeout_secs",
     "progress_interval_secs",
     "repair_interval_secs",
 ];
+
+/// Longest successor list accepted: each entry costs an ABD per maintenance round.
+pub const MAX_SUCCESSORS: usize = 32;
 
 fn secs(n: u64) -> Option<Duration> {
     (n > 0).then(|| Duration::from_secs(n))
@@ -177,6 +185,13 @@ impl Config {
         }
         if self.max_connections == 0 {
             return Err(Error::Config("max_connections must be at least 1".into()));
+        }
+        if !(2..=MAX_SUCCESSORS).contains(&self.successors) {
+            return Err(Error::Config(format!(
+                "successors must be from 2 (the successor and the second successor) to \
+                 {MAX_SUCCESSORS}; got {}",
+                self.successors
+            )));
         }
         if let Some(j) = &self.join {
             crate::protocol::parse_addr(j)?;

@@ -87,10 +87,12 @@ pub fn arc_ranges(from: &HashKey, to: &HashKey) -> Vec<(HashKey, Option<HashKey>
 pub struct RingState {
     /// This node: its place, and the address it gives out in OWN answers.
     pub me: Peer,
-    /// The next peer up the ring; we own `[me.id, successor.id)`. Equals `me` in a ring of one.
-    pub successor: Peer,
-    /// The peer after the successor, adopted when the successor dies.
-    pub second_successor: Peer,
+    /// The successor list, nearest first: `successors[0]` is the successor (we own
+    /// `[me.id, successors[0].id)`), then the peers after it round the ring, so that when the
+    /// successor dies the next live one is already known (Chord keeps r successors so that r - 1
+    /// failures at once cannot break the ring). Never empty: `[me]` in a ring of one, and `me`
+    /// appears nowhere else. Kept in ring order by [`successor_list`].
+    pub successors: Vec<Peer>,
     /// The peer below us, when known: whom a leave hands our range to.
     pub predecessor: Option<Peer>,
     /// Further peers spread round the ring, to shorten OWN walks.
@@ -103,22 +105,36 @@ impl RingState {
         let me = Peer::new(me);
         RingState {
             me,
-            successor: me,
-            second_successor: me,
+            successors: vec![me],
             predecessor: None,
             fingers: Vec::new(),
         }
     }
 
+    /// The next peer up the ring; we own `[me.id, successor.id)`. `me` in a ring of one.
+    pub fn successor(&self) -> Peer {
+        self.successors.first().copied().unwrap_or(self.me)
+    }
+
+    /// The peer after the successor: `me` in a ring of one or two (PROTOCOL.md 6).
+    pub fn second_successor(&self) -> Peer {
+        self.successors.get(1).copied().unwrap_or(self.me)
+    }
+
+    /// Replaces the successor list with `candidates` put in order by [`successor_list`].
+    pub fn set_successors(&mut self, candidates: impl IntoIterator<Item = Peer>, max: usize) {
+        self.successors = successor_list(&self.me, candidates, max);
+    }
+
     /// Whether this node owns `key`: `key` in `[id(me), id(successor))`.
     pub fn owns(&self, key: &HashKey) -> bool {
-        in_arc(key, &self.me.id, &self.successor.id)
+        in_arc(key, &self.me.id, &self.successor().id)
     }
 
     /// Every peer we know, ourselves included (may repeat).
     pub fn known(&self) -> impl Iterator<Item = Peer> + '_ {
-        [self.me, self.successor, self.second_successor]
-            .into_iter()
+        std::iter::once(self.me)
+            .chain(self.successors.iter().copied())
             .chain(self.predecessor)
             .chain(self.fingers.iter().copied())
     }
@@ -136,8 +152,38 @@ impl RingState {
 
     /// Whether we are alone in the ring.
     pub fn is_alone(&self) -> bool {
-        self.successor.addr == self.me.addr
+        self.successor().addr == self.me.addr
     }
+}
+
+/// A successor list for `me` from `candidates` given nearest first (a successor, then what
+/// ABD answers or a CON names after it): each kept only if it lies further round the ring from
+/// `me` than the one kept before it (a repeat, `me`, or a peer that would go backwards ends
+/// nothing, it is skipped), at most `max` of them; `[me]` if none is left.
+pub fn successor_list(
+    me: &Peer,
+    candidates: impl IntoIterator<Item = Peer>,
+    max: usize,
+) -> Vec<Peer> {
+    let mut list: Vec<Peer> = Vec::new();
+    for c in candidates {
+        if list.len() >= max.max(1) {
+            break;
+        }
+        if c.addr == me.addr || c.id == me.id {
+            continue;
+        }
+        let further = list
+            .last()
+            .is_none_or(|last| distance(&me.id, &c.id) > distance(&me.id, &last.id));
+        if further {
+            list.push(c);
+        }
+    }
+    if list.is_empty() {
+        list.push(*me);
+    }
+    list
 }
 
 #[cfg(test)]
@@ -236,12 +282,11 @@ mod tests {
         peers.sort_by_key(|p| p.id);
         let n = peers.len();
         (0..n)
-            .map(|i| RingState {
-                me: peers[i],
-                successor: peers[(i + 1) % n],
-                second_successor: peers[(i + 2) % n],
-                predecessor: Some(peers[(i + n - 1) % n]),
-                fingers: vec![],
+            .map(|i| {
+                let mut r = RingState::alone(peers[i].addr);
+                r.set_successors((1..n).map(|d| peers[(i + d) % n]).take(2), 4);
+                r.predecessor = Some(peers[(i + n - 1) % n]);
+                r
             })
             .collect()
     }
@@ -285,6 +330,29 @@ mod tests {
         fn addr_of(&self) -> PeerAddr {
             self.me.addr
         }
+    }
+
+    #[test]
+    fn a_successor_list_goes_round_the_ring_once_and_never_holds_us() {
+        let ring = ring_of(&[5000, 5001, 5002, 5003, 5004, 5005]);
+        let peers: Vec<Peer> = ring.iter().map(|r| r.me).collect();
+        let me = peers[2];
+        let next = |d: usize| peers[(2 + d) % 6];
+        // In ring order: kept, capped at max.
+        let l = successor_list(&me, [next(1), next(2), next(3), next(4)], 3);
+        assert_eq!(l, vec![next(1), next(2), next(3)]);
+        // Us, repeats and peers that go backwards (a stale ABD answer) are skipped.
+        let l = successor_list(&me, [next(1), me, next(3), next(2), next(3), next(5)], 4);
+        assert_eq!(l, vec![next(1), next(3), next(5)]);
+        // Nothing left: a ring of one.
+        assert_eq!(successor_list(&me, [me], 4), vec![me]);
+        assert_eq!(successor_list(&me, [], 4), vec![me]);
+        // The state's accessors: the second successor of a ring of two is us.
+        let mut r = RingState::alone(me.addr);
+        assert_eq!((r.successor(), r.second_successor()), (me, me));
+        r.set_successors([next(1)], 4);
+        assert_eq!((r.successor(), r.second_successor()), (next(1), me));
+        assert!(r.owns(&me.id) && !r.owns(&next(1).id));
     }
 
     #[test]

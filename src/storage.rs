@@ -26,6 +26,9 @@
 //!   tree "ring"   key: b"state"; value: a RingRecord (below)
 //!                 key: b"handoff"; value: a HandoffRecord (below), present only while a
 //!                 join or leave is in progress or must be finished after a crash
+//!                 key: b"peers"; value: u8 version (= 1), then u64 n, n × addr: the peers
+//!                 this node has known (see `node::peers`), where it looks for the ring when
+//!                 every successor it knew is dead
 //!                 key: b"pieces"; value: [1], once the data tree may hold values in pieces
 //!                 key: b"format"; value: u32 big-endian, the layout version (FORMAT): a
 //!                 build refuses a directory of a newer layout than it reads
@@ -149,6 +152,10 @@ const FORMAT_KEY: &[u8] = b"format";
 const FORMAT: u32 = 2;
 /// Key of the in-progress handoff in the "ring" tree.
 const HANDOFF_KEY: &[u8] = b"handoff";
+/// Key of the known peers in the "ring" tree.
+const PEERS_KEY: &[u8] = b"peers";
+/// Version byte in front of the stored known peers.
+const PEERS_VERSION: u8 = 1;
 /// Entries written (or deleted) per sled batch when a range moves: big enough to amortise the
 /// batch, small enough that sled 0.34 does not balloon (10k-entry batches took GBs of RAM).
 pub const BATCH_ENTRIES: usize = 1000;
@@ -274,8 +281,8 @@ impl From<&RingState> for RingRecord {
         RingRecord {
             version: RING_RECORD_VERSION,
             me: r.me.addr,
-            successor: r.successor.addr,
-            second_successor: r.second_successor.addr,
+            successor: r.successor().addr,
+            second_successor: r.second_successor().addr,
             predecessor: r.predecessor.map(|p| p.addr),
             fingers: r.fingers.iter().map(|p| p.addr).collect(),
         }
@@ -284,10 +291,15 @@ impl From<&RingState> for RingRecord {
 
 impl From<&RingRecord> for RingState {
     fn from(r: &RingRecord) -> Self {
+        let me = Peer::new(r.me);
         RingState {
-            me: Peer::new(r.me),
-            successor: Peer::new(r.successor),
-            second_successor: Peer::new(r.second_successor),
+            me,
+            // The record keeps two successors; maintenance rebuilds the rest of the list.
+            successors: ring::successor_list(
+                &me,
+                [r.successor, r.second_successor].map(Peer::new),
+                2,
+            ),
             predecessor: r.predecessor.map(Peer::new),
             fingers: r.fingers.iter().copied().map(Peer::new).collect(),
         }
@@ -1133,6 +1145,33 @@ impl Storage {
         }
         self.wrote(self.ring.apply_batch(batch))?;
         Ok(self.commit.note_write())
+    }
+
+    /// Stores the peers this node has known (`node::peers`); durable after [`Storage::sync`].
+    pub fn save_peers(&self, peers: &[PeerAddr]) -> Result<Ticket> {
+        self.writable()?;
+        let mut bytes = vec![PEERS_VERSION];
+        bytes.extend(bincode::encode_to_vec(peers, bincode_config())?);
+        self.wrote(self.ring.insert(PEERS_KEY, bytes))?;
+        Ok(self.commit.note_write())
+    }
+
+    /// The peers this node has known, as last saved (none in a directory of an older build).
+    pub fn load_peers(&self) -> Result<Vec<PeerAddr>> {
+        let Some(raw) = self.ring.get(PEERS_KEY)? else {
+            return Ok(Vec::new());
+        };
+        match raw.split_first() {
+            Some((&PEERS_VERSION, rest)) => {
+                let (peers, _): (Vec<PeerAddr>, usize) =
+                    bincode::decode_from_slice(rest, bincode_config())?;
+                Ok(peers)
+            }
+            _ => Err(Error::Damaged(format!(
+                "{}: the known peers are stored in a format this build does not read",
+                self.dir.display()
+            ))),
+        }
     }
 
     /// The handoff record left by an unfinished join or leave, if any.

@@ -38,7 +38,7 @@ pub async fn execute<S: AsyncRead + AsyncWrite>(
             conn.write_value(info.as_bytes()).await?
         }
         Request::Abd => {
-            let succ = node.ring().successor.addr;
+            let succ = node.ring().successor().addr;
             conn.write_addr(&succ).await?
         }
     }

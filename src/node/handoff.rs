@@ -40,6 +40,9 @@ const JOIN_ATTEMPTS: usize = 20;
 /// How long an incoming CON or DIS waits for a maintenance round or another handoff to end
 /// before it is answered `N` (the asking peer then tries again).
 const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// How long a restarted node keeps looking for a peer that can tell it whether the ring still
+/// routes its id to it, holding writes to its arc meanwhile.
+const RESTART_CHECK_FOR: Duration = Duration::from_secs(15);
 /// Attempts of a leave (DIS answered `N` or failed) before giving up.
 const LEAVE_ATTEMPTS: usize = 5;
 
@@ -337,7 +340,8 @@ pub async fn serve_con<S: AsyncRead + AsyncWrite>(
         info!(%joiner, "CON answered N: we do not own its id");
         return conn.write_status(Status::N).await;
     }
-    let (s1, s2) = (ring.successor, ring.second_successor);
+    let (s1, s2) = (ring.successor(), ring.second_successor());
+    node.meet([joiner]);
     if !node.gate.fence(j.id, s1.id) {
         return conn.write_status(Status::N).await;
     }
@@ -404,8 +408,8 @@ async fn serve_con_fenced<S: AsyncRead + AsyncWrite>(
     fault::point("con-serve:after-ack").await;
     // The joiner holds the arc durably: switch, then drop what we handed over.
     let mut next = node.ring().clone();
-    next.second_successor = s1;
-    next.successor = j;
+    let after = next.successors.clone();
+    next.set_successors(std::iter::once(j).chain(after), node.config.successors);
     if next.predecessor.is_none() && ring.is_alone() {
         next.predecessor = Some(j);
     }
@@ -451,7 +455,7 @@ pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
         return conn.write_status(Status::N).await;
     };
     let ring = node.ring().clone();
-    if node.departed() || leaver == ring.me.addr || leaver != ring.successor.addr {
+    if node.departed() || leaver == ring.me.addr || leaver != ring.successor().addr {
         info!(%leaver, "DIS answered N: it is not our successor");
         return conn.write_status(Status::N).await;
     }
@@ -500,9 +504,19 @@ pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
             p
         }
     };
+    node.meet([s1.addr, s2.addr]);
     let mut next = node.ring().clone();
-    next.successor = mine(s1);
-    next.second_successor = if next.successor == me { me } else { mine(s2) };
+    // S1 is ours alone (us when the ring was L and us); S2 and the rest of our list only as
+    // far as they lie beyond it (set_successors drops the others).
+    let after = next.successors.clone();
+    if mine(s1) == me {
+        next.successors = vec![me];
+    } else {
+        next.set_successors(
+            [s1, mine(s2)].into_iter().chain(after),
+            node.config.successors,
+        );
+    }
     for f in next.fingers.iter_mut() {
         if f.addr == leaver {
             *f = me;
@@ -525,23 +539,54 @@ pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
 /// writes as it writes it.
 pub async fn join(node: &Arc<Node>, seed: PeerAddr, serving: bool) -> Result<()> {
     let _one = node.handoff.lock().await;
+    join_locked(node, seed, serving, JOIN_ATTEMPTS).await
+}
+
+/// [`join`] for a caller that holds `Node::handoff`, in at most `attempts` CONs.
+async fn join_locked(
+    node: &Arc<Node>,
+    seed: PeerAddr,
+    serving: bool,
+    attempts: usize,
+) -> Result<()> {
     let me = node.config.advertised();
     let my_id = id_of(&me);
     let enc = node.config.address_encoding;
     let mut last = String::new();
-    for attempt in 0..JOIN_ATTEMPTS {
+    // Where the walk starts: the seed, and when it does not answer, any peer we have known (a
+    // node restarted after a join cut short may find its seed gone).
+    let mut starts = vec![seed];
+    let mut next_start = 0;
+    for attempt in 0..attempts {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(200 * (attempt as u64).min(10))).await;
         }
-        let owner = match walk::walk(seed, &my_id, me, enc).await {
-            Ok(o) if o == me => {
-                last = format!("the OWN walk from {seed} ended at this node's own address");
+        if next_start == 0 {
+            starts.truncate(1);
+            starts.extend(
+                node.known_peers()
+                    .into_iter()
+                    .filter(|a| *a != seed && *a != me),
+            );
+        }
+        let start = starts[next_start % starts.len()];
+        let owner = match walk::walk_trail(start, &my_id, me, enc).await {
+            Ok((o, _)) if o == me => {
+                last = format!("the OWN walk from {start} ended at this node's own address");
                 continue;
             }
-            Ok(o) => o,
+            Ok((o, trail)) => {
+                node.meet(trail);
+                // So that a restart finds them, should this join be cut short.
+                if let Err(e) = node.save_peers().await {
+                    warn!("join: could not save the peers met: {e}");
+                }
+                o
+            }
             Err(e) => {
                 last = e.to_string();
-                warn!("join: looking up the owner of our id through {seed}: {e}");
+                warn!("join: looking up the owner of our id through {start}: {e}");
+                next_start = (next_start + 1) % starts.len();
                 continue;
             }
         };
@@ -573,7 +618,7 @@ pub async fn join(node: &Arc<Node>, seed: PeerAddr, serving: bool) -> Result<()>
         node.set_handoff(None).await?;
     }
     Err(Error::Peer(format!(
-        "could not join the ring through {seed} after {JOIN_ATTEMPTS} attempts: {last}"
+        "could not join the ring through {seed} after {attempts} attempts: {last}"
     )))
 }
 
@@ -612,18 +657,16 @@ async fn con_exchange(node: &Node, owner: PeerAddr, me: PeerAddr, how: BatchWrit
         node.end_progress(&progress, "aborted");
         return Err(e);
     }
+    node.meet([owner, s1.addr, s2.addr]);
     // S1 == P: a ring of one, so after us comes P and after P, us (PROTOCOL.md 6).
-    let state = RingState {
-        me: my,
-        successor: if s1.addr == me { p } else { s1 },
-        second_successor: if s1.addr == owner || s2.addr == me {
-            my
-        } else {
-            s2
-        },
-        predecessor: Some(p),
-        fingers: vec![my; node.config.fingers],
-    };
+    // `set_successors` drops us and anything out of ring order; maintenance extends the list.
+    let mut state = RingState::alone(me);
+    state.set_successors(
+        [if s1.addr == me { p } else { s1 }, s2],
+        node.config.successors,
+    );
+    state.predecessor = Some(p);
+    state.fingers = vec![my; node.config.fingers];
     node.switch_ring(Some(state), Some(None)).await?;
     fault::point("con-join:before-ack").await;
     conn.write_status(Status::T).await?;
@@ -651,7 +694,7 @@ pub async fn leave(node: &Arc<Node>) -> Result<String> {
         )));
     }
     let me = ring.me;
-    if !node.gate.fence(me.id, ring.successor.id) {
+    if !node.gate.fence(me.id, ring.successor().id) {
         return Err(Error::Peer("another handoff is in progress".into()));
     }
     let result = leave_fenced(node, &ring).await;
@@ -683,7 +726,7 @@ async fn leave_fenced(node: &Node, ring: &RingState) -> Result<String> {
         // The predecessor is the owner of id - 1 (PROTOCOL.md 6).
         let start = ring.own_answer(&pred_key, &[]);
         let start = if start == me.addr {
-            ring.successor.addr
+            ring.successor().addr
         } else {
             start
         };
@@ -705,7 +748,8 @@ async fn leave_fenced(node: &Node, ring: &RingState) -> Result<String> {
         .await?;
         let progress = node.begin_progress(format!(
             "DIS to {pred} (sending [{}, {}))",
-            me.id, ring.successor.id
+            me.id,
+            ring.successor().id
         ));
         match dis_exchange(node, ring, pred, &progress).await {
             Ok(Some(n)) => {
@@ -755,13 +799,13 @@ async fn dis_exchange(
         Status::N => return Ok(None),
         Status::F => return Err(Error::Peer(format!("{pred} answered F to DIS"))),
     }
-    conn.write_addr(&ring.successor.addr).await?;
-    conn.write_addr(&ring.second_successor.addr).await?;
+    conn.write_addr(&ring.successor().addr).await?;
+    conn.write_addr(&ring.second_successor().addr).await?;
     let n = send_arc(
         node,
         &mut conn,
         &ring.me.id,
-        &ring.successor.id,
+        &ring.successor().id,
         progress,
         "dis-leave",
     )
@@ -834,9 +878,9 @@ pub async fn recover(node: &Arc<Node>) -> Result<()> {
             };
             if handed {
                 let mut next = node.ring().clone();
-                if next.successor.addr != joiner {
-                    next.second_successor = s1;
-                    next.successor = j;
+                if next.successor().addr != joiner {
+                    let after = next.successors.clone();
+                    next.set_successors([j, s1].into_iter().chain(after), node.config.successors);
                 }
                 let rec = HandoffRecord::ServingCon {
                     joiner,
@@ -890,43 +934,117 @@ pub async fn recover(node: &Arc<Node>) -> Result<()> {
     Ok(())
 }
 
-/// After a restart: does the ring still route our id to us? If it moved on while we were down
-/// (our predecessor adopted our successor), join again through the current owner, keeping our
-/// entries (PROTOCOL.md 6, "Restart after being given up").
-pub async fn check_place(node: &Arc<Node>) -> Result<()> {
-    let ring = node.ring().clone();
-    if ring.is_alone() {
-        return Ok(());
-    }
+/// What a place check found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// The ring routes our id to us.
+    Ours,
+    /// This peer owned our id: we joined again through it.
+    Rejoined(PeerAddr),
+}
+
+/// Does the ring route our id to us, asked through `start`? If another peer owns it (the ring
+/// moved on while we were down or cut off: our predecessor adopted our successor; or another
+/// ring formed meanwhile), join again through that owner in at most `attempts` CONs, keeping
+/// our entries; those it sends overwrite ours (PROTOCOL.md 6, "Restart after being given up").
+/// Until that CON completes, writes to what we took for our arc wait at a fence (unless the
+/// caller holds one already, as a restart does from before it serves): the entries coming
+/// from the current owner must not overwrite newer ones written here.
+///
+/// After a restart, and every maintenance round through one known peer in turn
+/// (`maintenance::place_loop`): this is how a node given up comes back, and how two rings that
+/// formed while their nodes could not reach each other become one (each node of one joins the
+/// other's owner of its id, until no peer's id is owned by another).
+pub async fn check_place(node: &Arc<Node>, start: PeerAddr, attempts: usize) -> Result<Place> {
+    let me = node.ring().me;
     let enc = node.config.address_encoding;
-    let start = ring.predecessor.unwrap_or(ring.successor).addr;
-    match walk::walk(start, &ring.me.id, ring.me.addr, enc).await {
-        Ok(owner) if owner == ring.me.addr => {
-            info!("the ring still routes our id to us");
-            Ok(())
-        }
-        Ok(owner) => {
-            warn!(
-                "the ring moved on while this node was down ({owner} owns our id): joining again \
-                 through it, keeping our entries"
-            );
-            // Until the CON completes, writes to what we thought was our arc wait: the entries
-            // coming from the current owner must not overwrite newer ones written here.
-            let fenced = node.gate.fence(ring.me.id, ring.successor.id);
-            if fenced {
-                node.gate
-                    .drain(Duration::from_secs(node.config.drain_timeout_secs))
-                    .await;
-            }
-            let joined = join(node, owner, true).await;
-            if fenced {
-                node.gate.lift();
-            }
-            joined
+    let first = match walk::own(start, &me.id, enc).await {
+        Ok(a) => {
+            node.mark_alive(start);
+            a
         }
         Err(e) => {
-            warn!("could not check our place in the ring through {start}: {e}");
-            Ok(())
+            node.mark_failed(start, "OWN of the place check");
+            return Err(e);
         }
+    };
+    let owner = if first == start || first == me.addr {
+        first
+    } else {
+        let (end, trail) = walk::walk_trail(first, &me.id, me.addr, enc).await?;
+        node.meet(trail);
+        end
+    };
+    if owner == me.addr {
+        return Ok(Place::Ours);
+    }
+    let _one = node.handoff.lock().await;
+    // Asked again under the lock: a handoff meanwhile may have settled it.
+    if node.departed() || walk::own(owner, &me.id, enc).await? != owner {
+        return Ok(Place::Ours);
+    }
+    let ring = node.ring().clone();
+    warn!(
+        "the ring moved on without us ({owner} owns our id, asked through {start}): joining \
+         again through it, keeping our entries"
+    );
+    let fenced = node.gate.fence(ring.me.id, ring.successor().id);
+    if fenced {
+        node.gate
+            .drain(Duration::from_secs(node.config.drain_timeout_secs))
+            .await;
+    }
+    let joined = join_locked(node, owner, true, attempts).await;
+    if fenced {
+        node.gate.lift();
+    }
+    joined?;
+    node.repair.notify_one();
+    Ok(Place::Rejoined(owner))
+}
+
+/// After a restart that resumed a ring state: the place check, through our predecessor, our
+/// successor, then the other peers we know, until one answers (or `RESTART_CHECK_FOR` has
+/// passed). Writes to our arc wait meanwhile: the caller fenced it before serving, and we lift
+/// the fence here. Until then a CON to us is answered `N` (the fence), so no peer can join
+/// through a claim of ours that may be out of date.
+pub async fn check_place_after_restart(node: &Arc<Node>, fenced: bool) {
+    let ring = node.ring().clone();
+    let deadline = tokio::time::Instant::now() + RESTART_CHECK_FOR;
+    let mut starts: Vec<PeerAddr> = ring
+        .predecessor
+        .into_iter()
+        .chain(ring.successors.iter().copied())
+        .map(|p| p.addr)
+        .collect();
+    starts.extend(node.known_peers());
+    starts.retain(|a| *a != ring.me.addr);
+    starts.dedup();
+    let mut last = "no peer to ask".to_string();
+    let mut checked = false;
+    for start in starts {
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        match check_place(node, start, JOIN_ATTEMPTS).await {
+            Ok(Place::Ours) => {
+                info!("the ring still routes our id to us (asked through {start})");
+                checked = true;
+            }
+            Ok(Place::Rejoined(owner)) => {
+                info!("joined again through {owner}");
+                checked = true;
+            }
+            Err(e) => last = format!("{start}: {e}"),
+        }
+        if checked {
+            break;
+        }
+    }
+    if !checked && !ring.is_alone() {
+        warn!("could not check our place in the ring ({last}); maintenance will try again");
+    }
+    if fenced {
+        node.gate.lift();
     }
 }

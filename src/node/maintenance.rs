@@ -1,22 +1,32 @@
-//! Ring maintenance (PROTOCOL.md sections 3 and 6): successor liveness and replacement,
-//! second successor by ABD, fingers and predecessor by OWN walks; and the repair pass that
-//! hands misplaced entries to their owners.
+//! Ring maintenance (PROTOCOL.md sections 3 and 6): the successor list (PUL of the successor,
+//! ABD down the list, the next live one adopted when the successor dies, a search through
+//! every peer we have known when they all are), fingers and predecessor by OWN walks, the
+//! place check that brings a node given up (or a ring split off) back; and the repair pass
+//! that hands misplaced entries to their owners.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
+use super::handoff::{self, Place};
 use super::{walk, Node};
 use crate::client::Router;
 use crate::error::Result;
-use crate::protocol::HashKey;
-use crate::ring::{finger_targets, Peer};
+use crate::protocol::{HashKey, PeerAddr};
+use crate::ring::{distance, finger_targets, successor_list, Peer, RingState};
+
+/// CONs a place check tries when it finds another peer owning our id.
+const PLACE_JOIN_ATTEMPTS: usize = 2;
+
+fn interval(node: &Node) -> Duration {
+    Duration::from_millis(node.config.maintenance_interval_ms.max(50))
+}
 
 /// The maintenance loop: one round per `maintenance_interval_ms`.
 pub async fn run(node: Arc<Node>) {
-    let every = Duration::from_millis(node.config.maintenance_interval_ms.max(50));
-    let mut fails = 0u32;
+    let every = interval(&node);
+    let mut misses = 0u32;
     let mut tick = 0usize;
     loop {
         tokio::time::sleep(every).await;
@@ -29,7 +39,7 @@ pub async fn run(node: Arc<Node>) {
             continue;
         };
         tick += 1;
-        if let Err(e) = check_successor(&node, &mut fails).await {
+        if let Err(e) = check_successors(&node, &mut misses).await {
             warn!("maintenance: {e}");
         }
         let fingers = node.config.fingers;
@@ -43,69 +53,207 @@ pub async fn run(node: Arc<Node>) {
                 debug!("maintenance: predecessor: {e}");
             }
         }
+        if let Err(e) = node.save_peers().await {
+            warn!("maintenance: could not save the known peers: {e}");
+        }
     }
 }
 
-/// PUL the successor; after `dead_after` failures adopt the second successor and ask it (ABD)
-/// for the new second successor. A live successor is asked ABD to keep the second one fresh.
-async fn check_successor(node: &Node, fails: &mut u32) -> Result<()> {
+/// PUL the successor; once it has missed `dead_after` in a row, adopt the next live peer of
+/// the successor list, or if none answers the successor found through the peers we know
+/// ([`find_successor`]); we become a ring of one only if no peer we know answers. Then the
+/// list is rebuilt from the live successor ([`refresh_successors`]).
+async fn check_successors(node: &Node, misses: &mut u32) -> Result<()> {
     let ring = node.ring().clone();
     let me = ring.me;
     if ring.is_alone() {
-        *fails = 0;
+        *misses = 0;
         return Ok(());
     }
     let enc = node.config.address_encoding;
-    let succ = ring.successor.addr;
-    let as_peer = |a| if a == me.addr { me } else { Peer::new(a) };
-    if walk::pul(succ, enc).await {
-        *fails = 0;
-        node.mark_alive(succ);
-        let s2 = as_peer(walk::abd(succ, enc).await?);
-        node.update_ring(|r| {
-            let change = r.successor.addr == succ && r.second_successor != s2;
-            if change {
-                r.second_successor = s2;
-            }
-            change
-        })
-        .await?;
+    let succ = ring.successor();
+    if walk::pul(succ.addr, enc).await {
+        *misses = 0;
+        node.mark_alive(succ.addr);
+        return refresh_successors(node, &ring).await;
+    }
+    node.mark_failed(succ.addr, "PUL of our successor");
+    *misses += 1;
+    if *misses < node.config.dead_after {
+        debug!("successor {} missed {misses} PUL(s)", succ.addr);
         return Ok(());
     }
-    *fails += 1;
-    if *fails < node.config.dead_after {
-        debug!("successor {succ} missed {fails} PUL(s)");
-        return Ok(());
-    }
-    *fails = 0;
-    let next = ring.second_successor;
-    let (new, new2) = if next.addr == succ || next == me {
-        (me, me)
-    } else {
-        match walk::abd(next.addr, enc).await {
-            Ok(a) => (next, as_peer(a)),
-            Err(_) => (next, next),
+    *misses = 0;
+    let mut next = None;
+    for c in ring.successors.iter().skip(1) {
+        if walk::pul(c.addr, enc).await {
+            node.mark_alive(c.addr);
+            next = Some(*c);
+            break;
         }
-    };
+        node.mark_failed(c.addr, "PUL of a successor");
+    }
+    let tried: Vec<PeerAddr> = ring.successors.iter().map(|p| p.addr).collect();
+    let new =
+        match next {
+            Some(c) => c,
+            None => match find_successor(node, &ring, &tried).await {
+                Found::Successor(c) => {
+                    warn!(
+                    "every successor we listed is dead: {} found through the peers we have known",
+                    c.addr
+                );
+                    c
+                }
+                Found::Claimed { owner, successor } => {
+                    // The ring went on without us: join again through the owner of our id (the
+                    // place check, which may not run inside this round); until then, link to the
+                    // nearest live peer rather than to nobody.
+                    warn!("{owner} owns our id: the next place check starts there");
+                    node.hint_place_check(owner);
+                    successor
+                }
+                Found::Nobody => {
+                    error!(
+                    "every successor ({}) is dead and no peer we have known answers: this node \
+                     is a ring of one until one does",
+                    tried.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+                );
+                    me
+                }
+            },
+        };
+    let max = node.config.successors;
     let changed = node
         .update_ring(|r| {
-            if r.successor.addr != succ {
+            if r.successor().addr != succ.addr {
                 return false;
             }
-            r.successor = new;
-            r.second_successor = new2;
+            let after: Vec<Peer> = r.successors.clone();
+            if new == me {
+                r.successors = vec![me];
+            } else {
+                r.set_successors(std::iter::once(new).chain(after), max);
+            }
             true
         })
         .await?;
-    node.forget(succ);
+    node.forget(succ.addr);
     if changed {
-        warn!(
-            "successor {succ} is dead: adopted {} (second successor {})",
-            new.addr, new2.addr
-        );
+        warn!("successor {} is dead: adopted {}", succ.addr, new.addr);
         node.repair.notify_one();
+        if new != me {
+            let ring = node.ring().clone();
+            refresh_successors(node, &ring).await?;
+        }
     }
     Ok(())
+}
+
+/// Rebuilds the successor list from the successor of `ring` (which answered): each peer's
+/// ABD names the next, until the list is full or comes round to us. Past a peer that does not
+/// answer, what the old list held beyond it is kept (as candidates only: a successor is PULed
+/// before it is adopted), so that no entry outlives a round unasked while the ring is whole.
+async fn refresh_successors(node: &Node, ring: &RingState) -> Result<()> {
+    let me = ring.me;
+    let enc = node.config.address_encoding;
+    let max = node.config.successors;
+    let succ = ring.successor();
+    let mut list = vec![succ];
+    let mut cur = succ;
+    let mut broken = false;
+    while list.len() < max {
+        match walk::abd(cur.addr, enc).await {
+            Ok(a) => {
+                node.mark_alive(cur.addr);
+                node.meet([a]);
+                let p = Peer::new(a);
+                // Round to us, or an answer that goes backwards (a peer still repairing).
+                if a == me.addr || distance(&me.id, &p.id) <= distance(&me.id, &cur.id) {
+                    break;
+                }
+                list.push(p);
+                cur = p;
+            }
+            Err(_) => {
+                node.mark_failed(cur.addr, "ABD of a successor");
+                broken = true;
+                break;
+            }
+        }
+    }
+    if broken {
+        list.extend(ring.successors.iter().copied());
+    }
+    let list = successor_list(&me, list, max);
+    node.update_ring(|r| {
+        let change = r.successor() == succ && r.successors != list;
+        if change {
+            r.successors = list.clone();
+        }
+        change
+    })
+    .await?;
+    Ok(())
+}
+
+/// What the search for a successor found.
+enum Found {
+    /// The nearest live peer above us, and the ring agrees: it names us as the owner of the
+    /// key just below it.
+    Successor(Peer),
+    /// The nearest live peer above us, but the ring says `owner` owns the key just below it,
+    /// and so our id: the ring went on without us.
+    Claimed { owner: PeerAddr, successor: Peer },
+    /// No peer we have known answers.
+    Nobody,
+}
+
+/// When every successor is dead: the nearest live peer above us among every peer we have
+/// known, checked with the ring (an OWN walk for the key just below it, from it, which ends
+/// at its predecessor: us if the ring agrees, a nearer peer to try instead, or one whose arc
+/// covers us).
+async fn find_successor(node: &Node, ring: &RingState, tried: &[PeerAddr]) -> Found {
+    let me = ring.me;
+    let enc = node.config.address_encoding;
+    let mut candidates: Vec<Peer> = node
+        .known_peers()
+        .into_iter()
+        .chain(ring.known().map(|p| p.addr))
+        .filter(|a| *a != me.addr && !tried.contains(a))
+        .map(Peer::new)
+        .collect();
+    candidates.sort_by_key(|p| distance(&me.id, &p.id));
+    candidates.dedup();
+    for c in candidates {
+        if !walk::pul(c.addr, enc).await {
+            node.mark_failed(c.addr, "PUL in the search for a successor");
+            continue;
+        }
+        node.mark_alive(c.addr);
+        let mut cand = c;
+        for _ in 0..walk::MAX_HOPS {
+            let below = cand.id.prev();
+            let o = match walk::walk(cand.addr, &below, me.addr, enc).await {
+                Ok(o) => o,
+                Err(_) => return Found::Successor(cand),
+            };
+            if o == me.addr {
+                return Found::Successor(cand);
+            }
+            let p = Peer::new(o);
+            if p != cand && distance(&me.id, &p.id) < distance(&me.id, &cand.id) {
+                cand = p;
+                continue;
+            }
+            return Found::Claimed {
+                owner: o,
+                successor: cand,
+            };
+        }
+        return Found::Successor(cand);
+    }
+    Found::Nobody
 }
 
 /// Walks OWN to the owner of finger target `i` and records it.
@@ -122,7 +270,10 @@ async fn refresh_finger(node: &Node, i: usize) -> Result<()> {
         if start == me.addr {
             me.addr
         } else {
-            walk::walk(start, &target, me.addr, node.config.address_encoding).await?
+            let enc = node.config.address_encoding;
+            let (end, trail) = walk::walk_trail(start, &target, me.addr, enc).await?;
+            node.meet(trail);
+            end
         }
     };
     let f = Peer::new(owner);
@@ -147,7 +298,9 @@ async fn refresh_predecessor(node: &Node) -> Result<()> {
     if start == me.addr {
         return Ok(());
     }
-    let pred = walk::walk(start, &key, me.addr, node.config.address_encoding).await?;
+    let (pred, trail) =
+        walk::walk_trail(start, &key, me.addr, node.config.address_encoding).await?;
+    node.meet(trail);
     if pred == me.addr {
         return Ok(());
     }
@@ -159,6 +312,31 @@ async fn refresh_predecessor(node: &Node) -> Result<()> {
     })
     .await?;
     Ok(())
+}
+
+/// The place check, once per `maintenance_interval_ms`, through one known peer in turn (see
+/// [`handoff::check_place`]). A loop of its own: asking a peer that is down or cut off may take
+/// the whole request timeout, and the successor list must not wait for it.
+pub async fn place_loop(node: Arc<Node>) {
+    let every = interval(&node);
+    loop {
+        tokio::time::sleep(every).await;
+        if node.departed() {
+            return;
+        }
+        // Joining again writes what the owner sends: not on storage that can no longer write.
+        if !node.storage.is_writable() {
+            continue;
+        }
+        let Some(start) = node.next_place_check() else {
+            continue;
+        };
+        match handoff::check_place(&node, start, PLACE_JOIN_ATTEMPTS).await {
+            Ok(Place::Ours) => {}
+            Ok(Place::Rejoined(owner)) => info!("joined the ring again through {owner}"),
+            Err(e) => debug!("place check through {start}: {e}"),
+        }
+    }
 }
 
 /// Runs the repair pass when woken (start, after handoffs, successor changes) and every
@@ -198,11 +376,11 @@ async fn repair(node: &Node) -> Result<(u64, u64)> {
     if ring.is_alone() || !node.storage.is_writable() {
         return Ok((0, 0));
     }
-    let (me, succ) = (ring.me, ring.successor);
+    let (me, succ) = (ring.me, ring.successor());
     let mut router = Router::new(succ.addr, node.config.address_encoding);
     let mut cursor = succ.id;
     loop {
-        if node.departed() || node.ring().successor != succ {
+        if node.departed() || node.ring().successor() != succ {
             break; // the ring changed: the next pass starts from the new bounds
         }
         let mut chunk: Vec<(HashKey, crate::storage::Value)> = Vec::new();

@@ -8,11 +8,11 @@ mod commands;
 mod gate;
 mod handoff;
 mod maintenance;
+mod peers;
 mod progress;
 mod server;
 mod walk;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -64,8 +64,12 @@ pub struct Node {
     progress: Mutex<Option<Arc<Progress>>>,
     /// Set once a leave completed: we own nothing and answer `N` to every data request.
     departed: AtomicBool,
-    /// Peers seen alive lately, so that OWN does not PUL a peer on every answer.
-    alive: Mutex<HashMap<PeerAddr, Instant>>,
+    /// Every peer we have known and what we last saw of it: where we look for the ring when
+    /// our successors are all dead, and so that OWN neither PULs a peer on every answer nor
+    /// names one it found dead.
+    peers: Mutex<peers::Peers>,
+    /// A peer the successor search found owning our id: where the next place check starts.
+    place_hint: Mutex<Option<PeerAddr>>,
     /// Asks the server to stop (after a completed leave).
     stop: Notify,
     /// Wakes the repair pass (after a handoff).
@@ -79,6 +83,11 @@ const ALIVE_FOR: Duration = Duration::from_secs(2);
 
 impl Node {
     pub fn new(config: Config, storage: Storage, ring: RingState) -> Node {
+        let saved = storage.load_peers().unwrap_or_else(|e| {
+            warn!("starting without the peers known before: {e}");
+            Vec::new()
+        });
+        let peers = peers::Peers::new(ring.me.addr, saved, ring.known().map(|p| p.addr));
         Node {
             config,
             storage: Arc::new(storage),
@@ -88,7 +97,8 @@ impl Node {
             ring_writer: tokio::sync::Mutex::new(()),
             progress: Mutex::new(None),
             departed: AtomicBool::new(false),
-            alive: Mutex::new(HashMap::new()),
+            peers: Mutex::new(peers),
+            place_hint: Mutex::new(None),
             stop: Notify::new(),
             repair: Notify::new(),
             started: Instant::now(),
@@ -154,7 +164,7 @@ impl Node {
             *self.ring.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
             Ok(Some(t))
         };
-        let ticket = if next.me == current.me && next.successor == current.successor {
+        let ticket = if next.me == current.me && next.successor() == current.successor() {
             save()?
         } else {
             self.gate.exclusive(save).await?
@@ -242,20 +252,39 @@ impl Node {
         }
     }
 
-    /// Notes that `peer` answered just now.
+    fn peers(&self) -> std::sync::MutexGuard<'_, peers::Peers> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes that `peer` answered just now (and logs it if it had been failing).
     pub fn mark_alive(&self, peer: PeerAddr) {
-        self.alive
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(peer, Instant::now());
+        if self.peers().answered(peer) == Some(peers::Change::Back) {
+            info!(%peer, "peer answers again");
+        }
+    }
+
+    /// Notes that a request to `peer` failed just now (and logs it the first time).
+    pub fn mark_failed(&self, peer: PeerAddr, what: &str) {
+        if self.peers().failed(peer) == Some(peers::Change::Down) {
+            warn!(%peer, "peer does not answer ({what}): counted as dead until it answers again");
+        }
+    }
+
+    /// Adds peers we heard of (in OWN or ABD answers, a CON) to the known set.
+    pub fn meet(&self, peers: impl IntoIterator<Item = PeerAddr>) {
+        let mut known = self.peers();
+        for p in peers {
+            known.meet(p);
+        }
     }
 
     fn recently_alive(&self, peer: &PeerAddr) -> bool {
-        self.alive
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(peer)
-            .is_some_and(|t| t.elapsed() < ALIVE_FOR)
+        self.peers().answered_within(peer, ALIVE_FOR)
+    }
+
+    /// Whether the last request to `peer` failed.
+    pub fn seems_dead(&self, peer: &PeerAddr) -> bool {
+        self.peers().is_dead(peer)
     }
 
     /// Drops a dead peer from the fingers and the predecessor (the successors are the
@@ -271,10 +300,40 @@ impl Node {
         if ring.predecessor.is_some_and(|p| p.addr == peer) {
             ring.predecessor = None;
         }
-        self.alive
+    }
+
+    /// Every peer we have known, in the order met.
+    pub fn known_peers(&self) -> Vec<PeerAddr> {
+        self.peers().known().to_vec()
+    }
+
+    /// The next known peer to ask where we are in the ring: one the successor search found
+    /// owning our id if there is one, else the next in turn.
+    pub fn next_place_check(&self) -> Option<PeerAddr> {
+        let me = self.me();
+        if let Some(p) = self
+            .place_hint
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&peer);
+            .take()
+        {
+            return Some(p);
+        }
+        self.peers().next_to_probe(&[me])
+    }
+
+    /// Asks the next place check to start at `peer`.
+    pub fn hint_place_check(&self, peer: PeerAddr) {
+        *self.place_hint.lock().unwrap_or_else(|e| e.into_inner()) = Some(peer);
+    }
+
+    /// Saves the known peers if they changed since they were last saved.
+    pub async fn save_peers(&self) -> Result<()> {
+        let Some(known) = self.peers().take_changed() else {
+            return Ok(());
+        };
+        let t = self.storage.save_peers(&known)?;
+        self.storage.sync(t).await
     }
 
     /// The OWN answer: the closest known peer at or below `key`, checking with PUL that a peer
@@ -293,11 +352,12 @@ impl Node {
             if answer == me || self.recently_alive(&answer) {
                 return answer;
             }
-            if walk::pul(answer, self.config.address_encoding).await {
+            // A peer found dead is not named again until it answers a PUL of the maintenance.
+            if !self.seems_dead(&answer) && walk::pul(answer, self.config.address_encoding).await {
                 self.mark_alive(answer);
                 return answer;
             }
-            warn!(peer = %answer, "peer does not answer PUL: dropped from OWN answers");
+            self.mark_failed(answer, "PUL before an OWN answer naming it");
             skip.push(answer);
             self.forget(answer);
         }
@@ -323,6 +383,8 @@ impl Node {
     pub fn info(&self) -> String {
         let ring = self.ring().clone();
         let peer = |p: &Peer| format!("{} ({})", p.addr, p.id);
+        let successors: Vec<String> = ring.successors.iter().map(|p| p.addr.to_string()).collect();
+        let known = self.peers().describe();
         let mut fingers: Vec<String> = ring
             .fingers
             .iter()
@@ -338,13 +400,15 @@ impl Node {
             .map(|p| p.line())
             .unwrap_or_else(|| "none".into());
         format!(
-            "dht-store {}\naddress {}\nid {}\nsuccessor {}\nsecond successor {}\npredecessor {}\n\
-             fingers {}\nkeys {}\naddress encoding {}\nhandoff {}\nstate {}\nuptime {}s\n",
+            "dht-store {}\naddress {}\nid {}\nsuccessor {}\nsecond successor {}\nsuccessors {}\n\
+             predecessor {}\nfingers {}\nknown peers {}\nkeys {}\naddress encoding {}\nhandoff {}\n\
+             state {}\nuptime {}s\n",
             env!("CARGO_PKG_VERSION"),
             ring.me.addr,
             ring.me.id,
-            peer(&ring.successor),
-            peer(&ring.second_successor),
+            peer(&ring.successor()),
+            peer(&ring.second_successor()),
+            successors.join(", "),
             ring.predecessor
                 .as_ref()
                 .map(peer)
@@ -354,6 +418,7 @@ impl Node {
             } else {
                 fingers.join(", ")
             },
+            known,
             self.storage
                 .count()
                 .map(|n| n.to_string())
@@ -394,7 +459,7 @@ fn start_mode(config: &Config, storage: &Storage) -> Result<Start> {
                 info!(
                     "resuming ring state from {}: successor {}",
                     storage.dir().display(),
-                    state.successor.addr
+                    state.successor().addr
                 );
             }
             Ok(Start::Resume(state))
@@ -460,15 +525,18 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
     let admin = admin::start(node.clone())?;
     let tasks = [
         tokio::spawn(maintenance::run(node.clone())),
+        tokio::spawn(maintenance::place_loop(node.clone())),
         tokio::spawn(maintenance::repair_loop(node.clone())),
     ];
     if resumed {
-        // Serving already: the peers we ask check with PUL that we are alive.
+        // Serving already (the peers we ask check with PUL that we are alive), but writes to
+        // our arc wait until we know it is still ours: the ring may have moved on while we were
+        // down, and what its current owner holds is newer.
+        let ring = node.ring().clone();
+        let fenced = !ring.is_alone() && node.gate.fence(ring.me.id, ring.successor().id);
         let node = node.clone();
         tokio::spawn(async move {
-            if let Err(e) = handoff::check_place(&node).await {
-                tracing::error!("could not take our place in the ring again: {e}");
-            }
+            handoff::check_place_after_restart(&node, fenced).await;
             node.repair.notify_one();
         });
     } else {
@@ -556,17 +624,17 @@ mod tests {
         let n = node.clone();
         let successor = tokio::spawn(async move {
             n.update_ring(|r| {
-                r.successor = other;
+                r.successors = vec![other];
                 true
             })
             .await
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!successor.is_finished(), "the switch did not wait");
-        assert_eq!(node.ring().successor.addr, me);
+        assert_eq!(node.ring().successor().addr, me);
         release.send(()).unwrap();
         assert!(write.await.unwrap(), "the write was released");
         assert!(successor.await.unwrap().unwrap());
-        assert_eq!(node.ring().successor, other);
+        assert_eq!(node.ring().successor(), other);
     }
 }

@@ -61,14 +61,27 @@ pub async fn walk(
     me: PeerAddr,
     enc: AddressEncoding,
 ) -> Result<PeerAddr> {
+    walk_trail(start, key, me, enc).await.map(|(end, _)| end)
+}
+
+/// [`walk`], also returning every peer that answered on the way (the end included): peers the
+/// caller may not have known.
+pub async fn walk_trail(
+    start: PeerAddr,
+    key: &HashKey,
+    me: PeerAddr,
+    enc: AddressEncoding,
+) -> Result<(PeerAddr, Vec<PeerAddr>)> {
     let mut cur = start;
+    let mut trail = Vec::new();
     for _ in 0..MAX_HOPS {
         if cur == me {
-            return Ok(me);
+            return Ok((me, trail));
         }
         let next = own(cur, key, enc).await?;
+        trail.push(cur);
         if next == cur {
-            return Ok(cur);
+            return Ok((cur, trail));
         }
         cur = next;
     }

@@ -272,3 +272,205 @@ pub fn limit_file_size(cmd: &mut Command, bytes: u64) {
         });
     }
 }
+
+impl TestNode {
+    /// Freezes the process (SIGSTOP): it keeps its sockets, and the kernel still accepts
+    /// connections for it, but it answers nothing, as a host cut off from the network.
+    pub fn pause(&self) {
+        unsafe {
+            libc::kill(self.pid(), libc::SIGSTOP);
+        }
+    }
+
+    /// Lets a paused process go on (SIGCONT).
+    pub fn resume(&self) {
+        unsafe {
+            libc::kill(self.pid(), libc::SIGCONT);
+        }
+    }
+}
+
+/// Starts a ring of `n` nodes on distinct loopback hosts under `root`, each joining through the
+/// first, with `env` for every node; returned in ring (id) order.
+pub async fn start_ring(root: &Path, n: usize, env: &[(&str, &str)]) -> Vec<TestNode> {
+    let mut addrs = loopback_addrs(n);
+    addrs.sort_by_key(dht_store::ring::id_of);
+    let first = addrs[0].to_string();
+    let mut nodes = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let join: &[&str] = if i == 0 { &[] } else { &["--join", &first] };
+        let mut node = TestNode::new(&root.join(format!("n{i}")), *a, join);
+        node.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        node.restart().await;
+        nodes.push(node);
+    }
+    nodes
+}
+
+/// The end of the OWN walk for `key` from `start`, or what went wrong.
+pub async fn walk(start: PeerAddr, key: &dht_store::protocol::HashKey) -> Result<PeerAddr, String> {
+    let mut cur = start;
+    for _ in 0..64 {
+        let next = async {
+            Client::connect(cur, AddressEncoding::Compact)
+                .await?
+                .own(key)
+                .await
+        }
+        .await
+        .map_err(|e| format!("{cur}: {e}"))?;
+        if next == cur {
+            return Ok(cur);
+        }
+        cur = next;
+    }
+    Err(format!("OWN walk from {start} for {key} did not end"))
+}
+
+/// The ring among `live` as it should be: each node's ABD names the next id round the circle,
+/// and OWN walks for `walks` keys from every node end at the key's owner.
+pub async fn ring_check(live: &[PeerAddr], walks: usize) -> Result<(), String> {
+    let mut sorted = live.to_vec();
+    sorted.sort_by_key(dht_store::ring::id_of);
+    for (i, a) in sorted.iter().enumerate() {
+        let want = sorted[(i + 1) % sorted.len()];
+        let got = async {
+            Client::connect(*a, AddressEncoding::Compact)
+                .await?
+                .abd()
+                .await
+        }
+        .await
+        .map_err(|e| format!("ABD at {a}: {e}"))?;
+        if got != want {
+            return Err(format!(
+                "ABD at {a} answered {got}; its successor is {want}"
+            ));
+        }
+    }
+    for i in 0..walks {
+        let key = dht_store::protocol::HashKey::of(format!("ring-check-{i}").as_bytes());
+        let owner = owner_of(live, &key);
+        let start = live[i % live.len()];
+        let end = walk(start, &key).await?;
+        if end != owner {
+            return Err(format!(
+                "OWN walk for {key} from {start} ended at {end}; the owner is {owner}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One look at the data among `live`: every key of `acked` served by its owner with its value.
+/// `exact`: and the nodes hold no other entries (no copy left anywhere else).
+pub async fn placement(
+    live: &[PeerAddr],
+    acked: &std::collections::HashMap<dht_store::protocol::HashKey, Vec<u8>>,
+    exact: bool,
+) -> Result<(), String> {
+    let mut clients = std::collections::HashMap::new();
+    for a in live {
+        let c = Client::connect(*a, AddressEncoding::Compact)
+            .await
+            .map_err(|e| e.to_string())?;
+        clients.insert(*a, c);
+    }
+    let mut wrong = 0;
+    let mut example = String::new();
+    for (k, v) in acked {
+        let owner = owner_of(live, k);
+        let got = clients
+            .get_mut(&owner)
+            .expect("a client per node")
+            .get(k)
+            .await
+            .map_err(|e| e.to_string())?;
+        if got != dht_store::client::Lookup::Found(v.clone()) {
+            wrong += 1;
+            example = format!("{k} at {owner}: {got:?}");
+        }
+    }
+    if wrong > 0 {
+        return Err(format!(
+            "{wrong} of {} keys not served by their owner, e.g. {example}",
+            acked.len()
+        ));
+    }
+    if exact {
+        let mut total = 0;
+        for c in clients.values_mut() {
+            let text = c.inf().await.map_err(|e| e.to_string())?;
+            total += text
+                .lines()
+                .find_map(|l| l.strip_prefix("keys "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        if total != acked.len() as u64 {
+            return Err(format!("{total} entries held for {} keys", acked.len()));
+        }
+    }
+    Ok(())
+}
+
+/// Retries `check` every 300 ms until it passes; after `limit`, fails with the last thing it
+/// saw wrong and the nodes' logs.
+pub async fn settle<F, Fut>(
+    what: &str,
+    limit: Duration,
+    logs: &[&TestNode],
+    mut check: F,
+) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let start = Instant::now();
+    loop {
+        match check().await {
+            Ok(()) => return start.elapsed(),
+            Err(e) if start.elapsed() > limit => {
+                let logs: Vec<String> = logs
+                    .iter()
+                    .map(|n| format!("== {}\n{}", n.addr, n.log_text()))
+                    .collect();
+                panic!(
+                    "{what} not within {limit:?}: {e}\n--- logs ---\n{}",
+                    logs.join("\n")
+                );
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+}
+
+/// A small seeded PRNG (splitmix64): randomised tests print their seed and replay with it.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// `true` with probability `p` in [0, 1].
+    pub fn chance(&mut self, p: f64) -> bool {
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+}

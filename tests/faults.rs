@@ -1,0 +1,609 @@
+//! Seeded, bounded, randomised fault runs with real processes. A ring of 5 or 6 nodes (up to
+//! 8 as nodes join) under two writers that insert, overwrite and remove, while a driver kills
+//! nodes (one, or two neighbours at once) with SIGKILL or SIGTERM and restarts them, a moment
+//! or seconds later (given up by then); joins new nodes, some killed mid-join and restarted;
+//! and makes nodes leave. At the end every node is restarted and the ring must settle (every
+//! ABD the true successor, every OWN walk at the owner), and then every key is read at its
+//! owner: no acknowledged entry may be missing, and no value may be one nobody wrote.
+//!
+//! What this build cannot do yet is counted and printed, not asserted: an older copy of a key
+//! (kept by a node given up and back, or by a neighbour that held the arc meanwhile) may undo
+//! a later acknowledged REM or overwrite, since nothing orders the writes of one key across
+//! owners. Issue 16 (versions and tombstones) makes those counts zero and this test strict;
+//! seed 3 undoes an overwrite that way (two neighbours killed and restarted together).
+//!
+//! Each run prints its seed and what it did. `FAULT_SEEDS=7,8 cargo test --test faults --
+//! --nocapture` replays or explores other seeds; a seed that once failed joins [`SEEDS`].
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{loopback_addrs, owner_of, ring_check, settle, start_ring, Rng, TestNode};
+use dht_store::client::{Client, Lookup, Router};
+use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr, Status};
+use dht_store::ring::id_of;
+
+/// The seeds every run of the suite replays.
+const SEEDS: &[u64] = &[1, 2, 3, 4, 5];
+/// Faults per run.
+const STEPS: usize = 8;
+/// Most nodes in the ring at once.
+const MAX_NODES: usize = 8;
+/// Fewest nodes left up by a kill or a leave.
+const MIN_UP: usize = 3;
+/// Every node: misplaced entries go to their owners within seconds.
+const ENV: &[(&str, &str)] = &[("DHT_STORE_REPAIR_INTERVAL_SECS", "2")];
+
+/// What a key holds after an operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum State {
+    Present(Vec<u8>),
+    Absent,
+}
+
+/// One key's history as the writer saw it.
+#[derive(Default)]
+struct KeyLog {
+    /// After the last acknowledged operation (`None`: none was acknowledged).
+    acked: Option<State>,
+    /// Every value an acknowledged INS stored under the key.
+    values: Vec<Vec<u8>>,
+    /// An operation after the last acknowledged one whose answer never came: either state may
+    /// be the final one, and the writer leaves the key alone from then on.
+    unsure: Option<State>,
+}
+
+type Model = Arc<Mutex<HashMap<HashKey, KeyLog>>>;
+
+/// What a writer did.
+#[derive(Default, Debug)]
+struct Tally {
+    inserts: u64,
+    overwrites: u64,
+    removes: u64,
+    unanswered: u64,
+    /// REMs answered `F` (absent) for a key an INS stored: its holder was down.
+    removes_while_away: u64,
+}
+
+/// Inserts, overwrites and removes its own keys through random live nodes until `stop`.
+async fn writer(
+    id: u64,
+    seed: u64,
+    up: Arc<Mutex<Vec<PeerAddr>>>,
+    stop: Arc<AtomicBool>,
+    model: Model,
+) -> Tally {
+    let mut rng = Rng::new(seed.wrapping_mul(31).wrapping_add(id));
+    let mut tally = Tally::default();
+    let mut present: Vec<HashKey> = Vec::new();
+    let mut next = 0u64;
+    let mut router: Option<Router> = None;
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let r = match router.as_mut() {
+            Some(r) => r,
+            None => {
+                let entries = up.lock().unwrap().clone();
+                let entry = entries[rng.below(entries.len() as u64) as usize];
+                router.insert(Router::new(entry, AddressEncoding::Compact))
+            }
+        };
+        seq += 1;
+        let roll = rng.below(100);
+        let (key, is_new) = if present.is_empty() || roll < 45 {
+            next += 1;
+            (HashKey::of(format!("w{id}-{next}").as_bytes()), true)
+        } else {
+            (present[rng.below(present.len() as u64) as usize], false)
+        };
+        let intended = if !is_new && roll >= 80 {
+            State::Absent
+        } else {
+            let mut v = format!("w{id} {key} #{seq}").into_bytes();
+            if rng.below(25) == 0 {
+                // Some values in pieces (over 6 KiB), so that handoffs move those too.
+                v.resize(
+                    (8 << 10) + rng.below(8 << 10) as usize,
+                    b'a' + (seq % 26) as u8,
+                );
+            }
+            State::Present(v)
+        };
+        let limit = Duration::from_secs(30);
+        let answer = match &intended {
+            State::Absent => tokio::time::timeout(limit, r.remove(&key)).await,
+            State::Present(v) => tokio::time::timeout(limit, r.put(&key, v)).await,
+        };
+        let mut m = model.lock().unwrap();
+        let log = m.entry(key).or_default();
+        match (answer, intended) {
+            // `F` (absent) to the REM of a key an INS stored: the node that holds it is down,
+            // and its predecessor serves the arc without it until it is back (no copies
+            // elsewhere yet: K-safety, issue 17). Nothing was removed.
+            (Ok(Ok(false)), State::Absent) => tally.removes_while_away += 1,
+            (Ok(Ok(true)), State::Absent) => {
+                log.acked = Some(State::Absent);
+                present.retain(|k| *k != key);
+                tally.removes += 1;
+            }
+            (Ok(Ok(true)), State::Present(v)) => {
+                log.values.push(v.clone());
+                log.acked = Some(State::Present(v));
+                if is_new {
+                    present.push(key);
+                    tally.inserts += 1;
+                } else {
+                    tally.overwrites += 1;
+                }
+            }
+            // `F` to an INS, an error or no answer: the outcome is unknown (an F can follow a
+            // write whose flush failed). The key is left alone from here on.
+            (_, intended) => {
+                log.unsure = Some(intended);
+                present.retain(|k| *k != key);
+                tally.unanswered += 1;
+                router = None;
+            }
+        }
+    }
+    tally
+}
+
+/// A node of the run and what the driver did to it.
+struct Member {
+    node: TestNode,
+    /// Serving (or restarted and serving again).
+    up: bool,
+    /// Down, to be restarted at this time.
+    restart_at: Option<Instant>,
+    /// Left the ring for good (its data went to its predecessor).
+    left: bool,
+}
+
+/// Waits until `node` answers PUL (a join may take a while under faults).
+async fn serving(node: &mut TestNode, limit: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = node
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            node.child = None;
+            return Err(format!("{} exited with {status}", node.addr));
+        }
+        if let Ok(mut c) = Client::connect(node.addr, AddressEncoding::Compact).await {
+            if let Ok(Status::T) = c.pul().await {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{} not serving after {limit:?}", node.addr));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Run {
+    seed: u64,
+    rng: Rng,
+    root: std::path::PathBuf,
+    members: Vec<Member>,
+    up: Arc<Mutex<Vec<PeerAddr>>>,
+    started: Instant,
+    /// What the driver did, for the report.
+    actions: Vec<String>,
+}
+
+impl Run {
+    fn note(&mut self, what: String) {
+        let line = format!(
+            "[seed {} +{:.1}s] {what}",
+            self.seed,
+            self.started.elapsed().as_secs_f64()
+        );
+        println!("{line}");
+        self.actions.push(line);
+    }
+
+    fn publish_up(&self) {
+        *self.up.lock().unwrap() = self
+            .members
+            .iter()
+            .filter(|m| m.up)
+            .map(|m| m.node.addr)
+            .collect();
+    }
+
+    /// Indices of the nodes up, in ring order.
+    fn up_in_ring_order(&self) -> Vec<usize> {
+        let mut ix: Vec<usize> = (0..self.members.len())
+            .filter(|i| self.members[*i].up)
+            .collect();
+        ix.sort_by_key(|i| id_of(&self.members[*i].node.addr));
+        ix
+    }
+
+    fn delay(&mut self) -> Duration {
+        // Back before the ring gives the node up, or well after.
+        if self.rng.chance(0.3) {
+            Duration::from_millis(100 + self.rng.below(300))
+        } else {
+            Duration::from_millis(1500 + self.rng.below(3500))
+        }
+    }
+
+    fn kill(&mut self, i: usize, sig: i32) {
+        let d = self.delay();
+        let m = &mut self.members[i];
+        m.node.stop(sig);
+        m.up = false;
+        m.restart_at = Some(Instant::now() + d);
+        let what = if sig == libc::SIGKILL {
+            "SIGKILL"
+        } else {
+            "SIGTERM"
+        };
+        let addr = m.node.addr;
+        self.note(format!("{what} {addr}, back in {d:?}"));
+    }
+
+    /// Restarts the nodes whose time has come (all that are down if `all`): launched
+    /// together, as a rack coming back, then each waited for (one may need another to join).
+    async fn restart_due(&mut self, all: bool) {
+        let due: Vec<usize> = (0..self.members.len())
+            .filter(|i| {
+                self.members[*i]
+                    .restart_at
+                    .is_some_and(|t| all || Instant::now() >= t)
+            })
+            .collect();
+        let up = self.up_in_ring_order();
+        for &i in &due {
+            // A node cut off in its first join joins again, through a node up now: the one it
+            // named may have left meanwhile. (With ring state, --join is ignored.)
+            if let Some(at) = self.members[i].node.args.iter().position(|a| a == "--join") {
+                let via = self.members[up[self.rng.below(up.len() as u64) as usize]]
+                    .node
+                    .addr;
+                self.members[i].node.args[at + 1] = via.to_string();
+            }
+            self.members[i].restart_at = None;
+            self.members[i].node.launch();
+        }
+        for i in due {
+            let r = serving(&mut self.members[i].node, Duration::from_secs(90)).await;
+            let addr = self.members[i].node.addr;
+            match r {
+                Ok(()) => {
+                    self.members[i].up = true;
+                    self.note(format!("restarted {addr}"));
+                }
+                Err(e) => panic!(
+                    "seed {}: restart of {addr} failed: {e}: {}",
+                    self.seed,
+                    self.members[i].node.log_text()
+                ),
+            }
+        }
+        self.publish_up();
+    }
+
+    async fn new_node(&mut self, kill_after: Option<Duration>) {
+        let up = self.up_in_ring_order();
+        let seed_node = self.members[up[self.rng.below(up.len() as u64) as usize]]
+            .node
+            .addr;
+        let addr = loopback_addrs(1)[0];
+        let join = seed_node.to_string();
+        let mut node = TestNode::new(
+            &self.root.join(format!("j{}", self.members.len())),
+            addr,
+            &["--join", &join],
+        );
+        node.env = ENV
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        node.launch();
+        match kill_after {
+            Some(d) => {
+                tokio::time::sleep(d).await;
+                node.stop(libc::SIGKILL);
+                let back = self.delay();
+                self.note(format!(
+                    "{addr} joining through {seed_node}: SIGKILL after {d:?}, back in {back:?}"
+                ));
+                self.members.push(Member {
+                    node,
+                    up: false,
+                    restart_at: Some(Instant::now() + back),
+                    left: false,
+                });
+            }
+            None => {
+                let r = serving(&mut node, Duration::from_secs(90)).await;
+                if let Err(e) = r {
+                    panic!(
+                        "seed {}: join of {addr} failed: {e}: {}",
+                        self.seed,
+                        node.log_text()
+                    );
+                }
+                self.note(format!("{addr} joined through {seed_node}"));
+                self.members.push(Member {
+                    node,
+                    up: true,
+                    restart_at: None,
+                    left: false,
+                });
+            }
+        }
+        self.publish_up();
+    }
+
+    async fn leave(&mut self, i: usize) {
+        let addr = self.members[i].node.addr;
+        let data = self.members[i].node.data.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(common::BIN)
+                .arg("leave")
+                .arg("--data")
+                .arg(&data)
+                .output()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            let m = &mut self.members[i];
+            m.node.stop(libc::SIGTERM);
+            m.up = false;
+            m.left = true;
+            self.note(format!("{addr} left: {}", said.trim()));
+        } else {
+            self.note(format!(
+                "{addr} could not leave (it stays): {}",
+                said.trim()
+            ));
+        }
+        self.publish_up();
+    }
+
+    /// One fault, chosen at random among those the ring can take now.
+    async fn step(&mut self) {
+        let up = self.up_in_ring_order();
+        let total = self.members.iter().filter(|m| !m.left).count();
+        let roll = self.rng.below(100);
+        if roll < 25 && up.len() > MIN_UP {
+            let i = up[self.rng.below(up.len() as u64) as usize];
+            self.kill(i, libc::SIGKILL);
+        } else if roll < 45 && up.len() > MIN_UP + 1 {
+            // Two neighbours at once: a rack losing power.
+            let k = self.rng.below(up.len() as u64) as usize;
+            let (a, b) = (up[k], up[(k + 1) % up.len()]);
+            self.kill(a, libc::SIGKILL);
+            self.kill(b, libc::SIGKILL);
+        } else if roll < 55 && up.len() > MIN_UP {
+            let i = up[self.rng.below(up.len() as u64) as usize];
+            self.kill(i, libc::SIGTERM);
+        } else if roll < 70 && total < MAX_NODES {
+            self.new_node(None).await;
+        } else if roll < 80 && total < MAX_NODES {
+            let d = Duration::from_millis(30 + self.rng.below(400));
+            self.new_node(Some(d)).await;
+        } else if roll < 90 && up.len() > MIN_UP {
+            let i = up[self.rng.below(up.len() as u64) as usize];
+            self.leave(i).await;
+        } else {
+            self.note("no fault this step".into());
+        }
+    }
+}
+
+/// Acknowledged operations that an older copy of the key undid: the ordering of writes across
+/// owners that issue 16 (versions and tombstones) puts right.
+#[derive(Clone, Copy, Debug, Default)]
+struct Undone {
+    /// A removed key back with a value it had before.
+    removes: u64,
+    /// A key back at a value it had before the last acknowledged INS.
+    overwrites: u64,
+    /// A few of the keys, for the report.
+    examples: [Option<HashKey>; 3],
+}
+
+/// Reads every key at its owner among `live`. `Err` if an acknowledged operation is lost (a
+/// key missing, or a value nobody wrote) or the ring does not answer yet; `Ok` with the
+/// operations an older copy undid (see [`Undone`]).
+async fn verify(live: &[PeerAddr], model: &HashMap<HashKey, KeyLog>) -> Result<Undone, String> {
+    let mut clients = HashMap::new();
+    for a in live {
+        let c = Client::connect(*a, AddressEncoding::Compact)
+            .await
+            .map_err(|e| e.to_string())?;
+        clients.insert(*a, c);
+    }
+    let (mut lost, mut undone) = (Vec::new(), Undone::default());
+    for (k, log) in model {
+        let owner = owner_of(live, k);
+        let seen = match clients
+            .get_mut(&owner)
+            .unwrap()
+            .get(k)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Lookup::Found(v) => State::Present(v),
+            Lookup::Absent => State::Absent,
+            Lookup::NotMine => return Err(format!("{owner} says it does not own {k}")),
+        };
+        let acked = log.acked.clone().unwrap_or(State::Absent);
+        let fine: Vec<&State> = std::iter::once(&acked).chain(log.unsure.as_ref()).collect();
+        if fine.contains(&&seen) {
+            continue;
+        }
+        match &seen {
+            State::Present(v) if log.values.contains(v) => {
+                if fine.contains(&&State::Absent) {
+                    undone.removes += 1;
+                } else {
+                    undone.overwrites += 1;
+                }
+                if let Some(slot) = undone.examples.iter_mut().find(|e| e.is_none()) {
+                    *slot = Some(*k);
+                }
+            }
+            _ => lost.push(format!(
+                "{k} at {owner}: {}, expected {}",
+                show(&seen),
+                fine.iter()
+                    .map(|s| show(s))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )),
+        }
+    }
+    if !lost.is_empty() {
+        return Err(format!(
+            "{} acknowledged operations lost, e.g. {}",
+            lost.len(),
+            lost[..lost.len().min(3)].join("; ")
+        ));
+    }
+    Ok(undone)
+}
+
+fn show(s: &State) -> String {
+    match s {
+        State::Present(v) if v.len() > 64 => format!("a value of {} bytes", v.len()),
+        State::Present(v) => format!("{:?}", String::from_utf8_lossy(v)),
+        State::Absent => "absent".into(),
+    }
+}
+
+async fn run(seed: u64) {
+    println!("fault run, seed {seed}");
+    let dir = tempfile::tempdir().unwrap();
+    if std::env::var_os("FAULT_KEEP").is_some() {
+        println!(
+            "[seed {seed}] data and logs kept in {}",
+            dir.path().display()
+        );
+    }
+    let mut rng = Rng::new(seed);
+    let n = 5 + rng.below(2) as usize;
+    let nodes = start_ring(dir.path(), n, ENV).await;
+    let mut run = Run {
+        seed,
+        rng,
+        root: dir.path().to_path_buf(),
+        members: nodes
+            .into_iter()
+            .map(|node| Member {
+                node,
+                up: true,
+                restart_at: None,
+                left: false,
+            })
+            .collect(),
+        up: Arc::new(Mutex::new(Vec::new())),
+        started: Instant::now(),
+        actions: Vec::new(),
+    };
+    run.publish_up();
+    run.note(format!("a ring of {n}"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let model: Model = Arc::default();
+    let writers: Vec<_> = (0..2)
+        .map(|id| {
+            tokio::spawn(writer(
+                id,
+                seed,
+                run.up.clone(),
+                stop.clone(),
+                model.clone(),
+            ))
+        })
+        .collect();
+    for _ in 0..STEPS {
+        let pause = Duration::from_millis(800 + run.rng.below(1700));
+        tokio::time::sleep(pause).await;
+        run.restart_due(false).await;
+        run.step().await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    run.restart_due(true).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut tallies = Vec::new();
+    for w in writers {
+        tallies.push(w.await.unwrap());
+    }
+    run.note(format!("writers: {tallies:?}"));
+
+    let live: Vec<PeerAddr> = run
+        .members
+        .iter()
+        .filter(|m| m.up)
+        .map(|m| m.node.addr)
+        .collect();
+    let logs: Vec<&TestNode> = run.members.iter().map(|m| &m.node).collect();
+    let context = format!("seed {seed} (actions: {})", run.actions.join("; "));
+    let took = settle(
+        &format!("a settled ring, {context}"),
+        Duration::from_secs(60),
+        &logs,
+        || ring_check(&live, 64),
+    )
+    .await;
+    println!("[seed {seed}] ring settled {took:?} after the last restart");
+    let model = std::mem::take(&mut *model.lock().unwrap());
+    let undone = Arc::new(Mutex::new(Undone::default()));
+    let took = settle(
+        &format!("every acknowledged operation seen, {context}"),
+        Duration::from_secs(60),
+        &logs,
+        || {
+            let undone = undone.clone();
+            let (live, model) = (&live, &model);
+            async move {
+                *undone.lock().unwrap() = verify(live, model).await?;
+                Ok(())
+            }
+        },
+    )
+    .await;
+    let undone = *undone.lock().unwrap();
+    println!(
+        "[seed {seed}] all {} keys checked {took:?} later: none lost; undone by an older copy \
+         (issue 16): {} REMs, {} overwrites",
+        model.len(),
+        undone.removes,
+        undone.overwrites
+    );
+    if undone.removes + undone.overwrites > 0 {
+        println!("[seed {seed}] e.g. {:?}", undone.examples);
+    }
+    if std::env::var_os("FAULT_KEEP").is_some() {
+        let _ = dir.keep();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_kills_restarts_joins_and_leaves_under_writers_end_in_a_settled_ring() {
+    let seeds: Vec<u64> = match std::env::var("FAULT_SEEDS") {
+        Ok(s) => s.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
+        Err(_) => SEEDS.to_vec(),
+    };
+    for seed in seeds {
+        run(seed).await;
+    }
+}
