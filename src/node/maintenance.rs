@@ -84,45 +84,7 @@ async fn check_successors(node: &Node, misses: &mut u32) -> Result<()> {
         return Ok(());
     }
     *misses = 0;
-    let mut next = None;
-    for c in ring.successors.iter().skip(1) {
-        if walk::pul(c.addr, enc).await {
-            node.mark_alive(c.addr);
-            next = Some(*c);
-            break;
-        }
-        node.mark_failed(c.addr, "PUL of a successor");
-    }
-    let tried: Vec<PeerAddr> = ring.successors.iter().map(|p| p.addr).collect();
-    let new =
-        match next {
-            Some(c) => c,
-            None => match find_successor(node, &ring, &tried).await {
-                Found::Successor(c) => {
-                    warn!(
-                    "every successor we listed is dead: {} found through the peers we have known",
-                    c.addr
-                );
-                    c
-                }
-                Found::Claimed { owner, successor } => {
-                    // The ring went on without us: join again through the owner of our id (the
-                    // place check, which may not run inside this round); until then, link to the
-                    // nearest live peer rather than to nobody.
-                    warn!("{owner} owns our id: the next place check starts there");
-                    node.hint_place_check(owner);
-                    successor
-                }
-                Found::Nobody => {
-                    error!(
-                    "every successor ({}) is dead and no peer we have known answers: this node \
-                     is a ring of one until one does",
-                    tried.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
-                );
-                    me
-                }
-            },
-        };
+    let new = next_successor(node, &ring).await;
     let max = node.config.successors;
     let changed = node
         .update_ring(|r| {
@@ -148,6 +110,46 @@ async fn check_successors(node: &Node, misses: &mut u32) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The successor to adopt when ours is dead: the first live peer of the list after it, or the
+/// one found through the peers we have known, or (only if none of them answers) ourselves.
+async fn next_successor(node: &Node, ring: &RingState) -> Peer {
+    let enc = node.config.address_encoding;
+    for c in ring.successors.iter().skip(1) {
+        if walk::pul(c.addr, enc).await {
+            node.mark_alive(c.addr);
+            return *c;
+        }
+        node.mark_failed(c.addr, "PUL of a successor");
+    }
+    let tried: Vec<PeerAddr> = ring.successors.iter().map(|p| p.addr).collect();
+    match find_successor(node, ring, &tried).await {
+        Found::Successor(c) => {
+            warn!(
+                "every successor we listed is dead: {} found through the peers we have known",
+                c.addr
+            );
+            c
+        }
+        Found::Claimed { owner, successor } => {
+            // The ring went on without us: join again through the owner of our id (the place
+            // check, which cannot run inside this round); until then, link to the nearest live
+            // peer rather than to nobody.
+            warn!("{owner} owns our id: the next place check starts there");
+            node.hint_place_check(owner);
+            successor
+        }
+        Found::Nobody => {
+            let tried: Vec<String> = tried.iter().map(|a| a.to_string()).collect();
+            error!(
+                "every successor ({}) is dead and no peer we have known answers: this node is \
+                 a ring of one until one does",
+                tried.join(", ")
+            );
+            ring.me
+        }
+    }
 }
 
 /// Rebuilds the successor list from the successor of `ring` (which answered): each peer's
@@ -225,35 +227,47 @@ async fn find_successor(node: &Node, ring: &RingState, tried: &[PeerAddr]) -> Fo
         .collect();
     candidates.sort_by_key(|p| distance(&me.id, &p.id));
     candidates.dedup();
-    for c in candidates {
-        if !walk::pul(c.addr, enc).await {
-            node.mark_failed(c.addr, "PUL in the search for a successor");
+    // All asked at once: a search through peers that are down costs one PUL timeout, not one
+    // per peer (it runs inside a maintenance round, which holds up handoffs).
+    let mut puls = tokio::task::JoinSet::new();
+    for c in &candidates {
+        let a = c.addr;
+        puls.spawn(async move { (a, walk::pul(a, enc).await) });
+    }
+    let mut alive = Vec::new();
+    while let Some(answer) = puls.join_next().await {
+        let Ok((a, up)) = answer else { continue };
+        if up {
+            node.mark_alive(a);
+            alive.push(a);
+        } else {
+            node.mark_failed(a, "PUL in the search for a successor");
+        }
+    }
+    // The nearest that answered, moved nearer while the ring names a peer between us and it.
+    let Some(mut cand) = candidates.into_iter().find(|c| alive.contains(&c.addr)) else {
+        return Found::Nobody;
+    };
+    for _ in 0..walk::MAX_HOPS {
+        let below = cand.id.prev();
+        let o = match walk::walk(cand.addr, &below, me.addr, enc).await {
+            Ok(o) => o,
+            Err(_) => break,
+        };
+        if o == me.addr {
+            break;
+        }
+        let p = Peer::new(o);
+        if p != cand && distance(&me.id, &p.id) < distance(&me.id, &cand.id) {
+            cand = p;
             continue;
         }
-        node.mark_alive(c.addr);
-        let mut cand = c;
-        for _ in 0..walk::MAX_HOPS {
-            let below = cand.id.prev();
-            let o = match walk::walk(cand.addr, &below, me.addr, enc).await {
-                Ok(o) => o,
-                Err(_) => return Found::Successor(cand),
-            };
-            if o == me.addr {
-                return Found::Successor(cand);
-            }
-            let p = Peer::new(o);
-            if p != cand && distance(&me.id, &p.id) < distance(&me.id, &cand.id) {
-                cand = p;
-                continue;
-            }
-            return Found::Claimed {
-                owner: o,
-                successor: cand,
-            };
-        }
-        return Found::Successor(cand);
+        return Found::Claimed {
+            owner: o,
+            successor: cand,
+        };
     }
-    Found::Nobody
+    Found::Successor(cand)
 }
 
 /// Walks OWN to the owner of finger target `i` and records it.
