@@ -388,3 +388,95 @@ async fn a_repair_pass_during_a_dis_leaves_what_is_being_received_alone() {
     );
     settles(&[&p], &acked).await;
 }
+
+/// A leaver killed in the middle of its DIS, and down long enough for its predecessor to give
+/// it up: the predecessor then owns the leaver's id without holding its entries. The restart
+/// must not take that for a completed leave and drop them (an earlier build did: OWN id(L)
+/// answered by P was its only evidence); it keeps them, joins again, and every key is at its
+/// owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaver_killed_mid_dis_and_given_up_keeps_its_entries() {
+    let root = tempfile::tempdir().unwrap();
+    let addrs = two_addrs();
+    let mut p = TestNode::new(&root.path().join("p"), addrs[0], &[]);
+    p.restart().await;
+    let via = p.addr.to_string();
+    let mut l = TestNode::new(&root.path().join("l"), addrs[1], &["--join", &via]);
+    l.env = fault("dis-leave:mid-stream");
+    l.restart().await;
+    let acked = preload(p.addr, None).await;
+    let data = l.data.clone();
+    let leave = std::thread::spawn(move || {
+        std::process::Command::new(common::BIN)
+            .args(["leave", "--data"])
+            .arg(&data)
+            .output()
+            .unwrap()
+    });
+    l.wait_log(
+        "fault point dis-leave:mid-stream reached",
+        Duration::from_secs(30),
+    )
+    .await;
+    l.stop(libc::SIGKILL);
+    l.env.clear();
+    let out = leave.join().unwrap();
+    assert_ne!(out.status.code(), Some(0), "the leave was cut short");
+    // P gives L up: a ring of one, owning L's id, without L's entries.
+    p.wait_log("is dead: adopted", Duration::from_secs(30))
+        .await;
+    l.restart().await;
+    settles(&[&p, &l], &acked).await;
+    assert!(
+        !l.log_text().contains("left the ring"),
+        "L dropped its entries as if the leave had completed: {}",
+        l.log_text()
+    );
+}
+
+/// A CON server killed in the middle of the stream and down long enough to be given up: the
+/// joiner, trying again, joins through the server's predecessor instead, which took the arc
+/// without the server's entries. When the server returns, the joiner is a member (it answers
+/// OWN for its id with itself), but it never received them: the server must not drop them as
+/// handed (an earlier build did); the repair pass brings them to the joiner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_con_server_killed_and_given_up_while_the_joiner_joins_elsewhere_keeps_its_entries() {
+    // Q, P, J in ring order: P owns J's id, and the arc J takes from P holds some keys.
+    let (q, p, j) = loop {
+        let mut a = loopback_addrs(3);
+        a.sort_by_key(dht_store::ring::id_of);
+        let (q, p, j) = (a[0], a[1], a[2]);
+        let taken = (0..KEYS)
+            .map(|i| HashKey::of(format!("crash-{i}").as_bytes()))
+            .filter(|k| owner_of(&[q, p], k) == p && owner_of(&[q, p, j], k) == j)
+            .count();
+        if taken >= KEYS / 8 {
+            break (q, p, j);
+        }
+    };
+    let root = tempfile::tempdir().unwrap();
+    let q = TestNode::start(&root.path().join("q"), q, &[]).await;
+    let via = q.addr.to_string();
+    let mut p = TestNode::new(&root.path().join("p"), p, &["--join", &via]);
+    p.env = fault("con-serve:mid-stream");
+    p.restart().await;
+    let acked = preload(q.addr, None).await;
+    let mut j = TestNode::new(&root.path().join("j"), j, &["--join", &via]);
+    j.launch();
+    p.wait_log(
+        "fault point con-serve:mid-stream reached",
+        Duration::from_secs(30),
+    )
+    .await;
+    p.stop(libc::SIGKILL);
+    p.env.clear();
+    // Q gives P up and owns the whole circle; J joins through it.
+    j.wait_ready().await;
+    assert!(
+        j.log_text().contains(&format!("joined after {}", q.addr)),
+        "{}",
+        j.log_text()
+    );
+    p.restart().await;
+    settles(&[&q, &p, &j], &acked).await;
+}

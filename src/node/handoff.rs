@@ -840,7 +840,6 @@ pub async fn recover(node: &Arc<Node>) -> Result<()> {
         return Ok(());
     };
     let enc = node.config.address_encoding;
-    let me = node.config.advertised();
     warn!("finishing a handoff interrupted by a crash: {rec:?}");
     match rec {
         HandoffRecord::ServingCon {
@@ -882,14 +881,22 @@ pub async fn recover(node: &Arc<Node>) -> Result<()> {
                     let after = next.successors.clone();
                     next.set_successors([j, s1].into_iter().chain(after), node.config.successors);
                 }
-                let rec = HandoffRecord::ServingCon {
-                    joiner,
-                    successor,
-                    second_successor,
-                    phase: Phase::Handed,
-                };
-                node.switch_ring(Some(next), Some(Some(&rec))).await?;
-                finish_handed_arc(node, &j.id, &s1.id).await?;
+                if phase == Phase::Handed {
+                    let rec = HandoffRecord::ServingCon {
+                        joiner,
+                        successor,
+                        second_successor,
+                        phase: Phase::Handed,
+                    };
+                    node.switch_ring(Some(next), Some(Some(&rec))).await?;
+                    finish_handed_arc(node, &j.id, &s1.id).await?;
+                } else {
+                    // J is a member, but maybe through another peer that took our arc while
+                    // we were down, without our entries: so they are not dropped here. They
+                    // are misplaced now, and the repair pass hands each to J unless J holds
+                    // it, and deletes it only then.
+                    node.switch_ring(Some(next), Some(None)).await?;
+                }
                 info!("completed the CON with {joiner} interrupted by the crash");
             } else {
                 node.set_handoff(None).await?;
@@ -904,13 +911,13 @@ pub async fn recover(node: &Arc<Node>) -> Result<()> {
             node.set_handoff(None).await?;
         }
         HandoffRecord::Leaving { to, phase } => {
-            let handed = match phase {
-                Phase::Handed => true,
-                // Did the predecessor take our range? Then it owns our id now.
-                Phase::Streaming => {
-                    matches!(walk::own(to, &id_of(&me), enc).await, Ok(a) if a == to)
-                }
-            };
+            // Only P's T, recorded (Handed), says that P holds our range. Streaming says
+            // nothing of it: that P owns our id now may mean it took the range, or only that
+            // it gave us up while we were down with the entries here alone. So we keep them
+            // and resume as a member; the restart's place check joins again through P if it
+            // owns our id (its copies overwrite ours). The leave said it failed; it may be
+            // asked again.
+            let handed = phase == Phase::Handed;
             if handed {
                 node.switch_ring(None, None).await?;
                 finish_departure(node).await?;
