@@ -5,10 +5,16 @@
 # side of the bridge) and restored. The others heal around it meanwhile; once it can reach them
 # again it must find that another peer owns its id and join again. After SETTLE seconds, every
 # node's ABD must be its true successor and every key must read back with its value. Needs root
-# and iproute2; leaves nothing behind (namespaces, bridge, processes, data).
+# and iproute2; leaves nothing behind (namespaces, bridges, processes, data).
+#
+# SPLIT="2 4 6" partitions instead: those nodes move to a second bridge for CUT seconds, so that
+# each half goes on as a ring of its own and takes KEYS more keys, written from inside one of
+# its namespaces; then the bridges are joined again and the two rings must become one, with
+# every key of both halves read back.
 #
 #     cargo build --release && sudo scripts/netns-cut.sh
 #     NODES=5 CUT=30 WHICH=3 scripts/netns-cut.sh          # another ring, a longer cut
+#     NODES=6 SPLIT="2 4 6" scripts/netns-cut.sh            # a partition into two rings
 #     BIN=/path/to/other/dht-store scripts/netns-cut.sh     # another build, to compare
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +24,7 @@ KEYS=${KEYS:-300}
 CUT=${CUT:-15}
 SETTLE=${SETTLE:-20}
 WHICH=${WHICH:-2}
+SPLIT=${SPLIT:-}
 TAG=dc$$
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/netns-cut.XXXXXX")
 PIDS=()
@@ -26,6 +33,7 @@ cleanup() {
   wait 2>/dev/null || true
   for i in $(seq "$NODES"); do ip netns del "$TAG-$i" 2>/dev/null || true; done
   ip link del "$TAG-br" 2>/dev/null || true
+  ip link del "$TAG-b2" 2>/dev/null || true
   rm -rf "$DIR"
 }
 trap cleanup EXIT
@@ -73,10 +81,36 @@ EOF
 wrong=$(check_ring)
 [ -z "$wrong" ] || { echo "the ring was not whole before the cut: $wrong"; exit 1; }
 
-echo "cutting 10.77.0.$WHICH off for $CUT s"
-ip link set "$TAG-h$WHICH" down
-sleep "$CUT"
-ip link set "$TAG-h$WHICH" up
+# Writes `cut-$from..` keys through node $via, from inside node $via's namespace.
+put_from() {
+  local via=$1 from=$2 to=$3
+  for k in $(seq "$from" "$to"); do
+    ip netns exec "$TAG-$via" "$BIN" put "cut-$k" "value $k" --peer "10.77.0.$via:5000" >/dev/null
+  done
+}
+if [ -z "$SPLIT" ]; then
+  echo "cutting 10.77.0.$WHICH off for $CUT s"
+  ip link set "$TAG-h$WHICH" down
+  sleep "$CUT"
+  ip link set "$TAG-h$WHICH" up
+else
+  ip link add "$TAG-b2" type bridge
+  ip link set "$TAG-b2" up
+  for i in $SPLIT; do ip link set "$TAG-h$i" master "$TAG-b2"; done
+  one=$(for i in $(seq "$NODES"); do case " $SPLIT " in *" $i "*) ;; *) echo "$i"; break;; esac; done)
+  two=$(echo "$SPLIT" | awk '{print $1}')
+  echo "split: nodes $SPLIT on a bridge of their own for $CUT s; the rest on the first"
+  start_split=$(date +%s)
+  # Each half gives the other up, then takes KEYS keys of its own.
+  sleep 8
+  put_from "$one" $((KEYS + 1)) $((2 * KEYS))
+  put_from "$two" $((2 * KEYS + 1)) $((3 * KEYS))
+  echo "wrote $KEYS keys into each half"
+  left=$(( CUT - ($(date +%s) - start_split) ))
+  [ "$left" -le 0 ] || sleep "$left"
+  for i in $SPLIT; do ip link set "$TAG-h$i" master "$TAG-br"; done
+  KEYS=$((3 * KEYS))
+fi
 echo "link restored; checking for up to $SETTLE s"
 start=$(date +%s.%N)
 deadline=$(( $(date +%s) + SETTLE ))
