@@ -17,8 +17,8 @@
 //!    against the owner computed here from the node ids (the largest id ≤ key, wrapping):
 //!    mismatches must be 0. After `ROUTING_AGAIN_MS` more (default 3000) the same walks are
 //!    measured again, to show that the figures are stable (fingers refreshed).
-//! 4. Model: the same walks on ideal ring states built here (successor, second successor,
-//!    predecessor, F fingers each the true owner of id + 2^(159-i)) answered with the node's own
+//! 4. Model: the same walks on ideal ring states built here (the successor list at its default
+//!    length, predecessor, F fingers each the true owner of id + 2^(159-i)) answered with the node's own
 //!    `RingState::own_answer`. Walks whose measured hops differ from the model's are counted:
 //!    0 means every node's fingers were fresh and exact. The model is also tabulated for more
 //!    ring sizes and finger counts (no processes).
@@ -37,6 +37,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use dht_store::client::Client;
+use dht_store::config::Config;
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr, Status};
 use dht_store::ring::{finger_targets, id_of, owner_of, successor_list, Peer, RingState};
 
@@ -405,7 +406,12 @@ fn ideal_states(addrs: &[PeerAddr], layout: Layout) -> HashMap<PeerAddr, RingSta
             }
             let state = RingState {
                 me,
-                successors: successor_list(&me, (1..n).map(|d| peers[(i + d) % n]), 2),
+                // As long a list as a node keeps by default.
+                successors: successor_list(
+                    &me,
+                    (1..n).map(|d| peers[(i + d) % n]),
+                    Config::default().successors,
+                ),
                 predecessor: (n > 1).then(|| peers[(i + n - 1) % n]),
                 fingers,
             };
@@ -670,7 +676,7 @@ async fn bench() -> ExitCode {
          {MODEL_RINGS} random rings x {walks_n} walks per size"
     );
     let sizes_m = [8usize, 16, 32, 64, 128, 256, 1024, 4096];
-    print!("| fingers (known peers besides succ, succ2, pred) |");
+    print!("| fingers (known peers besides the successor list and pred) |");
     for n in sizes_m {
         print!(" N={n} |");
     }

@@ -52,7 +52,8 @@ pub struct Config {
     /// Fingers kept, at id + 2^159, id + 2^158, ...: more shortens OWN walks.
     pub fingers: usize,
     /// Length of the successor list, refreshed every maintenance round by ABD: the ring
-    /// survives `successors - 1` adjacent nodes dying at once without a search.
+    /// survives `successors - 1` adjacent nodes dying at once without a search. With K copies
+    /// of each entry (replication, to come) it must be at least K + 2.
     pub successors: usize,
     /// Seconds a handoff waits for INS requests already told T in the moving arc; stragglers
     /// then get F.

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{loopback_addrs, owner_of, TestNode};
-use dht_store::client::{Lookup, Router};
+use dht_store::client::Router;
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr};
 
 const KEYS: usize = 400;
@@ -50,46 +50,7 @@ async fn preload(entry: PeerAddr, size: Option<usize>) -> HashMap<HashKey, Vec<u
 /// One look at the ring: `Err` says what is not (yet) right.
 async fn placement(nodes: &[&TestNode], acked: &HashMap<HashKey, Vec<u8>>) -> Result<(), String> {
     let addrs: Vec<PeerAddr> = nodes.iter().map(|n| n.addr).collect();
-    let mut clients = HashMap::new();
-    for n in nodes {
-        let c = dht_store::client::Client::connect(n.addr, AddressEncoding::Compact)
-            .await
-            .map_err(|e| e.to_string())?;
-        clients.insert(n.addr, c);
-    }
-    let mut wrong = 0;
-    let mut example = String::new();
-    for (k, v) in acked {
-        let owner = owner_of(&addrs, k);
-        let got = clients
-            .get_mut(&owner)
-            .unwrap()
-            .get(k)
-            .await
-            .map_err(|e| e.to_string())?;
-        if got != Lookup::Found(v.clone()) {
-            wrong += 1;
-            example = format!("{k} at {owner}: {got:?}");
-        }
-    }
-    if wrong > 0 {
-        return Err(format!(
-            "{wrong} keys not served by their owner, e.g. {example}"
-        ));
-    }
-    let mut total = 0;
-    for c in clients.values_mut() {
-        let text = c.inf().await.map_err(|e| e.to_string())?;
-        total += text
-            .lines()
-            .find_map(|l| l.strip_prefix("keys "))
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    if total != acked.len() as u64 {
-        return Err(format!("{total} entries held for {} keys", acked.len()));
-    }
-    Ok(())
+    common::placement(&addrs, acked, true).await
 }
 
 /// Waits (restarted nodes may still be joining again or repairing) until the placement is
@@ -109,6 +70,19 @@ async fn settles(nodes: &[&TestNode], acked: &HashMap<HashKey, Vec<u8>>) {
             Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
         }
     }
+}
+
+/// Runs `dht-store leave` for `node` on a thread of its own (it returns once the leave is
+/// done or failed; the caller meanwhile kills a side).
+fn spawn_leave(node: &TestNode) -> std::thread::JoinHandle<std::process::Output> {
+    let data = node.data.clone();
+    std::thread::spawn(move || {
+        std::process::Command::new(common::BIN)
+            .args(["leave", "--data"])
+            .arg(&data)
+            .output()
+            .unwrap()
+    })
 }
 
 /// Two loopback addresses whose ring splits the KEYS keys no worse than 1:3, so that every step
@@ -218,14 +192,7 @@ async fn dis_crash(step: &str, kill_leaver: bool) {
     }
     l.restart().await;
     let mut acked = preload(p.addr, value_size(step)).await;
-    let data = l.data.clone();
-    let leave = std::thread::spawn(move || {
-        std::process::Command::new(common::BIN)
-            .args(["leave", "--data"])
-            .arg(&data)
-            .output()
-            .unwrap()
-    });
+    let leave = spawn_leave(&l);
     let victim = if kill_leaver { &mut l } else { &mut p };
     victim
         .wait_log(
@@ -405,14 +372,7 @@ async fn a_leaver_killed_mid_dis_and_given_up_keeps_its_entries() {
     l.env = fault("dis-leave:mid-stream");
     l.restart().await;
     let acked = preload(p.addr, None).await;
-    let data = l.data.clone();
-    let leave = std::thread::spawn(move || {
-        std::process::Command::new(common::BIN)
-            .args(["leave", "--data"])
-            .arg(&data)
-            .output()
-            .unwrap()
-    });
+    let leave = spawn_leave(&l);
     l.wait_log(
         "fault point dis-leave:mid-stream reached",
         Duration::from_secs(30),

@@ -7,30 +7,10 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{loopback_addrs, owner_of, TestNode};
+use common::{loopback_addrs, owner_of, walk, TestNode};
 use dht_store::client::{Client, Lookup, Router};
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr};
 use dht_store::ring::id_of;
-
-/// The end of the OWN walk from `start`, or the peer that did not answer.
-async fn walk(start: PeerAddr, key: &HashKey) -> Result<PeerAddr, String> {
-    let mut cur = start;
-    for _ in 0..32 {
-        let next = async {
-            Client::connect(cur, AddressEncoding::Compact)
-                .await?
-                .own(key)
-                .await
-        }
-        .await
-        .map_err(|e| format!("{cur}: {e}"))?;
-        if next == cur {
-            return Ok(cur);
-        }
-        cur = next;
-    }
-    Err(format!("OWN walk from {start} did not end"))
-}
 
 async fn put_all(entry: PeerAddr, tag: &str, n: usize, acked: &mut HashMap<HashKey, Vec<u8>>) {
     let mut r = Router::new(entry, AddressEncoding::Compact);

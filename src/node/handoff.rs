@@ -1025,8 +1025,8 @@ pub async fn check_place_after_restart(node: &Arc<Node>, fenced: bool) {
         .map(|p| p.addr)
         .collect();
     starts.extend(node.known_peers());
-    starts.retain(|a| *a != ring.me.addr);
-    starts.dedup();
+    let mut seen = std::collections::HashSet::from([ring.me.addr]);
+    starts.retain(|a| seen.insert(*a));
     let mut last = "no peer to ask".to_string();
     let mut checked = false;
     for start in starts {
