@@ -1,7 +1,8 @@
 //! The ring heals from failures that leave live nodes, with real processes: adjacent nodes
 //! dying at once (the successor list), more of them than the list holds (the search through
 //! every peer known), and a ring split in two while its halves could not reach each other and
-//! joined again (the place check). No live node ever takes itself for a ring of one.
+//! joined again (the place check). While any peer it knows answers, no node takes itself for
+//! a ring of one, and one that did (everyone else frozen) finds its ring again.
 
 mod common;
 
@@ -275,4 +276,93 @@ async fn a_ring_split_in_two_becomes_one_again_with_every_entry_at_its_owner() {
     .await;
     println!("every entry was at its owner {took:?} later");
     no_false_ring_of_one(&refs);
+}
+
+/// Every other node of a ring of 4 frozen (SIGSTOP) until node 0 takes itself for a ring of
+/// one (nobody it knows answers), then all back. Node 0 must find its place again (the ring
+/// still names it), and no other node may take node 0's claim to the whole circle for the ring
+/// having moved on: none joins again through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_alone_after_everyone_else_froze_finds_its_ring_and_pulls_nobody_in() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = start_ring(root.path(), 4, ENV).await;
+    let all = addrs_of(&nodes.iter().collect::<Vec<_>>());
+    let refs: Vec<&TestNode> = nodes.iter().collect();
+    settle("a ring of 4", Duration::from_secs(30), &refs, || {
+        ring_check(&all, WALKS)
+    })
+    .await;
+    let acked = put_keys(all[0], "before", 200).await;
+    for n in &nodes[1..] {
+        n.pause();
+    }
+    nodes[0]
+        .wait_log("is a ring of one", Duration::from_secs(60))
+        .await;
+    for n in &nodes[1..] {
+        n.resume();
+    }
+    let took = settle(
+        "the ring of 4 again",
+        Duration::from_secs(60),
+        &refs,
+        || ring_check(&all, WALKS),
+    )
+    .await;
+    println!("the ring was whole {took:?} after the others came back");
+    assert!(
+        nodes[0].log_text().contains("a ring of one no longer"),
+        "{}",
+        nodes[0].log_text()
+    );
+    for n in &nodes[1..] {
+        assert!(
+            !n.log_text().contains("the ring moved on without us"),
+            "{} joined again through a ring of one: {}",
+            n.addr,
+            n.log_text()
+        );
+    }
+    settle(
+        "every entry at its owner",
+        Duration::from_secs(30),
+        &refs,
+        || placement(&all, &acked, true),
+    )
+    .await;
+}
+
+/// A node that left the ring and is started again on its (emptied) directory without --join
+/// is a new ring of one: it forgot the peers of the ring it left, and they neither join it nor
+/// let it join them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_left_and_starts_again_alone_is_a_new_ring_of_one() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = start_ring(root.path(), 3, ENV).await;
+    let all = addrs_of(&nodes.iter().collect::<Vec<_>>());
+    let refs: Vec<&TestNode> = nodes.iter().collect();
+    settle("a ring of 3", Duration::from_secs(30), &refs, || {
+        ring_check(&all, WALKS)
+    })
+    .await;
+    let (code, said) = nodes[1].leave();
+    assert_eq!(code, Some(0), "{said}");
+    nodes[1].stop(libc::SIGTERM);
+    nodes[1].args.clear(); // no --join
+    nodes[1].restart().await;
+    let rest = [all[0], all[2]];
+    // Several place checks and successor searches later, still two rings.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let refs: Vec<&TestNode> = [0, 2].map(|i| &nodes[i]).to_vec();
+    ring_check(&rest, WALKS).await.unwrap();
+    let inf = nodes[1].client().await.inf().await.unwrap();
+    assert!(inf.contains(&format!("successor {} (", all[1])), "{inf}");
+    assert!(inf.contains("known peers none"), "{inf}");
+    for n in &refs {
+        assert!(
+            !n.log_text().contains("the ring moved on without us"),
+            "{}",
+            n.log_text()
+        );
+    }
 }

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use super::{walk, Node, Progress};
 use crate::error::{Error, Result};
 use crate::fault;
-use crate::protocol::{Connection, HashKey, Limits, PeerAddr, Status};
+use crate::protocol::{is_peer_address, Connection, HashKey, Limits, PeerAddr, Status};
 use crate::ring::{id_of, in_arc, Peer, RingState};
 #[cfg(doc)]
 use crate::storage::BATCH_ENTRIES;
@@ -43,6 +43,9 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// How long a restarted node keeps looking for a peer that can tell it whether the ring still
 /// routes its id to it, holding writes to its arc meanwhile.
 const RESTART_CHECK_FOR: Duration = Duration::from_secs(15);
+/// CONs the restart's place check tries through one owner: a few, so that the time a
+/// restarted node holds writes to its arc stays bounded.
+const RESTART_JOIN_ATTEMPTS: usize = 2;
 /// Attempts of a leave (DIS answered `N` or failed) before giving up.
 const LEAVE_ATTEMPTS: usize = 5;
 
@@ -336,6 +339,10 @@ pub async fn serve_con<S: AsyncRead + AsyncWrite>(
     };
     let ring = node.ring().clone();
     let j = Peer::new(joiner);
+    if !is_peer_address(&joiner) {
+        warn!(%joiner, "CON answered N: no peer can have that address");
+        return conn.write_status(Status::N).await;
+    }
     if node.departed() || joiner == ring.me.addr || !ring.owns(&j.id) {
         info!(%joiner, "CON answered N: we do not own its id");
         return conn.write_status(Status::N).await;
@@ -462,8 +469,8 @@ pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
     conn.write_status(Status::T).await?;
     conn.flush().await?;
     let l = Peer::new(leaver);
-    let s1 = Peer::new(conn.read_addr().await?);
-    let s2 = Peer::new(conn.read_addr().await?);
+    let s1 = Peer::new(walk::checked(leaver, "DIS", conn.read_addr().await?)?);
+    let s2 = Peer::new(walk::checked(leaver, "DIS", conn.read_addr().await?)?);
     let n = conn.read_int().await?;
     node.set_handoff(Some(&HandoffRecord::ReceivingDis {
         leaver,
@@ -528,6 +535,8 @@ pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
     node.switch_ring(Some(next), Some(None)).await?;
     conn.write_status(Status::T).await?;
     conn.flush().await?;
+    // It left: no successor search or place check should ask it again.
+    node.forget_peer(leaver);
     node.end_progress(&progress, &format!("done ({n} entries from {leaver})"));
     Ok(())
 }
@@ -539,16 +548,20 @@ pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
 /// writes as it writes it.
 pub async fn join(node: &Arc<Node>, seed: PeerAddr, serving: bool) -> Result<()> {
     let _one = node.handoff.lock().await;
-    join_locked(node, seed, serving, JOIN_ATTEMPTS).await
+    join_locked(node, seed, serving, JOIN_ATTEMPTS)
+        .await
+        .map(|_| ())
 }
 
-/// [`join`] for a caller that holds `Node::handoff`, in at most `attempts` CONs.
+/// [`join`] for a caller that holds `Node::handoff`, in at most `attempts` CONs. `Ok(false)`:
+/// the node already serves (`serving`) and the ring routes its id to it now, so there is
+/// nothing to join.
 async fn join_locked(
     node: &Arc<Node>,
     seed: PeerAddr,
     serving: bool,
     attempts: usize,
-) -> Result<()> {
+) -> Result<bool> {
     let me = node.config.advertised();
     let my_id = id_of(&me);
     let enc = node.config.address_encoding;
@@ -571,6 +584,7 @@ async fn join_locked(
         }
         let start = starts[next_start % starts.len()];
         let owner = match walk::walk_trail(start, &my_id, me, enc).await {
+            Ok((o, _)) if o == me && serving => return Ok(false),
             Ok((o, _)) if o == me => {
                 last = format!("the OWN walk from {start} ended at this node's own address");
                 continue;
@@ -590,18 +604,20 @@ async fn join_locked(
                 continue;
             }
         };
-        let fresh = node.storage.is_empty();
+        // Fresh: nothing of ours here, so what a failed CON left can be dropped whole. Never
+        // for a node that serves: writes may land in its arc meanwhile.
+        let fresh = !serving && node.storage.is_empty();
         node.set_handoff(Some(&HandoffRecord::ReceivingCon { from: owner, fresh }))
             .await?;
         // Keys first only where nobody can see it half-done: not while serving reads, and
         // not over entries of our own, which a failed join keeps.
-        let how = if fresh && !serving {
+        let how = if fresh {
             BatchWrite::KeysFirst
         } else {
             BatchWrite::InPlace
         };
         match con_exchange(node, owner, me, how).await {
-            Ok(true) => return Ok(()),
+            Ok(true) => return Ok(true),
             Ok(false) => {
                 last = format!("{owner} answered N");
                 info!("join: {owner} answered N to CON; looking the owner up again");
@@ -633,8 +649,8 @@ async fn con_exchange(node: &Node, owner: PeerAddr, me: PeerAddr, how: BatchWrit
         Status::N => return Ok(false),
         Status::F => return Err(Error::Peer(format!("{owner} answered F to CON"))),
     }
-    let s1 = Peer::new(conn.read_addr().await?);
-    let s2 = Peer::new(conn.read_addr().await?);
+    let s1 = Peer::new(walk::checked(owner, "CON", conn.read_addr().await?)?);
+    let s2 = Peer::new(walk::checked(owner, "CON", conn.read_addr().await?)?);
     fault::point("con-join:before-count").await;
     let n = conn.read_int().await?;
     let my = Peer::new(me);
@@ -829,6 +845,9 @@ pub async fn finish_departure(node: &Node) -> Result<()> {
     node.storage.sync(t).await?;
     let t = node.storage.save_state(Some(None), Some(None))?;
     node.storage.sync(t).await?;
+    // A node started on this directory again is a new one: it must not look for this ring.
+    node.clear_peers();
+    node.save_peers().await?;
     info!("left the ring: dropped {deleted} entries handed over; the data directory is empty");
     Ok(())
 }
@@ -926,6 +945,9 @@ pub async fn recover(node: &Arc<Node>) -> Result<()> {
                 info!("this node had left the ring (to {to}) before the crash: it starts anew");
             } else {
                 node.set_handoff(None).await?;
+                // If the leave did complete there, `to` is a ring of one now, rightly, and
+                // knows us no more: we join it (see `check_place`).
+                node.note_left_to(to);
                 info!("the leave to {to} did not complete before the crash: resuming as a member");
             }
         }
@@ -948,6 +970,8 @@ pub enum Place {
     Ours,
     /// This peer owned our id: we joined again through it.
     Rejoined(PeerAddr),
+    /// This peer owns our id as a ring of one: left to join our ring.
+    OwnerAlone(PeerAddr),
 }
 
 /// Does the ring route our id to us, asked through `start`? If another peer owns it (the ring
@@ -990,11 +1014,32 @@ pub async fn check_place(node: &Arc<Node>, start: PeerAddr, attempts: usize) -> 
     if node.departed() || walk::own(owner, &me.id, enc).await? != owner {
         return Ok(Place::Ours);
     }
-    let ring = node.ring().clone();
+    // A ring of one owns every id. If we are in a ring, it is the one to join (its own
+    // search finds us); were we to join it, every node of our ring would follow, one by one.
+    // Unless it is the peer our leave was cut short to: it may have taken our range, and be
+    // alone since then by right.
+    if !node.ring().is_alone()
+        && node.left_to() != Some(owner)
+        && walk::abd(owner, enc).await? == owner
+    {
+        return Ok(Place::OwnerAlone(owner));
+    }
     warn!(
         "the ring moved on without us ({owner} owns our id, asked through {start}): joining \
          again through it, keeping our entries"
     );
+    Ok(if rejoin_locked(node, owner, attempts).await? {
+        Place::Rejoined(owner)
+    } else {
+        Place::Ours
+    })
+}
+
+/// Joins again through `owner` (which owns our id), keeping our entries, with our arc fenced
+/// meanwhile (unless a fence is up already: a restarted node's). `false`: the ring routes our
+/// id to us again, nothing to join. The caller holds `Node::handoff`.
+pub async fn rejoin_locked(node: &Arc<Node>, owner: PeerAddr, attempts: usize) -> Result<bool> {
+    let ring = node.ring().clone();
     let fenced = node.gate.fence(ring.me.id, ring.successor().id);
     if fenced {
         node.gate
@@ -1005,16 +1050,21 @@ pub async fn check_place(node: &Arc<Node>, start: PeerAddr, attempts: usize) -> 
     if fenced {
         node.gate.lift();
     }
-    joined?;
-    node.repair.notify_one();
-    Ok(Place::Rejoined(owner))
+    if joined? {
+        node.clear_left_to();
+        node.repair.notify_one();
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// After a restart that resumed a ring state: the place check, through our predecessor, our
 /// successor, then the other peers we know, until one answers (or `RESTART_CHECK_FOR` has
-/// passed). Writes to our arc wait meanwhile: the caller fenced it before serving, and we lift
+/// passed, checked between peers; one check of [`RESTART_JOIN_ATTEMPTS`] CONs may run past
+/// it). Writes to our arc wait meanwhile: the caller fenced it before serving, and we lift
 /// the fence here. Until then a CON to us is answered `N` (the fence), so no peer can join
-/// through a claim of ours that may be out of date.
+/// through a claim of ours that may be out of date. The periodic place check starts only
+/// after this one (`Node::run`), so nothing else relies on that fence.
 pub async fn check_place_after_restart(node: &Arc<Node>, fenced: bool) {
     let ring = node.ring().clone();
     let deadline = tokio::time::Instant::now() + RESTART_CHECK_FOR;
@@ -1033,13 +1083,17 @@ pub async fn check_place_after_restart(node: &Arc<Node>, fenced: bool) {
         if tokio::time::Instant::now() >= deadline {
             break;
         }
-        match check_place(node, start, JOIN_ATTEMPTS).await {
+        match check_place(node, start, RESTART_JOIN_ATTEMPTS).await {
             Ok(Place::Ours) => {
                 info!("the ring still routes our id to us (asked through {start})");
                 checked = true;
             }
             Ok(Place::Rejoined(owner)) => {
                 info!("joined again through {owner}");
+                checked = true;
+            }
+            Ok(Place::OwnerAlone(owner)) => {
+                info!("{owner} owns our id as a ring of one: we keep our place, it joins us");
                 checked = true;
             }
             Err(e) => last = format!("{start}: {e}"),

@@ -62,12 +62,22 @@ pub async fn run(node: Arc<Node>) {
 /// PUL the successor; once it has missed `dead_after` in a row, adopt the next live peer of
 /// the successor list, or if none answers the successor found through the peers we know
 /// ([`find_successor`]); we become a ring of one only if no peer we know answers. Then the
-/// list is rebuilt from the live successor ([`refresh_successors`]).
-async fn check_successors(node: &Node, misses: &mut u32) -> Result<()> {
+/// list is rebuilt from the live successor ([`refresh_successors`]). A ring of one that knows
+/// peers looks for its place among them every few rounds ([`rejoin_when_alone`]).
+async fn check_successors(node: &Arc<Node>, misses: &mut u32) -> Result<()> {
     let ring = node.ring().clone();
     let me = ring.me;
     if ring.is_alone() {
         *misses = 0;
+        // About one round in ALONE_SEARCH_EVERY, at random: two rings of one that search at
+        // once would each wait for the other's handoff lock.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        if (nanos as usize).is_multiple_of(ALONE_SEARCH_EVERY) {
+            return rejoin_when_alone(node, &ring).await;
+        }
         return Ok(());
     }
     let enc = node.config.address_encoding;
@@ -84,7 +94,10 @@ async fn check_successors(node: &Node, misses: &mut u32) -> Result<()> {
         return Ok(());
     }
     *misses = 0;
-    let new = next_successor(node, &ring).await;
+    let new = match next_successor(node, &ring).await? {
+        Next::Adopt(p) => p,
+        Next::Keep | Next::Rejoined => return Ok(()),
+    };
     let max = node.config.successors;
     let changed = node
         .update_ring(|r| {
@@ -112,14 +125,29 @@ async fn check_successors(node: &Node, misses: &mut u32) -> Result<()> {
     Ok(())
 }
 
+/// Rounds between two searches of a ring of one for the ring it was part of.
+const ALONE_SEARCH_EVERY: usize = 5;
+
+/// What to do about a dead successor.
+enum Next {
+    /// Adopt this one (ourselves: nobody we know answers).
+    Adopt(Peer),
+    /// It answers again: keep it.
+    Keep,
+    /// The ring went on without us, and we joined again through the owner of our id.
+    Rejoined,
+}
+
 /// The successor to adopt when ours is dead: the first live peer of the list after it, or the
-/// one found through the peers we have known, or (only if none of them answers) ourselves.
-async fn next_successor(node: &Node, ring: &RingState) -> Peer {
+/// one found through the peers we have known, or (only if none of them answers, nor the
+/// successor once more) ourselves. If the search finds our id owned by another peer, we join
+/// again through it here (this round holds `Node::handoff`).
+async fn next_successor(node: &Arc<Node>, ring: &RingState) -> Result<Next> {
     let enc = node.config.address_encoding;
     for c in ring.successors.iter().skip(1) {
         if walk::pul(c.addr, enc).await {
             node.mark_alive(c.addr);
-            return *c;
+            return Ok(Next::Adopt(*c));
         }
         node.mark_failed(c.addr, "PUL of a successor");
     }
@@ -130,24 +158,79 @@ async fn next_successor(node: &Node, ring: &RingState) -> Peer {
                 "every successor we listed is dead: {} found through the peers we have known",
                 c.addr
             );
-            c
+            Ok(Next::Adopt(c))
         }
-        Found::Claimed { owner, successor } => {
-            // The ring went on without us: join again through the owner of our id (the place
-            // check, which cannot run inside this round); until then, link to the nearest live
-            // peer rather than to nobody.
-            warn!("{owner} owns our id: the next place check starts there");
-            node.hint_place_check(owner);
-            successor
+        Found::Claimed { owner } => {
+            warn!(
+                "every successor we listed is dead, and {owner} owns our id: the ring went on \
+                 without us; joining again through it, keeping our entries"
+            );
+            if handoff::rejoin_locked(node, owner, PLACE_JOIN_ATTEMPTS).await? {
+                info!("joined the ring again through {owner}");
+            }
+            Ok(Next::Rejoined)
         }
         Found::Nobody => {
+            // Never a ring of one on a stale answer: the successor, once more.
+            let succ = ring.successor();
+            if walk::pul(succ.addr, enc).await {
+                node.mark_alive(succ.addr);
+                return Ok(Next::Keep);
+            }
             let tried: Vec<String> = tried.iter().map(|a| a.to_string()).collect();
             error!(
                 "every successor ({}) is dead and no peer we have known answers: this node is \
                  a ring of one until one does",
                 tried.join(", ")
             );
-            ring.me
+            Ok(Next::Adopt(ring.me))
+        }
+    }
+}
+
+/// A ring of one that knows peers: if one answers, find our place among them as when every
+/// successor died. The ring may still name us (link to our successor), or may have gone on
+/// without us (join again through the owner of our id). Peers in a ring never join through a
+/// ring of one (`handoff::check_place`), so this is how one that was cut off from everyone
+/// comes back.
+async fn rejoin_when_alone(node: &Arc<Node>, ring: &RingState) -> Result<()> {
+    if node.known_peers().is_empty() {
+        return Ok(());
+    }
+    match find_successor(node, ring, &[]).await {
+        Found::Nobody => Ok(()),
+        Found::Successor(c) => {
+            let max = node.config.successors;
+            let changed = node
+                .update_ring(|r| {
+                    if !r.is_alone() {
+                        return false;
+                    }
+                    r.set_successors([c], max);
+                    true
+                })
+                .await?;
+            if changed {
+                warn!(
+                    "a ring of one no longer: {} answers and the ring still names us, so it is \
+                     our successor again",
+                    c.addr
+                );
+                node.repair.notify_one();
+                let ring = node.ring().clone();
+                refresh_successors(node, &ring).await?;
+            }
+            Ok(())
+        }
+        Found::Claimed { owner } => {
+            warn!(
+                "a ring of one no longer: {owner} owns our id in a ring of its own; joining \
+                 again through it, keeping our entries"
+            );
+            if handoff::rejoin_locked(node, owner, PLACE_JOIN_ATTEMPTS).await? {
+                info!("joined the ring again through {owner}");
+            }
+            Ok(())
         }
     }
 }
@@ -204,9 +287,9 @@ enum Found {
     /// The nearest live peer above us, and the ring agrees: it names us as the owner of the
     /// key just below it.
     Successor(Peer),
-    /// The nearest live peer above us, but the ring says `owner` owns the key just below it,
-    /// and so our id: the ring went on without us.
-    Claimed { owner: PeerAddr, successor: Peer },
+    /// The nearest live peer above us answers, but the ring says `owner` owns the key just
+    /// below it, and so our id: the ring went on without us.
+    Claimed { owner: PeerAddr },
     /// No peer we have known answers.
     Nobody,
 }
@@ -262,10 +345,7 @@ async fn find_successor(node: &Node, ring: &RingState, tried: &[PeerAddr]) -> Fo
             cand = p;
             continue;
         }
-        return Found::Claimed {
-            owner: o,
-            successor: cand,
-        };
+        return Found::Claimed { owner: o };
     }
     Found::Successor(cand)
 }
@@ -287,7 +367,7 @@ async fn refresh_finger(node: &Node, i: usize) -> Result<()> {
             let enc = node.config.address_encoding;
             let (end, trail) = walk::walk_trail(start, &target, me.addr, enc).await?;
             node.meet(trail);
-            end
+            in_our_ring(node, end).await?
         }
     };
     let f = Peer::new(owner);
@@ -304,6 +384,21 @@ async fn refresh_finger(node: &Node, i: usize) -> Result<()> {
     Ok(())
 }
 
+/// `peer`, where a walk of ours ended, unless it is a ring of one while we are in a ring: then
+/// `me`, and it is dropped from the fingers and the predecessor. A ring of one owns every key,
+/// so a walk that reaches it ends there, and a finger pointing at it would renew itself: a
+/// node that left and was started again alone on its old address, or one cut off from
+/// everyone, which comes back by its own search (`rejoin_when_alone`).
+async fn in_our_ring(node: &Node, peer: PeerAddr) -> Result<PeerAddr> {
+    let me = node.ring().me.addr;
+    if peer == me || walk::abd(peer, node.config.address_encoding).await? != peer {
+        return Ok(peer);
+    }
+    debug!("{peer} is a ring of one: not a finger or a predecessor of ours");
+    node.forget(peer);
+    Ok(me)
+}
+
 /// The predecessor is the owner of `id - 1` (PROTOCOL.md 6).
 async fn refresh_predecessor(node: &Node) -> Result<()> {
     let me = node.ring().me;
@@ -315,7 +410,7 @@ async fn refresh_predecessor(node: &Node) -> Result<()> {
     let (pred, trail) =
         walk::walk_trail(start, &key, me.addr, node.config.address_encoding).await?;
     node.meet(trail);
-    if pred == me.addr {
+    if in_our_ring(node, pred).await? == me.addr {
         return Ok(());
     }
     let p = Peer::new(pred);
@@ -348,6 +443,9 @@ pub async fn place_loop(node: Arc<Node>) {
         match handoff::check_place(&node, start, PLACE_JOIN_ATTEMPTS).await {
             Ok(Place::Ours) => {}
             Ok(Place::Rejoined(owner)) => info!("joined the ring again through {owner}"),
+            Ok(Place::OwnerAlone(owner)) => {
+                debug!("{owner} owns our id as a ring of one: left for it to join us")
+            }
             Err(e) => debug!("place check through {start}: {e}"),
         }
     }

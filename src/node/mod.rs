@@ -64,12 +64,13 @@ pub struct Node {
     progress: Mutex<Option<Arc<Progress>>>,
     /// Set once a leave completed: we own nothing and answer `N` to every data request.
     departed: AtomicBool,
+    /// The peer a leave of ours was handing our range to when the node crashed (from the
+    /// handoff record): the place check joins it even as a ring of one.
+    left_to: Mutex<Option<PeerAddr>>,
     /// Every peer we have known and what we last saw of it: where we look for the ring when
     /// our successors are all dead, and so that OWN neither PULs a peer on every answer nor
     /// names one it found dead.
     peers: Mutex<peers::Peers>,
-    /// A peer the successor search found owning our id: where the next place check starts.
-    place_hint: Mutex<Option<PeerAddr>>,
     /// Asks the server to stop (after a completed leave).
     stop: Notify,
     /// Wakes the repair pass (after a handoff).
@@ -98,7 +99,7 @@ impl Node {
             progress: Mutex::new(None),
             departed: AtomicBool::new(false),
             peers: Mutex::new(peers),
-            place_hint: Mutex::new(None),
+            left_to: Mutex::new(None),
             stop: Notify::new(),
             repair: Notify::new(),
             started: Instant::now(),
@@ -302,29 +303,40 @@ impl Node {
         }
     }
 
+    /// Notes that a leave of ours to `peer` was cut short by a crash.
+    pub fn note_left_to(&self, peer: PeerAddr) {
+        *self.left_to.lock().unwrap_or_else(|e| e.into_inner()) = Some(peer);
+    }
+
+    /// See [`Node::note_left_to`].
+    pub fn left_to(&self) -> Option<PeerAddr> {
+        *self.left_to.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// We joined again: no leave of ours is pending any more.
+    pub fn clear_left_to(&self) {
+        *self.left_to.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Forgets `peer`, which left the ring.
+    pub fn forget_peer(&self, peer: PeerAddr) {
+        self.peers().forget(&peer);
+    }
+
+    /// Forgets every peer: we left the ring.
+    pub fn clear_peers(&self) {
+        self.peers().clear();
+    }
+
     /// Every peer we have known, in the order met.
     pub fn known_peers(&self) -> Vec<PeerAddr> {
         self.peers().known().to_vec()
     }
 
-    /// The next known peer to ask where we are in the ring: one the successor search found
-    /// owning our id if there is one, else the next in turn.
+    /// The next known peer to ask where we are in the ring, in turn.
     pub fn next_place_check(&self) -> Option<PeerAddr> {
         let me = self.me();
-        if let Some(p) = self
-            .place_hint
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            return Some(p);
-        }
         self.peers().next_to_probe(&[me])
-    }
-
-    /// Asks the next place check to start at `peer`.
-    pub fn hint_place_check(&self, peer: PeerAddr) {
-        *self.place_hint.lock().unwrap_or_else(|e| e.into_inner()) = Some(peer);
     }
 
     /// Saves the known peers if they changed since they were last saved.
@@ -345,15 +357,22 @@ impl Node {
             skip.push(self.me());
         }
         loop {
-            let (answer, me) = {
+            let (answer, me, successor) = {
                 let ring = self.ring();
-                (ring.own_answer(key, &skip), ring.me.addr)
+                (
+                    ring.own_answer(key, &skip),
+                    ring.me.addr,
+                    ring.successor().addr,
+                )
             };
             if answer == me || self.recently_alive(&answer) {
                 return answer;
             }
-            // A peer found dead is not named again until it answers a PUL of the maintenance.
-            if !self.seems_dead(&answer) && walk::pul(answer, self.config.address_encoding).await {
+            // A peer found dead is not named again until it answers a request of the
+            // maintenance; but our successor is always asked (one missed PUL marks it, and
+            // answering for its keys ourselves sends the walk to a peer that answers N).
+            let ask = answer == successor || !self.seems_dead(&answer);
+            if ask && walk::pul(answer, self.config.address_encoding).await {
                 self.mark_alive(answer);
                 return answer;
             }
@@ -523,25 +542,28 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
         node.storage.dir().display()
     );
     let admin = admin::start(node.clone())?;
+    // Serving already after a restart (the peers we ask check with PUL that we are alive), but
+    // writes to our arc wait until we know it is still ours: the ring may have moved on while
+    // we were down, and what its current owner holds is newer.
+    let fenced = resumed && {
+        let ring = node.ring().clone();
+        !ring.is_alone() && node.gate.fence(ring.me.id, ring.successor().id)
+    };
+    let places = {
+        let node = node.clone();
+        async move {
+            if resumed {
+                handoff::check_place_after_restart(&node, fenced).await;
+            }
+            node.repair.notify_one();
+            maintenance::place_loop(node).await
+        }
+    };
     let tasks = [
         tokio::spawn(maintenance::run(node.clone())),
-        tokio::spawn(maintenance::place_loop(node.clone())),
+        tokio::spawn(places),
         tokio::spawn(maintenance::repair_loop(node.clone())),
     ];
-    if resumed {
-        // Serving already (the peers we ask check with PUL that we are alive), but writes to
-        // our arc wait until we know it is still ours: the ring may have moved on while we were
-        // down, and what its current owner holds is newer.
-        let ring = node.ring().clone();
-        let fenced = !ring.is_alone() && node.gate.fence(ring.me.id, ring.successor().id);
-        let node = node.clone();
-        tokio::spawn(async move {
-            handoff::check_place_after_restart(&node, fenced).await;
-            node.repair.notify_one();
-        });
-    } else {
-        node.repair.notify_one();
-    }
     let stop = {
         let node = node.clone();
         async move {

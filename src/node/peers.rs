@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::protocol::PeerAddr;
+use crate::protocol::{is_peer_address, PeerAddr};
 
 /// Most peers kept. Past it, meeting a new peer forgets the one longest dead (or, if none is
 /// dead, the one heard from longest ago): a ring's worth of peers for the place check and the
@@ -75,9 +75,9 @@ impl Peers {
         p
     }
 
-    /// Adds `peer` to the set (if it is not there, and not us).
+    /// Adds `peer` to the set (if it is not there, not us, and an address a peer can have).
     pub fn meet(&mut self, peer: PeerAddr) {
-        if peer == self.me || self.health.contains_key(&peer) {
+        if peer == self.me || self.health.contains_key(&peer) || !is_peer_address(&peer) {
             return;
         }
         if self.known.len() >= KNOWN_MAX {
@@ -106,13 +106,31 @@ impl Peers {
         }
     }
 
+    /// Forgets `peer` (it left the ring).
+    pub fn forget(&mut self, peer: &PeerAddr) {
+        if let Some(i) = self.known.iter().position(|a| a == peer) {
+            self.known.remove(i);
+            self.health.remove(peer);
+            if self.cursor > i {
+                self.cursor -= 1;
+            }
+            self.changed = true;
+        }
+    }
+
+    /// Forgets every peer (we left the ring: a node started on this directory again is new).
+    pub fn clear(&mut self) {
+        self.changed = !self.known.is_empty();
+        self.known.clear();
+        self.health.clear();
+        self.cursor = 0;
+    }
+
     /// `peer` answered just now. Returns [`Change::Back`] if it had been failing.
     pub fn answered(&mut self, peer: PeerAddr) -> Option<Change> {
-        if peer == self.me {
-            return None;
-        }
         self.meet(peer);
-        let h = self.health.entry(peer).or_default();
+        // Not kept (us, or no peer's address): nothing to say.
+        let h = self.health.get_mut(&peer)?;
         let was_dead = h.dead_since.take().is_some();
         h.answered = Some(Instant::now());
         was_dead.then_some(Change::Back)
@@ -121,11 +139,9 @@ impl Peers {
     /// A request to `peer` failed just now. Returns [`Change::Down`] on the first failure
     /// after an answer (or the first ever).
     pub fn failed(&mut self, peer: PeerAddr) -> Option<Change> {
-        if peer == self.me {
-            return None;
-        }
         self.meet(peer);
-        let h = self.health.entry(peer).or_default();
+        // Not kept (us, or no peer's address): nothing to say.
+        let h = self.health.get_mut(&peer)?;
         if h.dead_since.is_some() {
             return None;
         }
@@ -242,6 +258,32 @@ mod tests {
         p.meet(addr(9002));
         assert!(!p.known().contains(&addr(9000)));
         assert!(p.known().contains(&addr(9002)));
+    }
+
+    #[test]
+    fn addresses_nobody_can_have_are_not_kept_and_a_leaver_is_forgotten() {
+        let mut p = Peers::new(addr(1), vec![], []);
+        for bad in [
+            "0.0.0.0:5000",
+            "255.255.255.255:5000",
+            "224.0.0.1:5000",
+            "127.0.0.1:0",
+        ] {
+            let a: PeerAddr = bad.parse().unwrap();
+            p.meet(a);
+            assert_eq!(p.answered(a), None);
+            assert_eq!(p.failed(a), None);
+        }
+        assert!(p.known().is_empty());
+        p.meet(addr(2));
+        p.meet(addr(3));
+        p.take_changed();
+        p.forget(&addr(2));
+        assert_eq!(p.known(), &[addr(3)]);
+        assert_eq!(p.take_changed(), Some(vec![addr(3)]));
+        p.clear();
+        assert_eq!(p.take_changed(), Some(vec![]));
+        assert!(p.known().is_empty());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::protocol::{AddressEncoding, HashKey, Limits, PeerAddr, Status};
+use crate::protocol::{is_peer_address, AddressEncoding, HashKey, Limits, PeerAddr, Status};
 
 /// Time allowed for one short request to a peer, connection included.
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -40,17 +40,30 @@ pub async fn pul(peer: PeerAddr, enc: AddressEncoding) -> bool {
 /// `peer`'s OWN answer for `key`.
 pub async fn own(peer: PeerAddr, key: &HashKey, enc: AddressEncoding) -> Result<PeerAddr> {
     let ask = async { connect(peer, enc).await?.own(key).await };
-    tokio::time::timeout(ASK_TIMEOUT, ask)
+    let answer = tokio::time::timeout(ASK_TIMEOUT, ask)
         .await
-        .map_err(|_| late(peer))?
+        .map_err(|_| late(peer))??;
+    checked(peer, "OWN", answer)
 }
 
 /// `peer`'s successor (ABD).
 pub async fn abd(peer: PeerAddr, enc: AddressEncoding) -> Result<PeerAddr> {
     let ask = async { connect(peer, enc).await?.abd().await };
-    tokio::time::timeout(ASK_TIMEOUT, ask)
+    let answer = tokio::time::timeout(ASK_TIMEOUT, ask)
         .await
-        .map_err(|_| late(peer))?
+        .map_err(|_| late(peer))??;
+    checked(peer, "ABD", answer)
+}
+
+/// `answer`, if it is an address a peer can have (see [`is_peer_address`]).
+pub fn checked(peer: PeerAddr, what: &str, answer: PeerAddr) -> Result<PeerAddr> {
+    if is_peer_address(&answer) {
+        Ok(answer)
+    } else {
+        Err(Error::Peer(format!(
+            "{peer} named {answer} in its {what} answer, an address no peer can have"
+        )))
+    }
 }
 
 /// Follows OWN answers from `start` until a peer names itself, or names `me` (this node, which

@@ -160,6 +160,14 @@ pub fn parse_addr(text: &str) -> Result<PeerAddr> {
     Ok(SocketAddrV4::new(ip, port))
 }
 
+/// Whether `addr` can be a peer's advertised address: a unicast IPv4 address and a port. A
+/// peer that names 0.0.0.0, a broadcast or multicast address, or port 0 (as a successor, an
+/// OWN or ABD answer) names nobody one can ask.
+pub fn is_peer_address(addr: &PeerAddr) -> bool {
+    let ip = addr.ip();
+    addr.port() != 0 && !ip.is_unspecified() && !ip.is_broadcast() && !ip.is_multicast()
+}
+
 /// One answer byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
