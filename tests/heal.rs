@@ -58,25 +58,38 @@ async fn two_then_three_adjacent_nodes_die_at_once_and_the_ring_heals() {
     .await;
     let before = put_keys(all[0], "before", 300).await;
 
-    // INF shows the successor list (four by default) and every peer known.
-    let inf = nodes[0].client().await.inf().await.unwrap();
-    let line = |name: &str| {
-        inf.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or_else(|| panic!("INF has no {name:?} line: {inf}"))
-            .to_string()
-    };
+    // INF shows the successor list (four by default) and every peer known, with what was
+    // last seen of it (the predecessor is refreshed every third round: waited for).
     let want: Vec<String> = all[1..5].iter().map(|a| a.to_string()).collect();
-    assert_eq!(line("successors "), want.join(", "), "{inf}");
-    // The known peers: at least every peer of the ring state, each with what was last seen.
-    let known = line("known peers ");
-    for a in &all[1..5] {
-        assert!(known.contains(&format!("{a} (alive)")), "{inf}");
-    }
-    assert!(
-        known.contains(&format!("{} (alive)", all[7])),
-        "the predecessor: {inf}"
-    );
+    settle(
+        "INF showing the list and the known peers",
+        Duration::from_secs(10),
+        &refs,
+        || {
+            let want = &want;
+            let (node, pred) = (&nodes[0], all[7]);
+            async move {
+                let inf = node.client().await.inf().await.map_err(|e| e.to_string())?;
+                let line = |name: &str| {
+                    inf.lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                let known = line("known peers ");
+                let all_known = want
+                    .iter()
+                    .chain(std::iter::once(&pred.to_string()))
+                    .all(|a| known.contains(&format!("{a} (alive)")));
+                if line("successors ") == want.join(", ") && all_known {
+                    Ok(())
+                } else {
+                    Err(inf)
+                }
+            }
+        },
+    )
+    .await;
 
     // Two neighbours die at once: their predecessor's first two successors are gone.
     for i in [2, 3] {
@@ -354,7 +367,13 @@ async fn a_node_that_left_and_starts_again_alone_is_a_new_ring_of_one() {
     // Several place checks and successor searches later, still two rings.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let refs: Vec<&TestNode> = [0, 2].map(|i| &nodes[i]).to_vec();
-    ring_check(&rest, WALKS).await.unwrap();
+    if let Err(e) = ring_check(&rest, WALKS).await {
+        let logs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("== {}\n{}", n.addr, n.log_text()))
+            .collect();
+        panic!("{e}\n{}", logs.join("\n"));
+    }
     let inf = nodes[1].client().await.inf().await.unwrap();
     assert!(inf.contains(&format!("successor {} (", all[1])), "{inf}");
     assert!(inf.contains("known peers none"), "{inf}");

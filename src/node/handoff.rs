@@ -843,11 +843,12 @@ pub async fn finish_departure(node: &Node) -> Result<()> {
     fault::point("dis-leave:after-switch").await;
     let (deleted, t) = node.storage.delete_arc(&HashKey::ZERO, &HashKey::ZERO)?;
     node.storage.sync(t).await?;
-    let t = node.storage.save_state(Some(None), Some(None))?;
-    node.storage.sync(t).await?;
     // A node started on this directory again is a new one: it must not look for this ring.
+    // Forgotten before the record goes, so that a departure cut short is finished again.
     node.clear_peers();
     node.save_peers().await?;
+    let t = node.storage.save_state(Some(None), Some(None))?;
+    node.storage.sync(t).await?;
     info!("left the ring: dropped {deleted} entries handed over; the data directory is empty");
     Ok(())
 }
