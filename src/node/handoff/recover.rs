@@ -1,0 +1,126 @@
+//! After a crash, before the node serves: finish or undo the handoff its record says was in
+//! progress (ARCHITECTURE.md, "Crash safety of handoffs").
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::con::finish_handed_arc;
+use super::dis::finish_departure;
+use crate::error::{Error, Result};
+use crate::node::{walk, Node};
+use crate::protocol::HashKey;
+use crate::ring::{id_of, Peer};
+use crate::storage::{HandoffRecord, Phase};
+
+/// Finishes or undoes a handoff that a crash interrupted (the handoff record says which),
+/// before the node serves anything.
+pub async fn recover(node: &Arc<Node>) -> Result<()> {
+    let Some(rec) = node.storage.load_handoff()? else {
+        return Ok(());
+    };
+    let enc = node.config.address_encoding;
+    warn!("finishing a handoff interrupted by a crash: {rec:?}");
+    match rec {
+        HandoffRecord::ServingCon {
+            joiner,
+            successor,
+            second_successor,
+            phase,
+        } => {
+            let j = Peer::new(joiner);
+            let s1 = Peer::new(successor);
+            let handed = match phase {
+                Phase::Handed => true,
+                // Did the joiner finish (it persists its state before its T)? Ask it.
+                Phase::Streaming => {
+                    let mut answer = Err(Error::Peer("not asked".into()));
+                    for _ in 0..3 {
+                        answer = walk::own(joiner, &j.id, enc).await;
+                        if answer.is_ok() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    match answer {
+                        Ok(a) if a == joiner => true,
+                        Ok(a) => {
+                            info!("{joiner} did not complete its join (OWN answered {a}): we keep the range");
+                            false
+                        }
+                        Err(e) => {
+                            warn!("{joiner} cannot be asked whether it joined ({e}): we keep the range");
+                            false
+                        }
+                    }
+                }
+            };
+            if handed {
+                let mut next = node.ring().clone();
+                if next.successor().addr != joiner {
+                    let after = next.successors.clone();
+                    next.set_successors([j, s1].into_iter().chain(after), node.config.successors);
+                }
+                if phase == Phase::Handed {
+                    let rec = HandoffRecord::ServingCon {
+                        joiner,
+                        successor,
+                        second_successor,
+                        phase: Phase::Handed,
+                    };
+                    node.switch_ring(Some(next), Some(Some(&rec))).await?;
+                    finish_handed_arc(node, &j.id, &s1.id).await?;
+                } else {
+                    // J is a member, but maybe through another peer that took our arc while
+                    // we were down, without our entries: so they are not dropped here. They
+                    // are misplaced now, and the repair pass hands each to J unless J holds
+                    // it, and deletes it only then.
+                    node.switch_ring(Some(next), Some(None)).await?;
+                }
+                info!("completed the CON with {joiner} interrupted by the crash");
+            } else {
+                node.set_handoff(None).await?;
+            }
+        }
+        HandoffRecord::ReceivingCon { from, fresh } => {
+            if fresh {
+                let (n, t) = node.storage.delete_arc(&HashKey::ZERO, &HashKey::ZERO)?;
+                node.storage.sync(t).await?;
+                info!("dropped {n} entries of a CON from {from} that did not complete");
+            }
+            node.set_handoff(None).await?;
+        }
+        HandoffRecord::Leaving { to, phase } => {
+            // Only P's T, recorded (Handed), says that P holds our range. Streaming says
+            // nothing of it: that P owns our id now may mean it took the range, or only that
+            // it gave us up while we were down with the entries here alone. So we keep them
+            // and resume as a member; the restart's place check joins again through P if it
+            // owns our id (its copies overwrite ours). The leave said it failed; it may be
+            // asked again.
+            let handed = phase == Phase::Handed;
+            if handed {
+                node.switch_ring(None, None).await?;
+                finish_departure(node).await?;
+                node.departed
+                    .store(false, std::sync::atomic::Ordering::Release);
+                info!("this node had left the ring (to {to}) before the crash: it starts anew");
+            } else {
+                node.set_handoff(None).await?;
+                // If the leave did complete there, `to` is a ring of one now, rightly, and
+                // knows us no more: we join it (see `check_place`).
+                node.note_left_to(to);
+                info!("the leave to {to} did not complete before the crash: resuming as a member");
+            }
+        }
+        HandoffRecord::ReceivingDis { leaver, successor } => {
+            let (n, t) = node
+                .storage
+                .delete_arc(&id_of(&leaver), &id_of(&successor))?;
+            node.storage.sync(t).await?;
+            node.set_handoff(None).await?;
+            info!("dropped {n} entries of a DIS from {leaver} that did not complete");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,271 @@
+//! The stream of a handoff's entries: out of sled onto the socket (`send_arc`, the sender of
+//! a CON or a DIS) and off the socket into sled (`receive_arc`, the receiver). On each side one
+//! blocking thread does the sled work and meets the socket task in a channel of
+//! [`QUEUED_BATCHES`] batches, so memory stays bounded whatever the arc holds.
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::BATCH_BYTES;
+use crate::error::{Error, Result};
+use crate::fault;
+use crate::node::{Node, Progress};
+use crate::protocol::{Connection, HashKey, Status};
+use crate::ring::in_arc;
+#[cfg(doc)]
+use crate::storage::BATCH_ENTRIES;
+use crate::storage::{BatchWrite, Batcher, Storage};
+
+/// Batches waiting between the socket task and the sled thread of a handoff, either way.
+pub(super) const QUEUED_BATCHES: usize = 2;
+
+/// A receiver asks for the flush of each window of this many bytes when it closes, and waits
+/// for it only when the next window closes, so that what is not yet durable stays bounded on a
+/// slow disk while the flusher works on one window and the receiver writes the next. With 64
+/// MiB windows the receiver waited too often (1 GiB CON 5.9–8.1 s, with 256 MiB 4.9–5.2 s:
+/// BENCHMARKS.md).
+const SYNC_EVERY: u64 = 256 << 20;
+
+/// What the reading thread of [`send_arc`] hands to the socket task.
+enum Outgoing {
+    /// The number of entries in the arc: the Int sent first.
+    Count(u64),
+    /// The next entries in ring order.
+    Entries(Vec<(HashKey, crate::storage::Value)>),
+}
+
+/// Streams the entries of `[from, to)` out of sled: the Int count, then each HashKey and Value.
+/// The arc must be fenced, so that the count and the entries agree.
+///
+/// One blocking thread counts and reads the arc while this task writes the socket: sled's
+/// page loads stay off the async workers (and in one malloc arena), and reading overlaps
+/// sending. They meet in a channel of [`QUEUED_BATCHES`] batches (`storage::Batcher`: at most
+/// [`BATCH_ENTRIES`] entries or [`BATCH_BYTES`] bytes), so memory stays bounded whatever the arc holds.
+pub(super) async fn send_arc<S: AsyncRead + AsyncWrite>(
+    node: &Node,
+    conn: &mut Connection<S>,
+    from: &HashKey,
+    to: &HashKey,
+    progress: &Progress,
+    step: &str,
+) -> Result<u64> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Outgoing>>(QUEUED_BATCHES);
+    let reader = {
+        let storage = node.storage.clone();
+        let (from, to) = (*from, *to);
+        tokio::task::spawn_blocking(move || read_arc(&storage, &from, &to, &tx))
+    };
+    let result = stream_arc(conn, &mut rx, progress, step).await;
+    // Stops the reader if we stopped first; it ends at its next send.
+    drop(rx);
+    let _ = reader.await;
+    result
+}
+
+/// The reading side of [`send_arc`]: count, then batches, until the arc ends or the socket
+/// task has gone.
+fn read_arc(
+    storage: &Storage,
+    from: &HashKey,
+    to: &HashKey,
+    tx: &tokio::sync::mpsc::Sender<Result<Outgoing>>,
+) {
+    let n = match storage.count_arc(from, to) {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
+    };
+    if tx.blocking_send(Ok(Outgoing::Count(n))).is_err() {
+        return;
+    }
+    let mut batcher = Batcher::new(BATCH_BYTES);
+    for entry in storage.iter_arc(from, to) {
+        match entry {
+            Ok((k, v)) => {
+                if let Some(full) = batcher.push(k, v) {
+                    if tx.blocking_send(Ok(Outgoing::Entries(full))).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        }
+    }
+    if let Some(last) = batcher.finish() {
+        let _ = tx.blocking_send(Ok(Outgoing::Entries(last)));
+    }
+}
+
+/// The socket side of [`send_arc`].
+async fn stream_arc<S: AsyncRead + AsyncWrite>(
+    conn: &mut Connection<S>,
+    rx: &mut tokio::sync::mpsc::Receiver<Result<Outgoing>>,
+    progress: &Progress,
+    step: &str,
+) -> Result<u64> {
+    let lost = || Error::Flush("the thread reading the arc stopped".into());
+    let n = match rx.recv().await.ok_or_else(lost)?? {
+        Outgoing::Count(n) => n,
+        Outgoing::Entries(_) => return Err(lost()),
+    };
+    progress
+        .total
+        .store(n, std::sync::atomic::Ordering::Relaxed);
+    fault::point(&format!("{step}:before-count")).await;
+    conn.write_int(n).await?;
+    let mut sent = 0u64;
+    while let Some(msg) = rx.recv().await {
+        let Outgoing::Entries(batch) = msg? else {
+            return Err(lost());
+        };
+        for (k, v) in batch {
+            if sent == n {
+                return Err(Error::Peer(format!(
+                    "the arc changed while it was fenced: more than the {n} entries counted"
+                )));
+            }
+            conn.write_key(&k).await?;
+            conn.write_value(&v).await?;
+            sent += 1;
+            progress.add(1, v.len() as u64);
+            if sent == n / 2 && n > 1 {
+                conn.flush().await?;
+                fault::point(&format!("{step}:mid-stream")).await;
+            }
+        }
+    }
+    if sent != n {
+        return Err(Error::Peer(format!(
+            "the arc changed while it was fenced: {sent} entries sent of {n} counted"
+        )));
+    }
+    conn.flush().await?;
+    fault::point(&format!("{step}:after-last-entry")).await;
+    Ok(n)
+}
+
+/// Receives `n` entries of the arc `[from, to)` into sled in bounded batches, and returns once
+/// they are all durable. An entry outside the arc or over the value limit aborts (`F`).
+///
+/// This task reads the socket and gathers batches; one blocking thread writes them to sled
+/// (and syncs every [`SYNC_EVERY`] bytes), so reading the next batch overlaps writing the
+/// last. At most [`QUEUED_BATCHES`] batches wait between them.
+pub(super) async fn receive_arc<S: AsyncRead + AsyncWrite>(
+    node: &Node,
+    conn: &mut Connection<S>,
+    arc: &Incoming<'_>,
+    progress: &Progress,
+) -> Result<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<(HashKey, Vec<u8>)>>(QUEUED_BATCHES);
+    let writer = {
+        let storage = node.storage.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let how = arc.how;
+        tokio::task::spawn_blocking(move || write_batches(&storage, &runtime, rx, how))
+    };
+    let read = read_entries(conn, arc, progress, &tx).await;
+    drop(tx);
+    let written = writer
+        .await
+        .map_err(|e| Error::Flush(format!("the thread writing the arc failed: {e}")))?;
+    // A write error explains a read side that stopped early because the writer went away.
+    written?;
+    read
+}
+
+/// What a receiver takes in.
+pub(super) struct Incoming<'a> {
+    /// The entry count the sender announced.
+    pub(super) n: u64,
+    /// The arc `[from, to)` the entries must lie in.
+    pub(super) from: &'a HashKey,
+    pub(super) to: &'a HashKey,
+    /// The exchange, as named by its fault points (`dis-recv`, `con-join`).
+    pub(super) step: &'static str,
+    /// Keys first only when an interrupted receive drops everything it received (see
+    /// [`BatchWrite::KeysFirst`]).
+    pub(super) how: BatchWrite,
+}
+
+/// The socket side of [`receive_arc`].
+async fn read_entries<S: AsyncRead + AsyncWrite>(
+    conn: &mut Connection<S>,
+    arc: &Incoming<'_>,
+    progress: &Progress,
+    tx: &tokio::sync::mpsc::Sender<Vec<(HashKey, Vec<u8>)>>,
+) -> Result<()> {
+    let Incoming {
+        n, from, to, step, ..
+    } = *arc;
+    let stopped = || Error::Flush("the thread writing the arc stopped".into());
+    let mut batcher = Batcher::new(BATCH_BYTES);
+    for i in 0..n {
+        let key = conn.read_key().await?;
+        if !in_arc(&key, from, to) {
+            conn.write_status(Status::F).await?;
+            conn.flush().await?;
+            return Err(Error::Peer(format!(
+                "entry {key} lies outside the arc [{from}, {to}) being handed over"
+            )));
+        }
+        let len = match conn.read_value_len().await {
+            Ok(len) => len,
+            Err(e) => {
+                if matches!(e, Error::ValueTooLarge { .. }) {
+                    conn.write_status(Status::F).await?;
+                    conn.flush().await?;
+                }
+                return Err(e);
+            }
+        };
+        let value = conn.read_value_bytes(len).await?;
+        progress.add(1, len);
+        if let Some(full) = batcher.push(key, value) {
+            tx.send(full).await.map_err(|_| stopped())?;
+        }
+        if i + 1 == n / 2 && n > 1 {
+            fault::point(&format!("{step}:mid-stream")).await;
+        }
+    }
+    if let Some(last) = batcher.finish() {
+        tx.send(last).await.map_err(|_| stopped())?;
+    }
+    Ok(())
+}
+
+/// The writing side of [`receive_arc`]: writes each batch, syncs every [`SYNC_EVERY`] bytes
+/// (waiting for the previous window's flush only, so the flusher works on one window while
+/// the next is written), and returns once everything written is durable.
+fn write_batches(
+    storage: &Storage,
+    runtime: &tokio::runtime::Handle,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<(HashKey, Vec<u8>)>>,
+    how: BatchWrite,
+) -> Result<()> {
+    let mut since_sync = 0u64;
+    let mut ticket = None;
+    let mut pending_sync = None;
+    while let Some(mut batch) = rx.blocking_recv() {
+        since_sync += batch.iter().map(|(_, v)| v.len() as u64).sum::<u64>();
+        ticket = Some(storage.insert_batch(&mut batch, how)?);
+        if since_sync >= SYNC_EVERY {
+            if let Some(t) = pending_sync.take() {
+                runtime.block_on(storage.sync(t))?;
+            }
+            // The flusher runs on demand: start this window's flush now.
+            if let Some(t) = ticket {
+                storage.request_sync(t);
+            }
+            pending_sync = ticket;
+            since_sync = 0;
+        }
+    }
+    if let Some(t) = ticket {
+        runtime.block_on(storage.sync(t))?;
+    }
+    Ok(())
+}
