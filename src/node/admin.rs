@@ -83,7 +83,7 @@ async fn serve(node: Arc<Node>, stream: UnixStream) -> Result<()> {
                 tokio::select! {
                     r = &mut work => break r,
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {
-                        let line = node.progress.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|p| p.line());
+                        let line = node.progress.line();
                         if let Some(line) = line {
                             let _ = w.write_all(format!("progress: {line}\n").as_bytes()).await;
                         }

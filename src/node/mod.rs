@@ -61,7 +61,7 @@ pub struct Node {
     /// each computes the next state from the current one, so they go one at a time.
     ring_writer: tokio::sync::Mutex<()>,
     /// The handoff running now, for INF.
-    progress: Mutex<Option<Arc<Progress>>>,
+    progress: progress::Tracker,
     /// Set once a leave completed: we own nothing and answer `N` to every data request.
     departed: AtomicBool,
     /// The peer a leave of ours was handing our range to when the node crashed (from the
@@ -96,7 +96,7 @@ impl Node {
             gate: WriteGate::default(),
             handoff: tokio::sync::Mutex::new(()),
             ring_writer: tokio::sync::Mutex::new(()),
-            progress: Mutex::new(None),
+            progress: progress::Tracker::default(),
             departed: AtomicBool::new(false),
             peers: Mutex::new(peers),
             left_to: Mutex::new(None),
@@ -382,20 +382,11 @@ impl Node {
         }
     }
 
-    /// Marks the start of a handoff for INF and the periodic log.
-    pub fn begin_progress(&self, label: String) -> Arc<Progress> {
-        let p = Progress::start(
-            label,
-            Duration::from_secs(self.config.progress_interval_secs.max(1)),
-        );
-        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.clone());
-        p
-    }
-
-    /// Logs the summary line of a handoff and clears it from INF.
-    pub fn end_progress(&self, p: &Progress, outcome: &str) {
-        info!("handoff {outcome}: {}", p.line());
-        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    /// Marks the start of a handoff for INF and the periodic log; its summary is logged when
+    /// the returned guard ends ("aborted" unless it is finished with an outcome).
+    pub fn begin_progress(&self, label: String) -> progress::Tracked<'_> {
+        let every = Duration::from_secs(self.config.progress_interval_secs.max(1));
+        self.progress.begin(label, every)
     }
 
     /// The INF text: address, id, neighbours, fingers, entries held, handoff in progress.
@@ -411,13 +402,7 @@ impl Node {
             .map(|p| p.addr.to_string())
             .collect();
         fingers.dedup();
-        let handoff = self
-            .progress
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|p| p.line())
-            .unwrap_or_else(|| "none".into());
+        let handoff = self.progress.line().unwrap_or_else(|| "none".into());
         format!(
             "dht-store {}\naddress {}\nid {}\nsuccessor {}\nsecond successor {}\nsuccessors {}\n\
              predecessor {}\nfingers {}\nknown peers {}\nkeys {}\naddress encoding {}\nhandoff {}\n\

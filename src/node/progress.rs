@@ -1,8 +1,9 @@
 //! Visible progress of a handoff: counters shared with INF and a reporter that logs entries,
-//! bytes and rate every few seconds, then one summary line.
+//! bytes and rate every few seconds, then one summary line. The summary says "aborted" unless
+//! the handoff said how it ended ([`Tracked::finish`]): every early return is covered.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tracing::info;
@@ -68,5 +69,94 @@ impl Progress {
             entries as f64 / secs,
             mib / secs,
         )
+    }
+}
+
+/// The handoff running now, if any, for INF.
+#[derive(Default)]
+pub struct Tracker {
+    /// Its counters while it runs.
+    current: Mutex<Option<Arc<Progress>>>,
+}
+
+impl Tracker {
+    /// Starts a handoff's progress (reported every `every`) and makes it the one INF shows.
+    pub fn begin(&self, label: String, every: Duration) -> Tracked<'_> {
+        let p = Progress::start(label, every);
+        *self.lock() = Some(p.clone());
+        Tracked {
+            tracker: self,
+            progress: p,
+            ended: false,
+        }
+    }
+
+    /// The line of the handoff running now, if any.
+    pub fn line(&self) -> Option<String> {
+        self.lock().as_ref().map(|p| p.line())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<Progress>>> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A handoff's progress while it runs: its summary is logged when it ends, "aborted" unless
+/// [`Tracked::finish`] says otherwise.
+pub struct Tracked<'a> {
+    /// Where INF finds it; cleared at the end.
+    tracker: &'a Tracker,
+    /// The counters.
+    progress: Arc<Progress>,
+    /// The summary was logged.
+    ended: bool,
+}
+
+impl Tracked<'_> {
+    /// Logs the summary with `outcome` ("done (...)", "refused") and clears it from INF.
+    pub fn finish(mut self, outcome: &str) {
+        self.end(outcome);
+    }
+
+    fn end(&mut self, outcome: &str) {
+        self.ended = true;
+        info!("handoff {outcome}: {}", self.progress.line());
+        *self.tracker.lock() = None;
+    }
+}
+
+impl std::ops::Deref for Tracked<'_> {
+    type Target = Progress;
+    fn deref(&self) -> &Progress {
+        &self.progress
+    }
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.end("aborted");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_handoff_shows_while_it_runs_and_not_after_however_it_ends() {
+        let t = Tracker::default();
+        let every = Duration::from_secs(60);
+        let p = t.begin("CON to x".into(), every);
+        p.add(3, 30);
+        assert!(t.line().is_some_and(|l| l.starts_with("CON to x: 3/")));
+        p.finish("done");
+        assert_eq!(t.line(), None);
+        // An early return: dropped unfinished, it ends all the same ("aborted").
+        let p = t.begin("DIS to y".into(), every);
+        assert!(t.line().is_some());
+        drop(p);
+        assert_eq!(t.line(), None);
     }
 }

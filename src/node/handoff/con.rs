@@ -82,26 +82,15 @@ async fn serve_con_fenced<S: AsyncRead + AsyncWrite>(
     conn.write_status(Status::T).await?;
     conn.write_addr(&s1.addr).await?;
     conn.write_addr(&s2.addr).await?;
-    let sent = send_arc(node, conn, &j.id, &s1.id, &progress, "con-serve").await;
-    let sent = match sent {
-        Ok(n) => n,
-        Err(e) => {
-            node.end_progress(&progress, "aborted");
-            return Err(e);
-        }
-    };
-    match read_ack(node, conn).await {
-        Ok(Status::T) => {}
-        Ok(other) => {
-            node.end_progress(&progress, "refused");
+    let sent = send_arc(node, conn, &j.id, &s1.id, &progress, "con-serve").await?;
+    match read_ack(node, conn).await? {
+        Status::T => {}
+        other => {
+            progress.finish("refused");
             return Err(Error::Peer(format!(
                 "{} answered {other:?} instead of T",
                 j.addr
             )));
-        }
-        Err(e) => {
-            node.end_progress(&progress, "aborted");
-            return Err(e);
         }
     }
     fault::point("con-serve:after-ack").await;
@@ -122,7 +111,7 @@ async fn serve_con_fenced<S: AsyncRead + AsyncWrite>(
     node.mark_alive(j.addr);
     fault::point("con-serve:after-switch").await;
     finish_handed_arc(node, &j.id, &s1.id).await?;
-    node.end_progress(&progress, &format!("done ({sent} entries to {})", j.addr));
+    progress.finish(&format!("done ({sent} entries to {})", j.addr));
     node.repair.notify_one();
     Ok(())
 }
@@ -271,10 +260,7 @@ async fn con_exchange(node: &Node, owner: PeerAddr, me: PeerAddr, how: BatchWrit
         step: "con-join",
         how,
     };
-    if let Err(e) = receive_arc(node, &mut conn, &arc, &progress).await {
-        node.end_progress(&progress, "aborted");
-        return Err(e);
-    }
+    receive_arc(node, &mut conn, &arc, &progress).await?;
     node.meet([owner, s1.addr, s2.addr]);
     // S1 == P: a ring of one, so after us comes P and after P, us (PROTOCOL.md 6).
     // `set_successors` drops us and anything out of ring order; maintenance extends the list.
@@ -290,9 +276,9 @@ async fn con_exchange(node: &Node, owner: PeerAddr, me: PeerAddr, how: BatchWrit
     conn.write_status(Status::T).await?;
     conn.flush().await?;
     node.mark_alive(owner);
-    node.end_progress(
-        &progress,
-        &format!("done: joined after {owner}, successor {}", s1.addr),
-    );
+    progress.finish(&format!(
+        "done: joined after {owner}, successor {}",
+        s1.addr
+    ));
     Ok(true)
 }

@@ -62,7 +62,7 @@ pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
     };
     let received = receive_arc(node, conn, &arc, &progress).await;
     if let Err(e) = received {
-        node.end_progress(&progress, "aborted");
+        drop(progress); // logs "aborted" first
         warn!(%leaver, "DIS aborted: dropping what we received of its range: {e}");
         let (_, t) = node.storage.delete_arc(&l.id, &s1.id)?;
         node.storage.sync(t).await?;
@@ -105,7 +105,7 @@ pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
     conn.flush().await?;
     // It left: no successor search or place check should ask it again.
     node.forget_peer(leaver);
-    node.end_progress(&progress, &format!("done ({n} entries from {leaver})"));
+    progress.finish(&format!("done ({n} entries from {leaver})"));
     Ok(())
 }
 
@@ -183,7 +183,7 @@ async fn leave_fenced(node: &Node, ring: &RingState) -> Result<String> {
         ));
         match dis_exchange(node, ring, pred, &progress).await {
             Ok(Some(n)) => {
-                node.end_progress(&progress, &format!("done ({n} entries to {pred})"));
+                progress.finish(&format!("done ({n} entries to {pred})"));
                 // Our range is the predecessor's: own nothing from here on, then empty the dir.
                 let rec = HandoffRecord::Leaving {
                     to: pred,
@@ -197,11 +197,10 @@ async fn leave_fenced(node: &Node, ring: &RingState) -> Result<String> {
                 ));
             }
             Ok(None) => {
-                node.end_progress(&progress, "refused");
+                progress.finish("refused");
                 last = format!("{pred} answered N");
             }
             Err(e) => {
-                node.end_progress(&progress, "aborted");
                 last = e.to_string();
                 warn!("leave: DIS with {pred} failed: {e}");
             }
