@@ -138,9 +138,12 @@ async fn exi<S: AsyncRead + AsyncWrite>(
     conn: &mut Connection<S>,
     key: HashKey,
 ) -> Result<()> {
-    let found = {
-        let ring = node.ring();
-        (!node.departed() && ring.owns(&key)).then(|| node.storage.contains(&key))
+    // As GET: ownership checked before and after the read, no lock held across it.
+    let found = if node.owns(&key) {
+        let read = node.storage.contains(&key);
+        node.owns(&key).then_some(read)
+    } else {
+        None
     };
     match found {
         None => conn.write_status(Status::N).await,

@@ -12,6 +12,7 @@ mod peers;
 mod progress;
 mod server;
 mod walk;
+mod work;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +33,7 @@ pub use admin::{request_backup, request_leave};
 pub use gate::WriteGate;
 pub use progress::Progress;
 pub use server::Shutdown;
+pub use work::{blocking, BLOCKING_ABOVE};
 
 /// The outcome of a write at this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -566,21 +568,6 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
     node.storage.flush()?;
     info!("flushed {}; stopped", node.storage.dir().display());
     Ok(())
-}
-
-/// Values longer than this are written, read and removed in [`blocking`] (an INS also when
-/// it replaces one); shorter ones on the runtime's thread, as handing the thread over costs more than their storage work (with it
-/// for every request, INS of 100 B fell from 25.5k to 20k/s and GET from 115k to 52k/s).
-pub const BLOCKING_ABOVE: u64 = 256 << 10;
-
-/// Runs storage work that may take long (a large value: a quarter of a second for 64 MiB) on
-/// this thread, telling a multi-threaded runtime to move its other tasks elsewhere meanwhile,
-/// so that one large write does not stall the requests queued behind it on this worker.
-pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
 }
 
 #[cfg(test)]

@@ -118,15 +118,7 @@ async fn serve_con_fenced<S: AsyncRead + AsyncWrite>(
 
 /// Deletes the entries of an arc we handed over, then clears the handoff record.
 pub(super) async fn finish_handed_arc(node: &Node, from: &HashKey, to: &HashKey) -> Result<()> {
-    // On a blocking thread, like the scan that sent them (see `send_arc`).
-    let (deleted, t) = {
-        let storage = node.storage.clone();
-        let (from, to) = (*from, *to);
-        tokio::task::spawn_blocking(move || storage.delete_arc(&from, &to))
-            .await
-            .map_err(|e| Error::Flush(format!("the thread deleting the arc failed: {e}")))??
-    };
-    node.storage.sync(t).await?;
+    let deleted = node.delete_arc(from, to).await?;
     node.set_handoff(None).await?;
     info!("dropped the {deleted} entries handed over");
     Ok(())
@@ -217,8 +209,7 @@ pub(super) async fn join_locked(
                 last = e.to_string();
                 warn!("join: CON with {owner} failed: {e}");
                 if fresh {
-                    let (_, t) = node.storage.delete_arc(&HashKey::ZERO, &HashKey::ZERO)?;
-                    node.storage.sync(t).await?;
+                    node.delete_arc(&HashKey::ZERO, &HashKey::ZERO).await?;
                 }
             }
         }

@@ -64,8 +64,7 @@ pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
     if let Err(e) = received {
         drop(progress); // logs "aborted" first
         warn!(%leaver, "DIS aborted: dropping what we received of its range: {e}");
-        let (_, t) = node.storage.delete_arc(&l.id, &s1.id)?;
-        node.storage.sync(t).await?;
+        node.delete_arc(&l.id, &s1.id).await?;
         node.set_handoff(None).await?;
         return Err(e);
     }
@@ -254,8 +253,7 @@ async fn dis_exchange(
 /// After a completed leave: empty the data directory and forget the ring.
 pub async fn finish_departure(node: &Node) -> Result<()> {
     fault::point("dis-leave:after-switch").await;
-    let (deleted, t) = node.storage.delete_arc(&HashKey::ZERO, &HashKey::ZERO)?;
-    node.storage.sync(t).await?;
+    let deleted = node.delete_arc(&HashKey::ZERO, &HashKey::ZERO).await?;
     // A node started on this directory again is a new one: it must not look for this ring.
     // Forgotten before the record goes, so that a departure cut short is finished again.
     node.clear_peers();

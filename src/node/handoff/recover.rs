@@ -85,8 +85,7 @@ pub async fn recover(node: &Arc<Node>) -> Result<()> {
         }
         HandoffRecord::ReceivingCon { from, fresh } => {
             if fresh {
-                let (n, t) = node.storage.delete_arc(&HashKey::ZERO, &HashKey::ZERO)?;
-                node.storage.sync(t).await?;
+                let n = node.delete_arc(&HashKey::ZERO, &HashKey::ZERO).await?;
                 info!("dropped {n} entries of a CON from {from} that did not complete");
             }
             node.set_handoff(None).await?;
@@ -114,10 +113,7 @@ pub async fn recover(node: &Arc<Node>) -> Result<()> {
             }
         }
         HandoffRecord::ReceivingDis { leaver, successor } => {
-            let (n, t) = node
-                .storage
-                .delete_arc(&id_of(&leaver), &id_of(&successor))?;
-            node.storage.sync(t).await?;
+            let n = node.delete_arc(&id_of(&leaver), &id_of(&successor)).await?;
             node.set_handoff(None).await?;
             info!("dropped {n} entries of a DIS from {leaver} that did not complete");
         }
