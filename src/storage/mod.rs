@@ -102,6 +102,10 @@ use std::thread::JoinHandle;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
+mod kv;
+
+use kv::{FlushHandle, Kv, Tree};
+
 use crate::error::{Error, Result};
 use crate::protocol::{HashKey, PeerAddr};
 use crate::ring::{self, Peer, RingState};
@@ -351,12 +355,45 @@ struct GroupCommit {
     wake: Condvar,
     /// Published after each flush; writers wait on it.
     durable: watch::Sender<Durable>,
-    /// Set by the first failed write (see [`Storage::wrote`]): from then on nothing is flushed
+    /// Set by the first failed write (see `kv`): from then on nothing is flushed
     /// and every write and sync fails with this message.
     failed: std::sync::OnceLock<Arc<str>>,
 }
 
 impl GroupCommit {
+    fn new() -> GroupCommit {
+        GroupCommit {
+            pending: Mutex::new(Pending {
+                written: 0,
+                wanted: 0,
+                stop: false,
+                idle: false,
+            }),
+            wake: Condvar::new(),
+            durable: watch::channel(Durable::default()).0,
+            failed: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Why writes fail, once one did.
+    fn failed(&self) -> Option<&Arc<str>> {
+        self.failed.get()
+    }
+
+    /// The first failed write (see `kv`): no more flushes, every waiting and later sync fails
+    /// with `why`. Returns whether this was the first.
+    fn fail(&self, why: Arc<str>) -> bool {
+        if self.failed.set(why.clone()).is_err() {
+            return false;
+        }
+        self.durable.send_modify(|d| {
+            d.failed = u64::MAX;
+            d.error = Some(why);
+        });
+        self.wake.notify_one();
+        true
+    }
+
     fn note_write(&self) -> Ticket {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.written += 1;
@@ -380,7 +417,7 @@ impl GroupCommit {
 
     /// The flusher thread's loop: flush whatever was written since the last flush, fdatasync
     /// sled's log file, publish.
-    fn run(self: Arc<Self>, db: sled::Db, log: File, mut blobs: BlobSync) {
+    fn run(self: Arc<Self>, db: FlushHandle, log: File, mut blobs: BlobSync) {
         let mut done = 0u64;
         loop {
             let target = {
@@ -582,19 +619,8 @@ impl Default for StorageOptions {
 pub struct Storage {
     /// The directory, for messages.
     dir: PathBuf,
-    /// The whole database; flushing it flushes both trees.
-    db: sled::Db,
-    /// The entries, keyed by the HashKey's 20 bytes.
-    data: sled::Tree,
-    /// The ring state record.
-    ring: sled::Tree,
-    /// Old versions of entries changed during a backup's cut (copy-on-write), so that the
-    /// backup streams the data as it was when the cut began. Empty when no backup runs.
-    cow: sled::Tree,
-    /// The old versions in `cow` longer than [`INLINE_MAX`], in pieces (key: HashKey ‖ u32
-    /// index; value: the next `PIECE_BYTES`), for the reason values are stored in pieces: one
-    /// sled value of 64 MiB would be a blob page that the cache never evicts.
-    cow_pieces: sled::Tree,
+    /// The database and its trees; every write goes through it (see `kv`).
+    kv: Kv,
     /// `Some(cursor)` while a backup runs: keys above the cursor not yet streamed are copied
     /// into `cow` before they change. Writers and the backup take this lock briefly.
     cut: Mutex<Option<CutState>>,
@@ -634,47 +660,30 @@ impl Storage {
             .cache_capacity(opts.cache_capacity)
             .mode(sled::Mode::HighThroughput)
             .open()?;
-        let data = db.open_tree("data")?;
-        let ring = db.open_tree("ring")?;
-        let cow = db.open_tree("backup-cow")?;
-        let cow_pieces = db.open_tree("backup-cow-pieces")?;
-        cow_pieces.clear()?;
-        check_format(dir, &ring)?;
-        let pieces_seen = ring.contains_key(PIECES_KEY)?;
+        let commit = Arc::new(GroupCommit::new());
+        let kv = Kv::open(dir.to_path_buf(), db, commit.clone())?;
+        // A backup interrupted by a crash leaves old versions here: they mean nothing now.
+        kv.clear(Tree::CowPieces)?;
+        kv.clear(Tree::Cow)?;
+        check_format(dir, &kv)?;
+        let pieces_seen = kv.contains(Tree::Ring, PIECES_KEY)?;
         // Write ids distinct from those of every earlier run: sled's id generator never
         // repeats across restarts (it persists, and skips ahead after a crash), and a run
         // would need 2^32 writes of pieces to reach the next run's ids.
-        let wid_base = db.generate_id()? << 32;
-        // A backup interrupted by a crash leaves old versions here: they mean nothing now.
-        cow.clear()?;
-        let commit = Arc::new(GroupCommit {
-            pending: Mutex::new(Pending {
-                written: 0,
-                wanted: 0,
-                stop: false,
-                idle: false,
-            }),
-            wake: Condvar::new(),
-            durable: watch::channel(Durable::default()).0,
-            failed: std::sync::OnceLock::new(),
-        });
+        let wid_base = kv.generate_id()? << 32;
         // sled's log: `DIR/db/db`. Opened read-only; fdatasync works on any descriptor.
         let log = File::open(db_dir.join("db"))?;
         let flusher = {
             let commit = commit.clone();
-            let db = db.clone();
+            let flush = kv.flush_handle();
             std::thread::Builder::new()
                 .name("dht-flusher".into())
-                .spawn(move || commit.run(db, log, BlobSync::new(db_dir.join("blobs"))))?
+                .spawn(move || commit.run(flush, log, BlobSync::new(db_dir.join("blobs"))))?
         };
         info!("opened data directory {}", dir.display());
         Ok(Storage {
             dir: dir.to_path_buf(),
-            db,
-            data,
-            ring,
-            cow,
-            cow_pieces,
+            kv,
             cut: Mutex::new(None),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             pieces_seen: std::sync::atomic::AtomicBool::new(pieces_seen),
@@ -705,7 +714,7 @@ impl Storage {
     /// value in pieces, which the caller may read elsewhere than on a latency-sensitive thread
     /// (a whole value is at most [`INLINE_MAX`] and is returned as it is).
     pub fn get_within(&self, key: &HashKey, max: u64) -> Result<Option<Option<Value>>> {
-        if let Some(v) = self.data.get(key.as_bytes())? {
+        if let Some(v) = self.kv.get(Tree::Data, key.as_bytes())? {
             return Ok(Some(Some(Value::Stored(v))));
         }
         if !self.longer_than(key, max)? {
@@ -719,7 +728,7 @@ impl Storage {
         if !self.pieces_seen() {
             return Ok(false);
         }
-        Ok(match self.data.get(RawKey::piece(key, 0))? {
+        Ok(match self.kv.get(Tree::Data, RawKey::piece(key, 0))? {
             Some(p0) => PieceHeader::parse(&p0).is_some_and(|h| h.len > max),
             None => false,
         })
@@ -727,7 +736,7 @@ impl Storage {
 
     pub fn contains(&self, key: &HashKey) -> Result<bool> {
         let look = || -> Result<bool> {
-            Ok(self.data.contains_key(key.as_bytes())? || self.has_pieces(key)?)
+            Ok(self.kv.contains(Tree::Data, key.as_bytes())? || self.has_pieces(key)?)
         };
         if look()? {
             return Ok(true);
@@ -765,7 +774,7 @@ impl Storage {
             let mut batch = sled::Batch::default();
             let look = held.whole || held.pieces;
             let old = self.add_pieces(&mut batch, key, &value, &mut written, look)?;
-            self.wrote(self.data.apply_batch(batch))?;
+            self.kv.apply(Tree::Data, batch)?;
             self.remove_in_batches(&old)?;
         } else {
             let old = match held.pieces {
@@ -773,12 +782,12 @@ impl Storage {
                 false => Vec::new(),
             };
             if old.is_empty() {
-                self.wrote(self.data.insert(key.as_bytes(), value))?;
+                self.kv.insert(Tree::Data, key.as_bytes(), value)?;
             } else {
                 let mut batch = sled::Batch::default();
                 let rest = split_removal(&mut batch, old);
                 batch.insert(&key.0[..], value);
-                self.wrote(self.data.apply_batch(batch))?;
+                self.kv.apply(Tree::Data, batch)?;
                 self.remove_in_batches(&rest)?;
             }
         }
@@ -799,15 +808,15 @@ impl Storage {
     fn remove_locked(&self, key: &HashKey) -> Result<bool> {
         let old = self.pieces_if_seen(key)?;
         if old.is_empty() {
-            return Ok(self.wrote(self.data.remove(key.as_bytes()))?.is_some());
+            return Ok(self.kv.remove(Tree::Data, key.as_bytes())?.is_some());
         }
         // A value in pieces has its piece 0, which sorts first.
         let has_piece0 = old.first().is_some_and(|k| piece_index(k) == Some(0));
-        let was = has_piece0 || self.data.contains_key(key.as_bytes())?;
+        let was = has_piece0 || self.kv.contains(Tree::Data, key.as_bytes())?;
         let mut batch = sled::Batch::default();
         let rest = split_removal(&mut batch, old);
         batch.remove(&key.0[..]);
-        self.wrote(self.data.apply_batch(batch))?;
+        self.kv.apply(Tree::Data, batch)?;
         self.remove_in_batches(&rest)?;
         Ok(was)
     }
@@ -829,7 +838,7 @@ impl Storage {
 
     /// Whether `key` is stored in pieces (has a piece 0).
     fn has_pieces(&self, key: &HashKey) -> Result<bool> {
-        Ok(self.pieces_seen() && self.data.contains_key(RawKey::piece(key, 0))?)
+        Ok(self.pieces_seen() && self.kv.contains(Tree::Data, RawKey::piece(key, 0))?)
     }
 
     /// [`Storage::stored_pieces`], or nothing without a look when the directory never held
@@ -849,8 +858,8 @@ impl Storage {
     /// Before the first value in pieces: records durably that the directory may hold some.
     fn note_pieces(&self) -> Result<()> {
         if !self.pieces_seen() {
-            self.wrote(self.ring.insert(PIECES_KEY, &[1u8][..]))?;
-            self.wrote(self.db.flush())?;
+            self.kv.insert(Tree::Ring, PIECES_KEY, &[1u8][..])?;
+            self.kv.flush()?;
             self.pieces_seen
                 .store(true, std::sync::atomic::Ordering::Release);
             info!("{} holds values in pieces from now on", self.dir.display());
@@ -864,7 +873,7 @@ impl Storage {
     fn stored_pieces(&self, key: &HashKey) -> Result<Vec<sled::IVec>> {
         let (lo, hi) = (RawKey::piece(key, 0), RawKey::piece(key, u32::MAX));
         let mut keys = Vec::new();
-        for k in self.data.range(lo..=hi).keys() {
+        for k in self.kv.range(Tree::Data, lo..=hi).keys() {
             keys.push(k?);
         }
         Ok(keys)
@@ -887,7 +896,7 @@ impl Storage {
         let mut old = Vec::new();
         if look {
             old = self.stored_pieces(key)?;
-            if self.data.contains_key(key.as_bytes())? {
+            if self.kv.contains(Tree::Data, key.as_bytes())? {
                 batch.remove(&key.0[..]);
             }
         }
@@ -925,7 +934,7 @@ impl Storage {
             for k in chunk {
                 batch.remove(k);
             }
-            self.wrote(self.data.apply_batch(batch))?;
+            self.kv.apply(Tree::Data, batch)?;
             reclaim();
         }
         Ok(())
@@ -939,7 +948,7 @@ impl Storage {
     fn write_staged(&self, key: &HashKey, value: &[u8], written: &mut Vec<RawKey>) -> Result<()> {
         self.note_pieces()?;
         let old = self.stored_pieces(key)?;
-        let live = match self.data.get(RawKey::piece(key, 0))? {
+        let live = match self.kv.get(Tree::Data, RawKey::piece(key, 0))? {
             Some(p0) => PieceHeader::parse(&p0).map_or(0, |h| h.slot),
             None => 0,
         };
@@ -962,21 +971,21 @@ impl Storage {
             batch.insert(k.as_ref(), piece(wid, share));
             written.push(k);
             if (i as usize).is_multiple_of(PIECES_PER_BATCH) {
-                self.wrote(self.data.apply_batch(std::mem::take(&mut batch)))?;
+                self.kv.apply(Tree::Data, std::mem::take(&mut batch))?;
                 reclaim();
             }
         }
-        self.wrote(self.data.apply_batch(batch))?;
+        self.kv.apply(Tree::Data, batch)?;
         crate::fault::point_blocking("staged:before-commit");
         // The commit point.
         let mut batch = sled::Batch::default();
         let k = RawKey::piece(key, 0);
         batch.insert(k.as_ref(), piece0(wid, value.len(), slot | n, first));
         written.push(k);
-        if self.data.contains_key(key.as_bytes())? {
+        if self.kv.contains(Tree::Data, key.as_bytes())? {
             batch.remove(&key.0[..]);
         }
-        self.wrote(self.data.apply_batch(batch))?;
+        self.kv.apply(Tree::Data, batch)?;
         crate::fault::point_blocking("staged:after-commit");
         self.remove_in_batches(&old)
     }
@@ -1011,7 +1020,7 @@ impl Storage {
     fn read_value_once(&self, key: &HashKey, how: ReadFor, locked: bool) -> Result<Found> {
         let get = |k: &[u8]| -> Result<Option<sled::IVec>> {
             match how {
-                ReadFor::Request => Ok(self.data.get(k)?),
+                ReadFor::Request => Ok(self.kv.get(Tree::Data, k)?),
                 ReadFor::Scan | ReadFor::ScanPieces => self.touch_raw(k),
             }
         };
@@ -1087,7 +1096,7 @@ impl Storage {
     /// for a group, always with a `syncfs` for sled's blob files (see `BlobSync`).
     pub fn flush(&self) -> Result<()> {
         self.writable()?;
-        self.wrote(self.db.flush())?;
+        self.kv.flush()?;
         let log = File::open(self.dir.join("db").join("db"))?;
         log.sync_data()?;
         syncfs(&log)?;
@@ -1096,7 +1105,7 @@ impl Storage {
 
     /// The ring state stored in this directory, if any.
     pub fn load_ring(&self) -> Result<Option<RingState>> {
-        let Some(raw) = self.ring.get(RING_KEY)? else {
+        let Some(raw) = self.kv.get(Tree::Ring, RING_KEY)? else {
             return Ok(None);
         };
         let (rec, _): (RingRecord, usize) = bincode::decode_from_slice(&raw, bincode_config())?;
@@ -1114,7 +1123,7 @@ impl Storage {
     pub fn save_ring(&self, state: &RingState) -> Result<Ticket> {
         self.writable()?;
         let bytes = bincode::encode_to_vec(RingRecord::from(state), bincode_config())?;
-        self.wrote(self.ring.insert(RING_KEY, bytes))?;
+        self.kv.insert(Tree::Ring, RING_KEY, bytes)?;
         Ok(self.commit.note_write())
     }
 
@@ -1143,7 +1152,7 @@ impl Storage {
             Some(None) => batch.remove(HANDOFF_KEY),
             None => {}
         }
-        self.wrote(self.ring.apply_batch(batch))?;
+        self.kv.apply(Tree::Ring, batch)?;
         Ok(self.commit.note_write())
     }
 
@@ -1152,13 +1161,13 @@ impl Storage {
         self.writable()?;
         let mut bytes = vec![PEERS_VERSION];
         bytes.extend(bincode::encode_to_vec(peers, bincode_config())?);
-        self.wrote(self.ring.insert(PEERS_KEY, bytes))?;
+        self.kv.insert(Tree::Ring, PEERS_KEY, bytes)?;
         Ok(self.commit.note_write())
     }
 
     /// The peers this node has known, as last saved (none in a directory of an older build).
     pub fn load_peers(&self) -> Result<Vec<PeerAddr>> {
-        let Some(raw) = self.ring.get(PEERS_KEY)? else {
+        let Some(raw) = self.kv.get(Tree::Ring, PEERS_KEY)? else {
             return Ok(Vec::new());
         };
         match raw.split_first() {
@@ -1176,7 +1185,7 @@ impl Storage {
 
     /// The handoff record left by an unfinished join or leave, if any.
     pub fn load_handoff(&self) -> Result<Option<HandoffRecord>> {
-        let Some(raw) = self.ring.get(HANDOFF_KEY)? else {
+        let Some(raw) = self.kv.get(Tree::Ring, HANDOFF_KEY)? else {
             return Ok(None);
         };
         let (rec, _): (HandoffRecord, usize) = bincode::decode_from_slice(&raw, bincode_config())?;
@@ -1240,11 +1249,11 @@ impl Storage {
             entries.clear();
             if keys_first {
                 for k in &written {
-                    self.wrote(self.data.insert(k.as_ref(), &[][..]))?;
+                    self.kv.insert(Tree::Data, k.as_ref(), &[][..])?;
                 }
                 crate::fault::point_blocking("keys-first:between-passes");
             }
-            self.wrote(self.data.apply_batch(batch))?;
+            self.kv.apply(Tree::Data, batch)?;
             self.remove_in_batches(&leftovers)?;
             drop(stripes);
         }
@@ -1275,7 +1284,7 @@ impl Storage {
                 continue;
             };
             let (lo, hi) = (RawKey::whole(lo), RawKey::piece(hi, u32::MAX));
-            for k in self.data.range(lo..=hi).keys() {
+            for k in self.kv.range(Tree::Data, lo..=hi).keys() {
                 if k?.len() == 20 {
                     span.whole = true;
                 } else {
@@ -1302,7 +1311,7 @@ impl Storage {
 
     /// Whether the data tree holds no entry at all.
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.kv.is_empty(Tree::Data)
     }
 
     /// Entries in the arc `[from, to)` (a scan, bounded in memory like every scan).
@@ -1336,8 +1345,8 @@ impl Storage {
         ring::arc_ranges(from, to)
             .into_iter()
             .flat_map(move |(start, end)| match end {
-                Some(end) => self.data.range(start.0..end.0),
-                None => self.data.range(start.0..),
+                Some(end) => self.kv.range(Tree::Data, start.0..end.0),
+                None => self.kv.range(Tree::Data, start.0..),
             })
     }
 
@@ -1366,7 +1375,7 @@ impl Storage {
             // One raw entry at a time, piece 0 first: the moment it goes, readers (under the
             // stripe) find the value absent. Registers the page with the cache (`touched`).
             self.touch_raw(&k)?;
-            let was = self.wrote(self.data.remove(&k))?.is_some();
+            let was = self.kv.remove(Tree::Data, &k)?.is_some();
             // An entry is a whole value or a piece 0 (pieces without piece 0 are what an
             // earlier deletion left when it was interrupted: readers never see them).
             if first && was && (k.len() == 20 || k[20..] == [0, 0, 0, 0]) {
@@ -1386,7 +1395,7 @@ impl Storage {
         let Some(state) = cut.as_mut() else {
             return Ok(());
         };
-        if state.cursor.is_some_and(|c| *key <= c) || self.cow.contains_key(key.as_bytes())? {
+        if state.cursor.is_some_and(|c| *key <= c) || self.kv.contains(Tree::Cow, key.as_bytes())? {
             return Ok(());
         }
         let old = match self.read_value(key, ReadFor::Request)? {
@@ -1398,7 +1407,7 @@ impl Storage {
                         let i = (n * PIECES_PER_BATCH + i) as u32;
                         batch.insert(RawKey::piece(key, i).as_ref(), share);
                     }
-                    self.wrote(self.cow_pieces.apply_batch(batch))?;
+                    self.kv.apply(Tree::CowPieces, batch)?;
                     reclaim();
                 }
                 let mut b = vec![2];
@@ -1413,7 +1422,7 @@ impl Storage {
             }
             None => vec![0],
         };
-        self.wrote(self.cow.insert(key.as_bytes(), old))?;
+        self.kv.insert(Tree::Cow, key.as_bytes(), old)?;
         state.preserved += 1;
         Ok(())
     }
@@ -1429,8 +1438,8 @@ impl Storage {
                 "a backup of this node is already running".into(),
             ));
         }
-        self.cow.clear()?;
-        self.cow_pieces.clear()?;
+        self.kv.clear(Tree::Cow)?;
+        self.kv.clear(Tree::CowPieces)?;
         *cut = Some(CutState::default());
         Ok(())
     }
@@ -1443,7 +1452,7 @@ impl Storage {
         }
         Ok(CutEntries {
             storage: self,
-            data: self.data.iter(),
+            data: self.kv.iter(Tree::Data),
             peeked: None,
             data_done: false,
             cow_next: None,
@@ -1456,8 +1465,8 @@ impl Storage {
     pub fn end_cut(&self) -> Result<()> {
         let mut cut = self.cut.lock().unwrap_or_else(|e| e.into_inner());
         *cut = None;
-        self.cow.clear()?;
-        self.cow_pieces.clear()?;
+        self.kv.clear(Tree::Cow)?;
+        self.kv.clear(Tree::CowPieces)?;
         Ok(())
     }
 
@@ -1540,49 +1549,23 @@ impl Storage {
     /// [`Storage::touch`] with `touches` reads in all for values of 1 KiB and more.
     fn touch_n(&self, k: &[u8], touches: usize) -> Result<Option<sled::IVec>> {
         // A `get` can write: sled splits an overgrown leaf on the next traversal.
-        let v = self.wrote(self.data.get(k))?;
+        let v = self.kv.get(Tree::Data, k)?;
         if v.as_ref().is_some_and(|v| v.len() >= SINGLE_INSERTS_BELOW) {
             for _ in 1..touches {
-                self.wrote(self.data.get(k))?;
+                self.kv.get(Tree::Data, k)?;
             }
         }
         Ok(v)
     }
 
-    /// Whether writes are still accepted (see `Storage::wrote`).
+    /// Whether writes are still accepted (see `kv`).
     pub fn is_writable(&self) -> bool {
-        self.commit.failed.get().is_none()
+        self.kv.is_writable()
     }
 
-    /// Fails with [`Error::Unwritable`] once a write has failed (see [`Storage::wrote`]).
+    /// Fails with [`Error::Unwritable`] once a write has failed (see `kv`).
     fn writable(&self) -> Result<()> {
-        match self.commit.failed.get() {
-            Some(why) => Err(Error::Unwritable(why.to_string())),
-            None => Ok(()),
-        }
-    }
-
-    /// Passes on the result of a sled call that may write. An error marks the storage failed
-    /// for good: sled 0.34 does not recover from a failed write in place. A blob file that
-    /// cannot be written (a full disk, `ulimit -f`) leaves a log reservation that is never
-    /// completed, and every later flush waits for it forever. So from then on writes and syncs
-    /// fail at once, the flusher stops, waiting syncs are released with the error, and sled is
-    /// never dropped (its drop would wait for its own stuck flush). Reads go on. A restart,
-    /// after the cause is fixed, recovers from what sled made durable.
-    fn wrote<T>(&self, r: sled::Result<T>) -> Result<T> {
-        r.map_err(|e| {
-            let why: Arc<str> = format!("cannot write to {}: {e}", self.dir.display()).into();
-            if self.commit.failed.set(why.clone()).is_ok() {
-                error!("{why}; no more writes are accepted (restart once the cause is fixed)");
-                std::mem::forget(self.db.clone());
-                self.commit.durable.send_modify(|d| {
-                    d.failed = u64::MAX;
-                    d.error = Some(why.clone());
-                });
-                self.commit.wake.notify_one();
-            }
-            Error::Unwritable(why.to_string())
-        })
+        self.kv.writable()
     }
 }
 
@@ -1660,8 +1643,8 @@ impl CutEntries<'_> {
                     None => Unbounded,
                 };
                 self.cow_next = storage
-                    .cow
-                    .range::<&[u8], _>((lower, Unbounded))
+                    .kv
+                    .range::<&[u8], _>(Tree::Cow, (lower, Unbounded))
                     .next()
                     .transpose()?;
                 self.cow_seen = Some(state.preserved);
@@ -1763,8 +1746,8 @@ fn split_removal(batch: &mut sled::Batch, mut old: Vec<sled::IVec>) -> Vec<sled:
 /// Refuses a directory whose layout is newer than this build reads; records this build's
 /// layout in one that has none or an older one (and flushes it, before anything is written
 /// in the new layout).
-fn check_format(dir: &Path, ring: &sled::Tree) -> Result<()> {
-    let stored = match ring.get(FORMAT_KEY)? {
+fn check_format(dir: &Path, kv: &Kv) -> Result<()> {
+    let stored = match kv.get(Tree::Ring, FORMAT_KEY)? {
         Some(v) => Some(
             <[u8; 4]>::try_from(&v[..])
                 .map(u32::from_be_bytes)
@@ -1785,8 +1768,8 @@ fn check_format(dir: &Path, ring: &sled::Tree) -> Result<()> {
         ))),
         Some(n) if n == FORMAT => Ok(()),
         _ => {
-            ring.insert(FORMAT_KEY, &FORMAT.to_be_bytes()[..])?;
-            ring.flush()?;
+            kv.insert(Tree::Ring, FORMAT_KEY, &FORMAT.to_be_bytes()[..])?;
+            kv.flush()?;
             Ok(())
         }
     }
@@ -1994,7 +1977,7 @@ impl Storage {
                 let (lo, hi) = (RawKey::piece(key, 0), RawKey::piece(key, u32::MAX));
                 let mut value =
                     Vec::with_capacity(len.unwrap_or(0).min(ASSEMBLE_RESERVE_MAX) as usize);
-                for (i, r) in self.cow_pieces.range(lo..=hi).values().enumerate() {
+                for (i, r) in self.kv.range(Tree::CowPieces, lo..=hi).values().enumerate() {
                     value.extend_from_slice(&r?);
                     if (i as u64 + 1).is_multiple_of(RECLAIM_EVERY) {
                         reclaim();
@@ -2024,14 +2007,14 @@ impl Drop for Storage {
             p.stop = true;
         }
         self.commit.wake.notify_one();
-        if self.commit.failed.get().is_some() {
-            // The flusher may be stuck inside sled for good (see `wrote`): leave it.
+        if self.commit.failed().is_some() {
+            // The flusher may be stuck inside sled for good (see `kv`): leave it.
             return;
         }
         if let Some(t) = self.flusher.take() {
             let _ = t.join();
         }
-        if let Err(e) = self.db.flush() {
+        if let Err(e) = self.kv.flush() {
             error!("final flush of {} failed: {e}", self.dir.display());
         }
     }
@@ -2409,7 +2392,10 @@ mod tests {
 
     /// Every key of the data tree, raw: whole values and pieces.
     fn raw_keys(s: &Storage) -> Vec<Vec<u8>> {
-        s.data.iter().keys().map(|k| k.unwrap().to_vec()).collect()
+        s.kv.iter(Tree::Data)
+            .keys()
+            .map(|k| k.unwrap().to_vec())
+            .collect()
     }
 
     /// Values of every length around the piece boundaries come back as written, through every
@@ -2559,7 +2545,7 @@ mod tests {
 
     /// The slot piece 0 of `key` names (0 or 1), `None` without a piece 0.
     fn live_slot(s: &Storage, key: &HashKey) -> Option<u32> {
-        let p0 = s.data.get(RawKey::piece(key, 0)).unwrap()?;
+        let p0 = s.kv.get(Tree::Data, RawKey::piece(key, 0)).unwrap()?;
         Some(PieceHeader::parse(&p0).unwrap().slot >> 31)
     }
 
@@ -2637,9 +2623,12 @@ mod tests {
         let other = (1 - live) << 31;
         // Before the commit: some pieces of another write in the other slot, under another id.
         for i in 1..200u32 {
-            let _ = s
-                .data
-                .insert(RawKey::piece(&k(1), other | i), piece(7, &[9; PIECE_BYTES]))
+            let _ =
+                s.kv.insert(
+                    Tree::Data,
+                    RawKey::piece(&k(1), other | i),
+                    piece(7, &[9; PIECE_BYTES]),
+                )
                 .unwrap();
         }
         assert_eq!(s.get(&k(1)).unwrap().unwrap(), old[..]);
@@ -2659,9 +2648,12 @@ mod tests {
         let live = live_slot(&s, &k(1)).unwrap();
         let other = (1 - live) << 31;
         for i in 1..400u32 {
-            let _ = s
-                .data
-                .insert(RawKey::piece(&k(1), other | i), piece(8, &[9; PIECE_BYTES]))
+            let _ =
+                s.kv.insert(
+                    Tree::Data,
+                    RawKey::piece(&k(1), other | i),
+                    piece(8, &[9; PIECE_BYTES]),
+                )
                 .unwrap();
         }
         assert_eq!(s.get(&k(1)).unwrap().unwrap(), new[..]);
@@ -2674,9 +2666,12 @@ mod tests {
         );
         assert_eq!(raw_keys(&s).len(), 5);
         for i in 1..400u32 {
-            let _ = s
-                .data
-                .insert(RawKey::piece(&k(1), SLOT_BIT | i), piece(8, &[9; 8]))
+            let _ =
+                s.kv.insert(
+                    Tree::Data,
+                    RawKey::piece(&k(1), SLOT_BIT | i),
+                    piece(8, &[9; 8]),
+                )
                 .unwrap();
         }
         let _ = s.insert(&k(1), vec![4u8; 10]).unwrap();
@@ -2686,9 +2681,12 @@ mod tests {
         // nothing): a whole value written over them, and a removal, take them out too.
         let strays = |s: &Storage| {
             for i in 1..50u32 {
-                let _ = s
-                    .data
-                    .insert(RawKey::piece(&k(1), SLOT_BIT | i), piece(9, &[9; 8]))
+                let _ =
+                    s.kv.insert(
+                        Tree::Data,
+                        RawKey::piece(&k(1), SLOT_BIT | i),
+                        piece(9, &[9; 8]),
+                    )
                     .unwrap();
             }
         };
@@ -2729,9 +2727,9 @@ mod tests {
         assert!(s.remove(&k(2)).unwrap().0);
         let _ = s.insert(&k(3), vec![8; 1 << 20]).unwrap();
         assert!(
-            s.cow_pieces.len() > 500,
+            s.kv.len(Tree::CowPieces) > 500,
             "{} pieces kept",
-            s.cow_pieces.len()
+            s.kv.len(Tree::CowPieces)
         );
         let cut: Vec<(HashKey, Vec<u8>)> = s
             .cut_entries()
@@ -2743,7 +2741,7 @@ mod tests {
             cut,
             vec![(k(1), old), (k(2), vec![2; 9000]), (k(3), vec![3; 10])]
         );
-        assert!(s.cow_pieces.is_empty() && s.cow.is_empty());
+        assert!(s.kv.is_empty(Tree::CowPieces) && s.kv.is_empty(Tree::Cow));
         s.flush().unwrap();
         let blobs = std::fs::read_dir(dir.path().join("db").join("blobs"))
             .map(|d| d.count())
@@ -2758,12 +2756,11 @@ mod tests {
         {
             let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
             assert_eq!(
-                s.ring.get(FORMAT_KEY).unwrap().unwrap(),
+                s.kv.get(Tree::Ring, FORMAT_KEY).unwrap().unwrap(),
                 FORMAT.to_be_bytes()[..]
             );
             let _ = s.insert(&k(1), vec![1; 10]).unwrap();
-            s.ring
-                .insert(FORMAT_KEY, &(FORMAT + 1).to_be_bytes()[..])
+            s.kv.insert(Tree::Ring, FORMAT_KEY, &(FORMAT + 1).to_be_bytes()[..])
                 .unwrap();
             s.flush().unwrap();
         }
@@ -2784,7 +2781,7 @@ mod tests {
         let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
         assert_eq!(s.get(&k(1)).unwrap().unwrap(), vec![1; 10]);
         assert_eq!(
-            s.ring.get(FORMAT_KEY).unwrap().unwrap(),
+            s.kv.get(Tree::Ring, FORMAT_KEY).unwrap().unwrap(),
             FORMAT.to_be_bytes()[..]
         );
     }
@@ -2825,7 +2822,7 @@ mod tests {
         let _ = s.insert(&k(1), vec![1; 4 * PIECE_BYTES]).unwrap();
         let _ = s.insert(&k(2), vec![2; 10]).unwrap();
         // The deletion removed piece 0 of k(1), then the process died.
-        s.data.remove(RawKey::piece(&k(1), 0)).unwrap();
+        s.kv.remove(Tree::Data, RawKey::piece(&k(1), 0)).unwrap();
         assert_eq!(s.get(&k(1)).unwrap(), None);
         assert!(!s.contains(&k(1)).unwrap());
         assert_eq!(s.count().unwrap(), 1);
@@ -2835,11 +2832,9 @@ mod tests {
         s.end_cut().unwrap();
         assert_eq!(cut, vec![k(2)]);
         // Damage: stray pieces far out, which no count in a piece 0 covers.
-        s.data
-            .insert(RawKey::piece(&k(1), u32::MAX), &[7u8; 8][..])
+        s.kv.insert(Tree::Data, RawKey::piece(&k(1), u32::MAX), &[7u8; 8][..])
             .unwrap();
-        s.data
-            .insert(RawKey::piece(&k(1), 1 << 31), &[7u8; 8][..])
+        s.kv.insert(Tree::Data, RawKey::piece(&k(1), 1 << 31), &[7u8; 8][..])
             .unwrap();
         // A shorter value written over them reads back whole.
         let _ = s.insert(&k(1), vec![9; PIECE_BYTES + 1]).unwrap();
@@ -2853,7 +2848,7 @@ mod tests {
             raw_keys(&s)
         );
         let _ = s.insert(&k(1), vec![1; 4 * PIECE_BYTES]).unwrap();
-        s.data.remove(RawKey::piece(&k(1), 0)).unwrap();
+        s.kv.remove(Tree::Data, RawKey::piece(&k(1), 0)).unwrap();
         let (deleted, _) = s.delete_arc(&HashKey::ZERO, &HashKey::ZERO).unwrap();
         assert_eq!(deleted, 1, "k(2) only");
         assert!(raw_keys(&s).is_empty(), "left: {:?}", raw_keys(&s));

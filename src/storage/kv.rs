@@ -1,0 +1,182 @@
+//! The sled database and its trees, behind one type through which every write passes the
+//! write-failure latch: the rule "a sled call that may write goes through `wrote`" is kept by
+//! the type, since nothing outside this file holds a tree.
+//!
+//! sled 0.34 does not recover from a failed write in place. A blob file that cannot be written
+//! (a full disk, `ulimit -f`) leaves a log reservation that is never completed, and every later
+//! flush waits for it forever. So the first failure marks the storage unwritable for good: from
+//! then on writes and syncs fail at once, the flusher stops, waiting syncs are released with
+//! the error, and sled is never dropped (its drop would wait for its own stuck flush). Reads go
+//! on. A restart, after the cause is fixed, recovers from what sled made durable.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tracing::error;
+
+use super::GroupCommit;
+use crate::error::{Error, Result};
+
+/// The trees of a data directory (module doc of `storage`, "Layout").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Tree {
+    /// The entries: whole values and values in pieces.
+    Data,
+    /// Ring state, handoff record, known peers, layout marks.
+    Ring,
+    /// A backup's old versions of entries changed during its cut.
+    Cow,
+    /// Those old versions longer than `INLINE_MAX`, in pieces.
+    CowPieces,
+}
+
+/// The database of one data directory: reads of any tree, and writes that latch failure.
+pub(super) struct Kv {
+    /// The directory, for messages.
+    dir: PathBuf,
+    /// The whole database; its flush flushes every tree.
+    db: sled::Db,
+    /// See [`Tree`].
+    data: sled::Tree,
+    ring: sled::Tree,
+    cow: sled::Tree,
+    cow_pieces: sled::Tree,
+    /// Told of the first failed write: it stops flushing and fails every waiting sync.
+    commit: Arc<GroupCommit>,
+}
+
+impl Kv {
+    /// Opens the trees of `db`.
+    pub(super) fn open(dir: PathBuf, db: sled::Db, commit: Arc<GroupCommit>) -> Result<Kv> {
+        Ok(Kv {
+            data: db.open_tree("data")?,
+            ring: db.open_tree("ring")?,
+            cow: db.open_tree("backup-cow")?,
+            cow_pieces: db.open_tree("backup-cow-pieces")?,
+            dir,
+            db,
+            commit,
+        })
+    }
+
+    fn tree(&self, t: Tree) -> &sled::Tree {
+        match t {
+            Tree::Data => &self.data,
+            Tree::Ring => &self.ring,
+            Tree::Cow => &self.cow,
+            Tree::CowPieces => &self.cow_pieces,
+        }
+    }
+
+    // Reads. They go on after a failed write, but a point read may write too (sled splits an
+    // overgrown leaf on the next traversal), so its failure latches as a write's does.
+
+    pub(super) fn get(&self, t: Tree, key: impl AsRef<[u8]>) -> Result<Option<sled::IVec>> {
+        self.wrote(self.tree(t).get(key))
+    }
+
+    pub(super) fn contains(&self, t: Tree, key: impl AsRef<[u8]>) -> Result<bool> {
+        self.wrote(self.tree(t).contains_key(key))
+    }
+
+    pub(super) fn range<K: AsRef<[u8]>, R: std::ops::RangeBounds<K>>(
+        &self,
+        t: Tree,
+        range: R,
+    ) -> sled::Iter {
+        self.tree(t).range(range)
+    }
+
+    pub(super) fn iter(&self, t: Tree) -> sled::Iter {
+        self.tree(t).iter()
+    }
+
+    pub(super) fn is_empty(&self, t: Tree) -> bool {
+        self.tree(t).is_empty()
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self, t: Tree) -> usize {
+        self.tree(t).len()
+    }
+
+    // Writes: each passes `wrote`.
+
+    pub(super) fn insert(
+        &self,
+        t: Tree,
+        key: impl AsRef<[u8]>,
+        value: impl Into<sled::IVec>,
+    ) -> Result<Option<sled::IVec>> {
+        self.writable()?;
+        self.wrote(self.tree(t).insert(key, value))
+    }
+
+    pub(super) fn remove(&self, t: Tree, key: impl AsRef<[u8]>) -> Result<Option<sled::IVec>> {
+        self.writable()?;
+        self.wrote(self.tree(t).remove(key))
+    }
+
+    pub(super) fn apply(&self, t: Tree, batch: sled::Batch) -> Result<()> {
+        self.writable()?;
+        self.wrote(self.tree(t).apply_batch(batch))
+    }
+
+    pub(super) fn clear(&self, t: Tree) -> Result<()> {
+        self.writable()?;
+        self.wrote(self.tree(t).clear())
+    }
+
+    /// sled's own flush (up to `sync_file_range`; `commit` adds the fdatasync).
+    pub(super) fn flush(&self) -> Result<usize> {
+        self.writable()?;
+        self.wrote(self.db.flush())
+    }
+
+    /// An id sled never hands out again, across restarts (its counter is persisted).
+    pub(super) fn generate_id(&self) -> Result<u64> {
+        self.writable()?;
+        self.wrote(self.db.generate_id())
+    }
+
+    /// What the flusher thread needs: the database's flush, and nothing else.
+    pub(super) fn flush_handle(&self) -> FlushHandle {
+        FlushHandle(self.db.clone())
+    }
+
+    /// Whether writes are still accepted.
+    pub(super) fn is_writable(&self) -> bool {
+        self.commit.failed().is_none()
+    }
+
+    /// Fails with [`Error::Unwritable`] once a write has failed.
+    pub(super) fn writable(&self) -> Result<()> {
+        match self.commit.failed() {
+            Some(why) => Err(Error::Unwritable(why.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Passes on the result of a sled call that may write; the first error latches (module
+    /// doc).
+    fn wrote<T>(&self, r: sled::Result<T>) -> Result<T> {
+        r.map_err(|e| {
+            let why: Arc<str> = format!("cannot write to {}: {e}", self.dir.display()).into();
+            if self.commit.fail(why.clone()) {
+                error!("{why}; no more writes are accepted (restart once the cause is fixed)");
+                std::mem::forget(self.db.clone());
+            }
+            Error::Unwritable(why.to_string())
+        })
+    }
+}
+
+/// The flusher thread's handle on the database: it can flush, not write. Its failures are the
+/// group commit's to report (a flush that fails fails the syncs it would have released).
+pub(super) struct FlushHandle(sled::Db);
+
+impl FlushHandle {
+    pub(super) fn flush(&self) -> sled::Result<usize> {
+        self.0.flush()
+    }
+}
