@@ -646,6 +646,6 @@ fn restore_into(archive: &Path, dir: &Path, tick: Tick) -> Result<Summary> {
     storage.flush()?;
     drop(storage);
     // The restored directory must not carry the lock file's old pid or a stale socket.
-    let _ = std::fs::remove_file(dir.join("LOCK"));
+    crate::storage::forget_lock(dir);
     Ok(summary)
 }

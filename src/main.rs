@@ -404,7 +404,7 @@ async fn backup(data: &std::path::Path, out: &std::path::Path) -> Result<u8, Err
         None => {
             let (d, o) = (data.to_path_buf(), out.clone());
             let s = tokio::task::spawn_blocking(move || -> Result<_, Error> {
-                if !d.join("db").exists() {
+                if !dht_store::storage::holds_database(&d) {
                     return Err(Error::Archive(format!(
                         "{} holds no dht-store data",
                         d.display()

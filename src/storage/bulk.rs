@@ -1,0 +1,323 @@
+//! Batch imports: a range arriving in ring order (a handoff's receiver, a restore) written in
+//! batches, in place or keys first ([`BatchWrite`]).
+
+use super::arc::{reclaim, RECLAIM_EVERY};
+use super::commit::Ticket;
+use super::kv::Tree;
+use super::pieces::INLINE_MAX;
+use super::pieces::{RawKey, ONE_BATCH_MAX};
+use super::Storage;
+use crate::error::Result;
+use crate::protocol::HashKey;
+
+/// Mean value size below which [`Storage::insert_batch`] writes single inserts.
+pub(super) const SINGLE_INSERTS_BELOW: usize = 1024;
+
+/// Fewest entries for which a [`BatchWrite::KeysFirst`] batch writes its keys first. Each
+/// batch still rewrites the leaf it shares with the next one, so the gain grows with the
+/// batch: importing 1 GiB of 10 KiB values took 4.6–6.4 s in place, 3.9 s with 32-entry
+/// batches keys first, 2.8–3.0 s with 50, 2.4 s with 64 and 1.7–1.9 s with 100; 25 gained
+/// nothing.
+pub(super) const KEYS_FIRST_MIN: usize = 32;
+
+/// Entries written (or deleted) per sled batch when a range moves: big enough to amortise the
+/// batch, small enough that sled 0.34 does not balloon (10k-entry batches took GBs of RAM).
+pub const BATCH_ENTRIES: usize = 1000;
+
+/// Gathers streamed entries into batches of at most [`BATCH_ENTRIES`] entries or `max_bytes`
+/// value bytes (whichever comes first): the one bound every range move and restore uses.
+pub struct Batcher<V> {
+    /// The batch being filled.
+    pub(super) batch: Vec<(HashKey, V)>,
+    /// Value bytes in `batch`.
+    pub(super) bytes: usize,
+    /// A batch is full at this many value bytes.
+    pub(super) max_bytes: usize,
+}
+
+impl<V: AsRef<[u8]>> Batcher<V> {
+    pub fn new(max_bytes: usize) -> Self {
+        Batcher {
+            batch: Vec::new(),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    /// Adds an entry; returns the batch once it is full.
+    pub fn push(&mut self, key: HashKey, value: V) -> Option<Vec<(HashKey, V)>> {
+        self.bytes += value.as_ref().len();
+        self.batch.push((key, value));
+        if self.batch.len() >= BATCH_ENTRIES || self.bytes >= self.max_bytes {
+            self.bytes = 0;
+            Some(std::mem::take(&mut self.batch))
+        } else {
+            None
+        }
+    }
+
+    /// The last, partly filled batch, if any.
+    pub fn finish(self) -> Option<Vec<(HashKey, V)>> {
+        (!self.batch.is_empty()).then_some(self.batch)
+    }
+}
+
+/// How [`Storage::insert_batch`] writes a batch of large values (a mean of 1 KiB or more;
+/// smaller ones always go in as single inserts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchWrite {
+    /// Each entry once, with its value: an interrupted batch leaves entries that are whole.
+    InPlace,
+    /// The keys first, with empty values, then the values over them.
+    ///
+    /// sled 0.34 splits a leaf when it holds more than 16 entries, whatever their size, and
+    /// rewrites a page whole every 10 updates; pages over 128 KiB become blob files. Written
+    /// in key order with their values, 10 KiB entries fill leaves that are split and
+    /// rewritten as they grow: sled wrote 1.4 GB (1,700 blob files) for 1 GB of values and took
+    /// 4.6–6.4 s. With the keys first, the empty keys build the leaves (8–16 entries each),
+    /// and each value then lands as one small update of a leaf that no longer splits; only
+    /// the leaf a batch shares with the next is rewritten. With batches of 100 entries: 1.3 GB
+    /// written, no blob files, 1.7–1.9 s (BENCHMARKS.md, "keys first"). Deleting such a range
+    /// later writes more (its leaves are near sled's rewrite threshold): 1.19 GB against
+    /// 0.66 GB for 1 GB of values, in about the same time.
+    ///
+    /// The price: a batch interrupted between its two passes (a crash, a failed write) leaves
+    /// keys with empty values that nobody wrote, and a reader could see them between the
+    /// passes. So only writers whose interruption discards the whole range, and whose range
+    /// nobody reads meanwhile, use it: a restore (into a temporary directory), the receiver of
+    /// a DIS (it answers `N` for the range until it owns it) and a joiner that held nothing and
+    /// does not serve yet (both drop what they received when a handoff aborts, and on the
+    /// restart after a crash). A backup's cut never sees the middle of such a batch
+    /// (`Storage::bulk`).
+    KeysFirst,
+}
+
+/// `entries` as runs of strictly increasing keys: one, or two when they wrap past 2^160-1
+/// (ring order), the second wholly below the first. `None` for anything else (a key twice,
+/// keys out of order).
+pub(super) fn ring_runs<V>(entries: &[(HashKey, V)]) -> Option<Vec<&[(HashKey, V)]>> {
+    let descents: Vec<usize> = (1..entries.len())
+        .filter(|&i| entries[i].0 <= entries[i - 1].0)
+        .collect();
+    match descents[..] {
+        [] => Some(vec![entries]),
+        [d] if entries.last()?.0 < entries.first()?.0 => {
+            let (a, b) = entries.split_at(d);
+            Some(vec![a, b])
+        }
+        _ => None,
+    }
+}
+
+/// What a span of the data tree holds (see `Storage::batch_holds`).
+#[derive(Clone, Copy, Default)]
+pub(super) struct Span {
+    /// Some whole value.
+    pub(super) whole: bool,
+    /// Some piece.
+    pub(super) pieces: bool,
+}
+
+impl Span {
+    /// When nothing is known: look at every key.
+    pub(super) const ANYTHING: Span = Span {
+        whole: true,
+        pieces: true,
+    };
+}
+
+impl Storage {
+    /// Writes a group of entries (in key order, as ranges arrive); durable after
+    /// [`Storage::sync`]. Small values go in as single inserts, larger ones as one sled batch
+    /// (or two, keys first: see [`BatchWrite`]): measured on sled 0.34 (BENCHMARKS.md), sorted
+    /// single inserts import 100-byte values about twice as fast as batches, while batches win
+    /// from a few KiB up.
+    pub fn insert_batch(
+        &self,
+        entries: &mut Vec<(HashKey, Vec<u8>)>,
+        how: BatchWrite,
+    ) -> Result<Ticket> {
+        self.writable()?;
+        let bytes: usize = entries.iter().map(|(_, v)| v.len()).sum();
+        let small = bytes < entries.len() * SINGLE_INSERTS_BELOW;
+        let keys_first = how == BatchWrite::KeysFirst && !small && entries.len() >= KEYS_FIRST_MIN;
+        // Both passes under the shared lock: no cut begins between them.
+        let _bulk = keys_first.then(|| self.bulk.read().unwrap_or_else(|e| e.into_inner()));
+        for (k, _) in entries.iter() {
+            self.preserve(k)?;
+        }
+        let stripes = self.all_stripes();
+        // What the batch replaces: in the usual import into an empty arc nothing, and one look
+        // at the batch's span says so, sparing a look per key. A batch out of ring order (a
+        // key twice, from a peer) is written entry by entry, each looking at what is stored.
+        let (span, ordered) = match self.batch_holds(entries)? {
+            Some(span) => (span, true),
+            None => (Span::ANYTHING, false),
+        };
+        let mut written: Vec<RawKey> = Vec::new();
+        // A value written in several batches of its own (see `write_staged`).
+        let staged = entries.iter().any(|(_, v)| v.len() > ONE_BATCH_MAX);
+        if small || !ordered || staged {
+            for (i, (k, v)) in entries.drain(..).enumerate() {
+                written.extend(self.write_locked(&k, v, span)?);
+                if (i as u64 + 1).is_multiple_of(RECLAIM_EVERY) {
+                    reclaim();
+                }
+            }
+            drop(stripes);
+        } else {
+            let mut batch = sled::Batch::default();
+            // Pieces of replaced values beyond what one batch removes (see `split_removal`).
+            let mut leftovers = Vec::new();
+            for (k, v) in entries.iter_mut() {
+                if v.len() > INLINE_MAX {
+                    let look = span.whole || span.pieces;
+                    leftovers.extend(self.add_pieces(&mut batch, k, v, &mut written, look)?);
+                } else {
+                    if span.pieces {
+                        leftovers.extend(self.add_piece_removal(&mut batch, k)?);
+                    }
+                    written.push(RawKey::whole(k));
+                    batch.insert(&k.0[..], std::mem::take(v));
+                }
+            }
+            entries.clear();
+            if keys_first {
+                for k in &written {
+                    self.kv.insert(Tree::Data, k.as_ref(), &[][..])?;
+                }
+                crate::fault::point_blocking("keys-first:between-passes");
+            }
+            self.kv.apply(Tree::Data, batch)?;
+            self.remove_in_batches(&leftovers)?;
+            drop(stripes);
+        }
+        // Writes reach sled's LRU in the same blocks of 64 accesses per shard as reads (see
+        // `touched`): pages of large values written once would stay in memory unaccounted (a
+        // 1 GiB import peaked ~70 MiB over the cache). Touching them registers them as the
+        // import goes.
+        for (i, k) in written.iter().enumerate() {
+            self.touch_raw(k.as_ref())?;
+            if (i as u64 + 1).is_multiple_of(RECLAIM_EVERY) {
+                reclaim();
+            }
+        }
+        reclaim();
+        Ok(self.commit.note_write())
+    }
+
+    /// What the data tree holds where `entries` go: a scan of the span from their first key
+    /// to their last (usually empty), or of two spans when they wrap past 2^160-1 (see
+    /// [`ring_runs`]). `None`: the entries are not in ring order.
+    pub(super) fn batch_holds(&self, entries: &[(HashKey, Vec<u8>)]) -> Result<Option<Span>> {
+        let Some(runs) = ring_runs(entries) else {
+            return Ok(None);
+        };
+        let mut span = Span::default();
+        for run in runs {
+            let (Some((lo, _)), Some((hi, _))) = (run.first(), run.last()) else {
+                continue;
+            };
+            let (lo, hi) = (RawKey::whole(lo), RawKey::piece(hi, u32::MAX));
+            for k in self.kv.range(Tree::Data, lo..=hi).keys() {
+                if k?.len() == 20 {
+                    span.whole = true;
+                } else {
+                    span.pieces = true;
+                    break;
+                }
+            }
+        }
+        Ok(Some(span))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::test_key as k;
+    use crate::storage::pieces::PIECE_BYTES;
+    use crate::storage::testing::*;
+    use crate::storage::StorageOptions;
+
+    /// Keys first or in place, small values or large, batches under or over `KEYS_FIRST_MIN`,
+    /// over existing keys or not: the same entries come out.
+    #[test]
+    pub(super) fn a_keys_first_batch_writes_what_an_in_place_batch_writes() {
+        for how in [BatchWrite::InPlace, BatchWrite::KeysFirst] {
+            for len in [100, 2048, 3 * PIECE_BYTES + 1] {
+                for count in [8u8, 200] {
+                    let dir = tempfile::tempdir().unwrap();
+                    let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+                    for n in (0..count).step_by(3) {
+                        let _ = s.insert(&k(n), val(n, 0)).unwrap();
+                    }
+                    let mut batch: Vec<_> = (0..count).map(|n| (k(n), big(n, 1, len))).collect();
+                    let _ = s.insert_batch(&mut batch, how).unwrap();
+                    assert!(batch.is_empty());
+                    let want: Vec<_> = (0..count).map(|n| (k(n), big(n, 1, len))).collect();
+                    assert_eq!(snapshot(&s), want, "{how:?}, {count} × {len} B");
+                }
+            }
+        }
+    }
+
+    /// A batch that names a key twice (a peer may send anything) still leaves the key with a
+    /// whole value or pieces, not both: the later entry wins.
+    #[test]
+    pub(super) fn a_batch_naming_a_key_twice_leaves_one_value() {
+        for how in [BatchWrite::InPlace, BatchWrite::KeysFirst] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+            let mut batch: Vec<_> = (0..40u8)
+                .map(|n| (k(n), vec![n; 2 * PIECE_BYTES]))
+                .collect();
+            batch.push((k(5), vec![9; 10]));
+            let _ = s.insert_batch(&mut batch, how).unwrap();
+            assert_eq!(s.get(&k(5)).unwrap().unwrap(), vec![9; 10][..], "{how:?}");
+            assert_eq!(s.count().unwrap(), 40);
+            let raw = raw_keys(&s);
+            assert_eq!(raw.len(), 39 * 2 + 1, "{how:?}: stray pieces of k(5)");
+        }
+    }
+
+    /// Runs of a batch: in key order, wrapping once (ring order), or irregular.
+    #[test]
+    pub(super) fn a_batch_in_ring_order_is_one_run_or_two() {
+        let e = |ns: &[u8]| -> Vec<(HashKey, ())> { ns.iter().map(|&n| (k(n), ())).collect() };
+        let lens = |r: Option<Vec<&[(HashKey, ())]>>| {
+            r.map(|v| v.iter().map(|r| r.len()).collect::<Vec<_>>())
+        };
+        assert_eq!(lens(ring_runs(&e(&[]))), Some(vec![0]));
+        assert_eq!(lens(ring_runs(&e(&[1, 2, 9]))), Some(vec![3]));
+        assert_eq!(lens(ring_runs(&e(&[200, 250, 3, 7]))), Some(vec![2, 2]));
+        assert_eq!(lens(ring_runs(&e(&[1, 2, 2]))), None, "a key twice");
+        assert_eq!(
+            lens(ring_runs(&e(&[200, 250, 3, 220]))),
+            None,
+            "runs that overlap"
+        );
+        assert_eq!(lens(ring_runs(&e(&[5, 3, 4, 1]))), None, "two descents");
+    }
+
+    /// A batch that wraps past the top of the key space (the receiver of an arc that wraps)
+    /// is written right, beside a value in pieces between its two runs. (That it takes the
+    /// keys-first path is shown by the crash tests, whose fault point is inside that path.)
+    #[test]
+    pub(super) fn a_batch_that_wraps_is_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        let _ = s.insert(&k(100), vec![1; 2 * PIECE_BYTES]).unwrap();
+        let mut batch: Vec<_> = (200..=255u8)
+            .chain(0..40)
+            .map(|n| (k(n), vec![n; 2 * PIECE_BYTES]))
+            .collect();
+        let _ = s.insert_batch(&mut batch, BatchWrite::KeysFirst).unwrap();
+        assert_eq!(s.count().unwrap(), 56 + 40 + 1);
+        assert_eq!(s.get(&k(3)).unwrap().unwrap(), vec![3; 2 * PIECE_BYTES][..]);
+        assert_eq!(
+            s.get(&k(100)).unwrap().unwrap(),
+            vec![1; 2 * PIECE_BYTES][..]
+        );
+    }
+}
