@@ -37,7 +37,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::protocol::{HashKey, PeerAddr};
 use crate::ring::RingState;
-use crate::storage::{BatchWrite, Batcher, RingRecord, Storage, StorageOptions};
+use crate::storage::{BatchWrite, Batcher, Import, RingRecord, Storage, StorageOptions};
 
 pub const MAGIC: &[u8; 16] = b"DHTSTORE-BACKUP\n";
 /// The format version written (see the module doc; versions 1 and 2 are read).
@@ -596,45 +596,32 @@ pub fn restore(archive: &Path, target: &Path, force: bool, tick: Tick) -> Result
 }
 
 /// Reads, checks and writes an archive into `dir`. This thread reads and hashes the archive
-/// while a second one writes the batches to sled (at most two batches wait between them), so
-/// that reading overlaps writing as in a handoff's receiver.
+/// while the import's thread writes the batches to sled (`storage::Import`, the pipeline of a
+/// handoff's receiver too), so that reading overlaps writing.
 fn restore_into(archive: &Path, dir: &Path, tick: Tick) -> Result<Summary> {
     let mut reader = Reader::open(archive)?;
-    let storage = Storage::open(dir, &StorageOptions::default())?;
-    std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(HashKey, Vec<u8>)>>(2);
-        let storage = &storage;
-        let writer = scope.spawn(move || -> Result<()> {
-            for mut batch in rx {
-                let _ = storage.insert_batch(&mut batch, BatchWrite::KeysFirst)?;
+    let storage = std::sync::Arc::new(Storage::open(dir, &StorageOptions::default())?);
+    // Made durable as a whole below, once it is complete.
+    let import = Import::start(storage.clone(), BatchWrite::KeysFirst, None)?;
+    let read = (|| -> Result<()> {
+        let mut batcher = Batcher::new(BATCH_BYTES);
+        let (mut n, mut bytes) = (0u64, 0u64);
+        while let Some((k, v)) = reader.next_entry()? {
+            n += 1;
+            bytes += v.len() as u64;
+            if let Some(full) = batcher.push(k, v) {
+                // A failed writer: its error is reported below.
+                import.send_blocking(full)?;
             }
-            Ok(())
-        });
-        let read = (|| -> Result<()> {
-            let mut batcher = Batcher::new(BATCH_BYTES);
-            let (mut n, mut bytes) = (0u64, 0u64);
-            while let Some((k, v)) = reader.next_entry()? {
-                n += 1;
-                bytes += v.len() as u64;
-                if let Some(full) = batcher.push(k, v) {
-                    if tx.send(full).is_err() {
-                        break; // the writer failed: its error is reported below
-                    }
-                }
-                tick(n, bytes);
-            }
-            if let Some(last) = batcher.finish() {
-                let _ = tx.send(last);
-            }
-            Ok(())
-        })();
-        drop(tx);
-        let written = writer
-            .join()
-            .map_err(|_| Error::Flush("the thread writing the restore panicked".into()))?;
-        written?;
-        read
-    })?;
+            tick(n, bytes);
+        }
+        if let Some(last) = batcher.finish() {
+            import.send_blocking(last)?;
+        }
+        Ok(())
+    })();
+    import.finish()?;
+    read?;
     let header = reader.header().clone();
     // Only a complete, intact archive becomes a data directory.
     let summary = reader.finish()?;

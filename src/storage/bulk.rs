@@ -7,7 +7,7 @@ use super::kv::Tree;
 use super::pieces::INLINE_MAX;
 use super::pieces::{RawKey, ONE_BATCH_MAX};
 use super::Storage;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::protocol::HashKey;
 
 /// Mean value size below which [`Storage::insert_batch`] writes single inserts.
@@ -230,6 +230,112 @@ impl Storage {
         }
         Ok(Some(span))
     }
+}
+
+/// Batches waiting between the side that reads a range in (a socket, an archive) and the
+/// thread that writes it: reading the next batch overlaps writing the last, and no more than
+/// this is held.
+pub const IMPORT_QUEUE: usize = 2;
+
+/// A range arriving in ring order, written into sled as it comes: the caller sends batches
+/// (gathered by a [`Batcher`]), one thread writes them ([`Storage::insert_batch`], `how`), and
+/// at most [`IMPORT_QUEUE`] wait between them. The one pipeline of a handoff's receiver and of
+/// a restore.
+///
+/// With `sync_every`, the writer asks for the flush of each window of that many value bytes
+/// when it closes and waits for it only when the next one closes, so that what is not yet
+/// durable stays bounded on a slow disk while the flusher works on one window and the writer
+/// fills the next; and it waits for the last before it ends. It needs a tokio runtime for
+/// that (the caller's). Without, making the import durable is the caller's to do.
+pub struct Import {
+    /// Where the batches go.
+    tx: tokio::sync::mpsc::Sender<Vec<(HashKey, Vec<u8>)>>,
+    /// The writing thread: the last ticket it got, or why it stopped.
+    writer: std::thread::JoinHandle<Result<Option<Ticket>>>,
+}
+
+impl Import {
+    /// Starts the writing thread.
+    pub fn start(
+        storage: std::sync::Arc<Storage>,
+        how: BatchWrite,
+        sync_every: Option<u64>,
+    ) -> Result<Import> {
+        let (tx, rx) = tokio::sync::mpsc::channel(IMPORT_QUEUE);
+        let runtime = match sync_every {
+            Some(_) => Some(tokio::runtime::Handle::try_current().map_err(|_| {
+                Error::Flush("an import that syncs as it goes needs a runtime".into())
+            })?),
+            None => None,
+        };
+        let writer = std::thread::Builder::new()
+            .name("dht-import".into())
+            .spawn(move || write_batches(&storage, rx, how, sync_every.zip(runtime)))?;
+        Ok(Import { tx, writer })
+    }
+
+    /// Hands over the next batch, waiting while [`IMPORT_QUEUE`] batches are queued.
+    pub async fn send(&self, batch: Vec<(HashKey, Vec<u8>)>) -> Result<()> {
+        self.tx.send(batch).await.map_err(|_| stopped())
+    }
+
+    /// [`Import::send`] from a thread outside the runtime.
+    pub fn send_blocking(&self, batch: Vec<(HashKey, Vec<u8>)>) -> Result<()> {
+        self.tx.blocking_send(batch).map_err(|_| stopped())
+    }
+
+    /// Ends the import once everything sent is written (and, with `sync_every`, durable):
+    /// the last ticket, or the writer's error.
+    pub fn finish(self) -> Result<Option<Ticket>> {
+        drop(self.tx);
+        self.writer
+            .join()
+            .map_err(|_| Error::Flush("the thread writing an import panicked".into()))?
+    }
+
+    /// [`Import::finish`] for async code: the join waits on a blocking thread.
+    pub async fn finish_async(self) -> Result<Option<Ticket>> {
+        tokio::task::spawn_blocking(move || self.finish())
+            .await
+            .map_err(|e| Error::Flush(format!("the thread writing an import failed: {e}")))?
+    }
+}
+
+fn stopped() -> Error {
+    Error::Flush("the thread writing the import stopped".into())
+}
+
+/// The writing thread of an [`Import`].
+fn write_batches(
+    storage: &Storage,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<(HashKey, Vec<u8>)>>,
+    how: BatchWrite,
+    sync: Option<(u64, tokio::runtime::Handle)>,
+) -> Result<Option<Ticket>> {
+    let mut since_sync = 0u64;
+    let mut ticket = None;
+    let mut pending_sync = None;
+    while let Some(mut batch) = rx.blocking_recv() {
+        since_sync += batch.iter().map(|(_, v)| v.len() as u64).sum::<u64>();
+        ticket = Some(storage.insert_batch(&mut batch, how)?);
+        if let Some((every, runtime)) = &sync {
+            if since_sync >= *every {
+                if let Some(t) = pending_sync.take() {
+                    runtime.block_on(storage.sync(t))?;
+                }
+                // The flusher runs on demand: start this window's flush now.
+                if let Some(t) = ticket {
+                    storage.request_sync(t);
+                }
+                pending_sync = ticket;
+                since_sync = 0;
+            }
+        }
+    }
+    if let (Some(t), Some((_, runtime))) = (ticket, &sync) {
+        runtime.block_on(storage.sync(t))?;
+    }
+    Ok(ticket)
 }
 
 #[cfg(test)]

@@ -78,7 +78,7 @@ use crate::error::Result;
 use crate::protocol::HashKey;
 
 pub use arc::reclaim;
-pub use bulk::{BatchWrite, Batcher, BATCH_ENTRIES};
+pub use bulk::{BatchWrite, Batcher, Import, BATCH_ENTRIES, IMPORT_QUEUE};
 pub use commit::Ticket;
 pub use cut::CutEntries;
 pub use dir::{forget_lock, holds_database};

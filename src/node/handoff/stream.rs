@@ -1,7 +1,7 @@
 //! The stream of a handoff's entries: out of sled onto the socket (`send_arc`, the sender of
 //! a CON or a DIS) and off the socket into sled (`receive_arc`, the receiver). On each side one
 //! blocking thread does the sled work and meets the socket task in a channel of
-//! [`QUEUED_BATCHES`] batches, so memory stays bounded whatever the arc holds.
+//! [`IMPORT_QUEUE`] batches, so memory stays bounded whatever the arc holds.
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -13,16 +13,10 @@ use crate::protocol::{Connection, HashKey, Status};
 use crate::ring::in_arc;
 #[cfg(doc)]
 use crate::storage::BATCH_ENTRIES;
-use crate::storage::{BatchWrite, Batcher, Storage};
+use crate::storage::{BatchWrite, Batcher, Import, Storage, IMPORT_QUEUE};
 
-/// Batches waiting between the socket task and the sled thread of a handoff, either way.
-pub(super) const QUEUED_BATCHES: usize = 2;
-
-/// A receiver asks for the flush of each window of this many bytes when it closes, and waits
-/// for it only when the next window closes, so that what is not yet durable stays bounded on a
-/// slow disk while the flusher works on one window and the receiver writes the next. With 64
-/// MiB windows the receiver waited too often (1 GiB CON 5.9–8.1 s, with 256 MiB 4.9–5.2 s:
-/// BENCHMARKS.md).
+/// A receiver makes each window of this many bytes durable as it goes (see [`Import`]):
+/// smaller windows made it wait for the flusher too often (BENCHMARKS.md, "Handoff").
 const SYNC_EVERY: u64 = 256 << 20;
 
 /// What the reading thread of [`send_arc`] hands to the socket task.
@@ -38,7 +32,7 @@ enum Outgoing {
 ///
 /// One blocking thread counts and reads the arc while this task writes the socket: sled's
 /// page loads stay off the async workers (and in one malloc arena), and reading overlaps
-/// sending. They meet in a channel of [`QUEUED_BATCHES`] batches (`storage::Batcher`: at most
+/// sending. They meet in a channel of [`IMPORT_QUEUE`] batches (`storage::Batcher`: at most
 /// [`BATCH_ENTRIES`] entries or [`BATCH_BYTES`] bytes), so memory stays bounded whatever the arc holds.
 pub(super) async fn send_arc<S: AsyncRead + AsyncWrite>(
     node: &Node,
@@ -48,7 +42,7 @@ pub(super) async fn send_arc<S: AsyncRead + AsyncWrite>(
     progress: &Progress,
     step: &str,
 ) -> Result<u64> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Outgoing>>(QUEUED_BATCHES);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Outgoing>>(IMPORT_QUEUE);
     let reader = {
         let storage = node.storage.clone();
         let (from, to) = (*from, *to);
@@ -151,29 +145,19 @@ async fn stream_arc<S: AsyncRead + AsyncWrite>(
 /// Receives `n` entries of the arc `[from, to)` into sled in bounded batches, and returns once
 /// they are all durable. An entry outside the arc or over the value limit aborts (`F`).
 ///
-/// This task reads the socket and gathers batches; one blocking thread writes them to sled
-/// (and syncs every [`SYNC_EVERY`] bytes), so reading the next batch overlaps writing the
-/// last. At most [`QUEUED_BATCHES`] batches wait between them.
+/// This task reads the socket and gathers batches; the [`Import`]'s thread writes them to
+/// sled and makes each window of [`SYNC_EVERY`] bytes durable as it goes, so reading the next
+/// batch overlaps writing the last. At most [`IMPORT_QUEUE`] batches wait between them.
 pub(super) async fn receive_arc<S: AsyncRead + AsyncWrite>(
     node: &Node,
     conn: &mut Connection<S>,
     arc: &Incoming<'_>,
     progress: &Progress,
 ) -> Result<()> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<(HashKey, Vec<u8>)>>(QUEUED_BATCHES);
-    let writer = {
-        let storage = node.storage.clone();
-        let runtime = tokio::runtime::Handle::current();
-        let how = arc.how;
-        tokio::task::spawn_blocking(move || write_batches(&storage, &runtime, rx, how))
-    };
-    let read = read_entries(conn, arc, progress, &tx).await;
-    drop(tx);
-    let written = writer
-        .await
-        .map_err(|e| Error::Flush(format!("the thread writing the arc failed: {e}")))?;
+    let import = Import::start(node.storage.clone(), arc.how, Some(SYNC_EVERY))?;
+    let read = read_entries(conn, arc, progress, &import).await;
     // A write error explains a read side that stopped early because the writer went away.
-    written?;
+    import.finish_async().await?;
     read
 }
 
@@ -196,12 +180,11 @@ async fn read_entries<S: AsyncRead + AsyncWrite>(
     conn: &mut Connection<S>,
     arc: &Incoming<'_>,
     progress: &Progress,
-    tx: &tokio::sync::mpsc::Sender<Vec<(HashKey, Vec<u8>)>>,
+    import: &Import,
 ) -> Result<()> {
     let Incoming {
         n, from, to, step, ..
     } = *arc;
-    let stopped = || Error::Flush("the thread writing the arc stopped".into());
     let mut batcher = Batcher::new(BATCH_BYTES);
     for i in 0..n {
         let key = conn.read_key().await?;
@@ -225,47 +208,14 @@ async fn read_entries<S: AsyncRead + AsyncWrite>(
         let value = conn.read_value_bytes(len).await?;
         progress.add(1, len);
         if let Some(full) = batcher.push(key, value) {
-            tx.send(full).await.map_err(|_| stopped())?;
+            import.send(full).await?;
         }
         if i + 1 == n / 2 && n > 1 {
             fault::point(&format!("{step}:mid-stream")).await;
         }
     }
     if let Some(last) = batcher.finish() {
-        tx.send(last).await.map_err(|_| stopped())?;
-    }
-    Ok(())
-}
-
-/// The writing side of [`receive_arc`]: writes each batch, syncs every [`SYNC_EVERY`] bytes
-/// (waiting for the previous window's flush only, so the flusher works on one window while
-/// the next is written), and returns once everything written is durable.
-fn write_batches(
-    storage: &Storage,
-    runtime: &tokio::runtime::Handle,
-    mut rx: tokio::sync::mpsc::Receiver<Vec<(HashKey, Vec<u8>)>>,
-    how: BatchWrite,
-) -> Result<()> {
-    let mut since_sync = 0u64;
-    let mut ticket = None;
-    let mut pending_sync = None;
-    while let Some(mut batch) = rx.blocking_recv() {
-        since_sync += batch.iter().map(|(_, v)| v.len() as u64).sum::<u64>();
-        ticket = Some(storage.insert_batch(&mut batch, how)?);
-        if since_sync >= SYNC_EVERY {
-            if let Some(t) = pending_sync.take() {
-                runtime.block_on(storage.sync(t))?;
-            }
-            // The flusher runs on demand: start this window's flush now.
-            if let Some(t) = ticket {
-                storage.request_sync(t);
-            }
-            pending_sync = ticket;
-            since_sync = 0;
-        }
-    }
-    if let Some(t) = ticket {
-        runtime.block_on(storage.sync(t))?;
+        import.send(last).await?;
     }
     Ok(())
 }
