@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
-use crate::protocol::{AddressEncoding, Connection, HashKey, Limits, PeerAddr, Status};
+use crate::protocol::{AddressEncoding, Connection, HashKey, Limits, PeerAddr, Request, Status};
 
 /// How long a client waits for a peer to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -77,28 +77,21 @@ impl Client {
         &mut self.conn
     }
 
-    async fn send_key(&mut self, cmd: &[u8; 3], key: &HashKey) -> Result<()> {
-        self.conn.write_raw(cmd).await?;
-        self.conn.write_key(key).await?;
-        self.conn.flush().await
-    }
-
     /// PUL: `T` if alive.
     pub async fn pul(&mut self) -> Result<Status> {
-        self.conn.write_raw(b"PUL").await?;
-        self.conn.flush().await?;
+        self.conn.write_request(&Request::Pul).await?;
         self.conn.read_status().await
     }
 
     /// OWN: the known peer closest to the owner of `key`.
     pub async fn own(&mut self, key: &HashKey) -> Result<PeerAddr> {
-        self.send_key(b"OWN", key).await?;
+        self.conn.write_request(&Request::Own(*key)).await?;
         self.conn.read_addr().await
     }
 
     /// INS: `N` (not the owner), `T` (stored durably) or `F`.
     pub async fn ins(&mut self, key: &HashKey, value: &[u8]) -> Result<Status> {
-        self.send_key(b"INS", key).await?;
+        self.conn.write_request(&Request::Ins(*key)).await?;
         match self.conn.read_status().await? {
             Status::T => {}
             other => return Ok(other),
@@ -110,7 +103,7 @@ impl Client {
 
     /// GET.
     pub async fn get(&mut self, key: &HashKey) -> Result<Lookup> {
-        self.send_key(b"GET", key).await?;
+        self.conn.write_request(&Request::Get(*key)).await?;
         Ok(match self.conn.read_status().await? {
             Status::N => Lookup::NotMine,
             Status::F => Lookup::Absent,
@@ -120,20 +113,19 @@ impl Client {
 
     /// EXI: `N`, `T` present, `F` absent.
     pub async fn exi(&mut self, key: &HashKey) -> Result<Status> {
-        self.send_key(b"EXI", key).await?;
+        self.conn.write_request(&Request::Exi(*key)).await?;
         self.conn.read_status().await
     }
 
     /// REM: `N`, `T` removed, `F` was absent.
     pub async fn rem(&mut self, key: &HashKey) -> Result<Status> {
-        self.send_key(b"REM", key).await?;
+        self.conn.write_request(&Request::Rem(*key)).await?;
         self.conn.read_status().await
     }
 
     /// INF: the peer's diagnostic text.
     pub async fn inf(&mut self) -> Result<String> {
-        self.conn.write_raw(b"INF").await?;
-        self.conn.flush().await?;
+        self.conn.write_request(&Request::Inf).await?;
         let v = self.conn.read_value().await?;
         String::from_utf8(v)
             .map_err(|_| Error::Peer(format!("{}: INF text is not UTF-8", self.peer)))
@@ -141,8 +133,7 @@ impl Client {
 
     /// ABD: the peer's successor.
     pub async fn abd(&mut self) -> Result<PeerAddr> {
-        self.conn.write_raw(b"ABD").await?;
-        self.conn.flush().await?;
+        self.conn.write_request(&Request::Abd).await?;
         self.conn.read_addr().await
     }
 }

@@ -123,6 +123,23 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
         Ok(Some(req))
     }
 
+    /// Writes a request: its command and what follows it in the same message (a HashKey or a
+    /// PeerAddress), and flushes. What an exchange sends after the first answer (INS's value,
+    /// CON's and DIS's entries) its caller writes.
+    pub async fn write_request(&mut self, req: &Request) -> Result<()> {
+        self.write_raw(req.command()).await?;
+        match req {
+            Request::Ins(k)
+            | Request::Rem(k)
+            | Request::Get(k)
+            | Request::Exi(k)
+            | Request::Own(k) => self.write_key(k).await?,
+            Request::Con(a) | Request::Dis(a) => self.write_addr(a).await?,
+            Request::Pul | Request::Inf | Request::Abd => {}
+        }
+        self.flush().await
+    }
+
     async fn read_exact(&mut self, buf: &mut [u8]) -> Result<()> {
         self.stream.read_exact(buf).await.map_err(Error::from_io)?;
         Ok(())

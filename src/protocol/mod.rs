@@ -217,19 +217,26 @@ pub enum Request {
 }
 
 impl Request {
-    /// The three ASCII bytes of the command, for logs.
-    pub fn name(&self) -> &'static str {
+    /// The command's three ASCII bytes on the wire (PROTOCOL.md section 1); `read_request`
+    /// is the other half of this table.
+    pub fn command(&self) -> &'static [u8; 3] {
         match self {
-            Request::Ins(_) => "INS",
-            Request::Rem(_) => "REM",
-            Request::Get(_) => "GET",
-            Request::Exi(_) => "EXI",
-            Request::Own(_) => "OWN",
-            Request::Con(_) => "CON",
-            Request::Dis(_) => "DIS",
-            Request::Pul => "PUL",
-            Request::Inf => "INF",
-            Request::Abd => "ABD",
+            Request::Ins(_) => b"INS",
+            Request::Rem(_) => b"REM",
+            Request::Get(_) => b"GET",
+            Request::Exi(_) => b"EXI",
+            Request::Own(_) => b"OWN",
+            Request::Con(_) => b"CON",
+            Request::Dis(_) => b"DIS",
+            Request::Pul => b"PUL",
+            Request::Inf => b"INF",
+            Request::Abd => b"ABD",
         }
+    }
+
+    /// The command, for logs.
+    pub fn name(&self) -> &'static str {
+        // The table holds ASCII only.
+        std::str::from_utf8(self.command()).unwrap_or("???")
     }
 }

@@ -12,7 +12,7 @@ use super::{connect, read_ack, LOCK_WAIT};
 use crate::error::{Error, Result};
 use crate::fault;
 use crate::node::{walk, Node};
-use crate::protocol::{is_peer_address, Connection, HashKey, PeerAddr, Status};
+use crate::protocol::{is_peer_address, Connection, HashKey, PeerAddr, Request, Status};
 use crate::ring::{id_of, Peer, RingState};
 use crate::storage::{BatchWrite, HandoffRecord, Phase};
 
@@ -223,9 +223,7 @@ pub(super) async fn join_locked(
 /// One CON exchange as the joiner. `Ok(false)`: answered `N`.
 async fn con_exchange(node: &Node, owner: PeerAddr, me: PeerAddr, how: BatchWrite) -> Result<bool> {
     let mut conn = connect(node, owner).await?;
-    conn.write_raw(b"CON").await?;
-    conn.write_addr(&me).await?;
-    conn.flush().await?;
+    conn.write_request(&Request::Con(me)).await?;
     match conn.read_status().await? {
         Status::T => {}
         Status::N => return Ok(false),

@@ -12,7 +12,7 @@ use super::{connect, read_ack, LOCK_WAIT};
 use crate::error::{Error, Result};
 use crate::fault;
 use crate::node::{walk, Node, Progress};
-use crate::protocol::{Connection, HashKey, PeerAddr, Status};
+use crate::protocol::{Connection, HashKey, PeerAddr, Request, Status};
 use crate::ring::{Peer, RingState};
 use crate::storage::{BatchWrite, HandoffRecord, Phase};
 
@@ -219,9 +219,7 @@ async fn dis_exchange(
     progress: &Progress,
 ) -> Result<Option<u64>> {
     let mut conn = connect(node, pred).await?;
-    conn.write_raw(b"DIS").await?;
-    conn.write_addr(&ring.me.addr).await?;
-    conn.flush().await?;
+    conn.write_request(&Request::Dis(ring.me.addr)).await?;
     match conn.read_status().await? {
         Status::T => {}
         Status::N => return Ok(None),
