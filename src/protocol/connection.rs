@@ -350,4 +350,29 @@ mod tests {
         drop(a);
         assert!(matches!(b.read_request().await, Err(Error::Truncated)));
     }
+
+    #[tokio::test]
+    async fn every_request_written_reads_back_as_itself_in_both_encodings() {
+        let key = HashKey::of(b"apple");
+        let addr: PeerAddr = "127.0.0.1:5000".parse().unwrap();
+        let all = [
+            Request::Ins(key),
+            Request::Rem(key),
+            Request::Get(key),
+            Request::Exi(key),
+            Request::Own(key),
+            Request::Con(addr),
+            Request::Dis(addr),
+            Request::Pul,
+            Request::Inf,
+            Request::Abd,
+        ];
+        for enc in [AddressEncoding::Compact, AddressEncoding::Text] {
+            let (mut a, mut b) = pair(enc);
+            for req in &all {
+                a.write_request(req).await.unwrap();
+                assert_eq!(b.read_request().await.unwrap().as_ref(), Some(req), "{enc}");
+            }
+        }
+    }
 }
