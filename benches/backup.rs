@@ -15,6 +15,9 @@
 //! Before each step a filler file is written and deleted (not timed; see [`prime`]), so that
 //! every step writes into memory in the same state.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -25,7 +28,9 @@ use dht_store::protocol::{HashKey, PeerAddr};
 use dht_store::ring::RingState;
 use dht_store::storage::{BatchWrite, Storage, StorageOptions};
 
-const BIN: &str = env!("CARGO_BIN_EXE_dht-store");
+use common::dht_store_command;
+use common::process::Reaped;
+
 const VALUE: usize = 10 * 1024;
 
 /// Writes back everything dirty, so the next step starts from a quiet disk.
@@ -91,15 +96,6 @@ fn du(path: &Path) -> u64 {
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
-}
-
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::main]
@@ -186,7 +182,7 @@ async fn main() {
         let archive = r.join("node.backup");
         times[2].push(timed(
             "backup (stopped node)",
-            Command::new(BIN)
+            dht_store_command()
                 .args(["backup", "--data"])
                 .arg(&dir)
                 .arg("--out")
@@ -196,8 +192,9 @@ async fn main() {
 
         // Through a running node (the admin socket; a point-in-time cut).
         let _ = std::fs::remove_file(dir.join("admin.sock"));
-        let mut node = Kill(
-            Command::new(BIN)
+        let mut node = Reaped::new(
+            "dht-store",
+            dht_store_command()
                 .arg("--data")
                 .arg(&dir)
                 .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
@@ -213,23 +210,22 @@ async fn main() {
         }
         times[3].push(timed(
             "backup (running node)",
-            Command::new(BIN)
+            dht_store_command()
                 .args(["backup", "--data"])
                 .arg(&dir)
                 .arg("--out")
                 .arg(r.join("live.backup")),
         ));
         // A clean stop, so that the next round's stopped-node backup finds the lock free.
-        unsafe { libc::kill(node.0.id() as i32, libc::SIGTERM) };
-        let _ = node.0.wait();
+        node.stop();
 
         times[4].push(timed(
             "verify",
-            Command::new(BIN).arg("verify").arg(&archive),
+            dht_store_command().arg("verify").arg(&archive),
         ));
         times[5].push(timed(
             "restore",
-            Command::new(BIN)
+            dht_store_command()
                 .args(["restore", "--from"])
                 .arg(&archive)
                 .arg("--data")

@@ -56,22 +56,26 @@
 //!   (`DIR/<case>-con-{p,j}.data`, `DIR/<case>-dis-{p,j}.data`); the figures of such a run are
 //!   perturbed by the profiler.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::io::{BufWriter, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dht_store::client::{Client, Lookup};
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr, Status};
 use dht_store::ring::{id_of, in_arc};
-use dht_store::storage::{BatchWrite, Storage, StorageOptions};
+// The batch bounds a node's receiver uses.
+use dht_store::node::BATCH_BYTES;
+use dht_store::storage::{BatchWrite, Storage, StorageOptions, BATCH_ENTRIES};
 
-/// Entries per import batch, as the node's receiver uses.
-const BATCH_ENTRIES: usize = 1000;
-/// Value bytes per import batch, as the node's receiver uses.
-const BATCH_BYTES: usize = 4 << 20;
+use common::process::{die_with_parent, install_signal_handler, temp_dir, Reaped};
+use common::sample::{print_machine, proc_cpu, proc_kib, proc_wchar, reset_hwm, self_cpu};
+use common::{dht_store_command, free_port_on, Rng};
+
 /// Keys checked with GET after each direction.
 const SPOT_CHECKS: usize = 100;
 /// Bytes per entry besides the value on the wire: HashKey and the valSize Int.
@@ -236,19 +240,6 @@ impl Settings {
 // ---------------------------------------------------------------------------------------------
 // Keys and values
 
-/// A little PRNG (splitmix64) for offsets, values and spot checks.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 /// Index of the highest set bit of a 160-bit number (bit 0 = least significant).
 fn top_bit(k: &HashKey) -> Option<u32> {
     k.0.iter()
@@ -286,13 +277,13 @@ fn make_keys(n: usize, from: &HashKey, to: &HashKey) -> Vec<HashKey> {
 fn value_for(key: &HashKey, size: usize) -> Vec<u8> {
     let seed = u64::from_be_bytes(key.0[..8].try_into().unwrap())
         ^ u64::from_be_bytes(key.0[12..20].try_into().unwrap());
-    let mut rng = SplitMix(seed);
+    let mut rng = Rng::new(seed);
     let mut v = Vec::with_capacity(size);
     while v.len() + 8 <= size {
-        v.extend_from_slice(&rng.next().to_le_bytes());
+        v.extend_from_slice(&rng.next_u64().to_le_bytes());
     }
     let tail = size - v.len();
-    v.extend_from_slice(&rng.next().to_le_bytes()[..tail]);
+    v.extend_from_slice(&rng.next_u64().to_le_bytes()[..tail]);
     v
 }
 
@@ -425,39 +416,6 @@ fn scan_child(spec: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// CPU seconds (user + system) used by this process so far.
-fn self_cpu() -> f64 {
-    // SAFETY: getrusage fills the struct it is given.
-    let ru = unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
-        ru
-    };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-/// Bytes process `pid` (or "self") has written through write(2) and friends so far (`wchar`
-/// of /proc/PID/io): the write amplification of sled, page cache included.
-fn proc_wchar(pid: &str) -> Option<u64> {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
-    io.lines()
-        .find_map(|l| l.strip_prefix("wchar:"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// CPU seconds (user + system) used by process `pid` so far.
-fn proc_cpu(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some((utime + stime) / tick.max(1.0))
-}
-
 /// Baseline (a'): sorted single `sled::Tree::insert` into a fresh sled db, then one flush.
 fn import_single(dir: &Path, keys: &[HashKey], size: usize, cache: u64) -> Duration {
     let all = batches(keys, size);
@@ -521,150 +479,14 @@ fn network_baseline(keys: &[HashKey], size: usize) -> Duration {
 // ---------------------------------------------------------------------------------------------
 // Processes
 
-/// A child process stopped (SIGTERM, then SIGKILL) when dropped, also on panic.
-struct Reaped {
-    name: String,
-    child: Child,
-}
-
-/// Children still to be reaped and temporary directories, for the SIGINT/SIGTERM handler.
-static LIVE_CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
-static TEMP_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
-
-/// A temporary directory, removed on drop, and by the signal handler if the bench is stopped.
-fn temp_dir(prefix: &str) -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
-        .expect("temp dir");
-    TEMP_DIRS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(dir.path().to_path_buf());
-    dir
-}
-
-/// On SIGINT or SIGTERM: stop every child, remove the temporary directories, exit 130.
-/// (Children are also bound to the bench by PR_SET_PDEATHSIG, should it be SIGKILLed.)
-fn install_signal_handler(rt: &tokio::runtime::Runtime) {
-    rt.spawn(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        eprintln!("stopped: terminating the nodes and removing the temporary directories");
-        let pids = LIVE_CHILDREN
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        for &pid in &pids {
-            // SAFETY: kill(2) on a child of ours that was not reaped yet.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGTERM);
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        for &pid in &pids {
-            // SAFETY: as above (an exited, unreaped child is a zombie: the pid is still ours).
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGKILL);
-            }
-        }
-        for dir in TEMP_DIRS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        std::process::exit(130);
-    });
-}
-
-impl Reaped {
-    fn new(name: impl Into<String>, child: Child) -> Reaped {
-        LIVE_CHILDREN
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(child.id());
-        Reaped {
-            name: name.into(),
-            child,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        let status = self.child.try_wait().ok().flatten();
-        if status.is_some() {
-            self.forget();
-        }
-        status
-    }
-
-    /// Takes the (now reaped) child out of the signal handler's list.
-    fn forget(&self) {
-        let pid = self.child.id();
-        LIVE_CHILDREN
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|&p| p != pid);
-    }
-
-    fn stop(&mut self) {
-        if self.exited().is_some() {
-            return;
-        }
-        // SAFETY: kill(2) on our own child, which is not reaped yet (try_wait said so).
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Some(status) = self.exited() {
-                if !status.success() {
-                    eprintln!("{} exited with {status} after SIGTERM", self.name);
-                }
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!(
-            "{} did not exit within 15s of SIGTERM: killing it",
-            self.name
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.forget();
-    }
-}
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// A `dht-store` command with a clean environment, logging at info level to `log`, and bound
 /// to die with the bench (PR_SET_PDEATHSIG), so that not even a SIGKILLed bench leaves it.
 fn dht_store(args: &[&str], log: Option<&Path>) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dht-store"));
-    cmd.args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("DHT_STORE_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("RUST_LOG", "info")
+    let mut cmd = dht_store_command();
+    cmd.args(args)
+        .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .env("DHT_STORE_PROGRESS_INTERVAL_SECS", "1")
-        .stdin(Stdio::null())
         .stdout(Stdio::null());
     match log {
         Some(log) => {
@@ -679,21 +501,7 @@ fn dht_store(args: &[&str], log: Option<&Path>) -> Command {
             cmd.stderr(Stdio::piped());
         }
     }
-    die_with_parent(&mut cmd);
     cmd
-}
-
-/// PR_SET_PDEATHSIG: the child gets SIGTERM when the bench dies, even by SIGKILL.
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
 }
 
 fn start_node(
@@ -725,27 +533,6 @@ fn start_node(
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
     Reaped::new(name, child)
-}
-
-fn free_port(ip: Ipv4Addr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .unwrap_or_else(|e| panic!("no free port on {ip}: {e}"))
-        .port()
-}
-
-/// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`).
-fn proc_kib(pid: u32, field: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
-        .and_then(|l| l[field.len() + 1..].trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// Resets VmHWM to the current VmRSS (Linux >= 4.0); `false` if that is not allowed here.
-fn reset_hwm(pid: u32) -> bool {
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
 /// Memory of one process over one handoff direction, KiB.
@@ -816,10 +603,10 @@ async fn spot_check(
     let idx: Vec<usize> = if keys.len() <= SPOT_CHECKS {
         (0..keys.len()).collect()
     } else {
-        let mut rng = SplitMix(seed);
+        let mut rng = Rng::new(seed);
         let mut picked = std::collections::BTreeSet::new();
         while picked.len() < SPOT_CHECKS {
-            picked.insert((rng.next() % keys.len() as u64) as usize);
+            picked.insert((rng.next_u64() % keys.len() as u64) as usize);
         }
         picked.into_iter().collect()
     };
@@ -991,7 +778,7 @@ impl Drop for Perf {
 /// VmRSS of an idle node on an empty data directory: the starting RSS of a joiner.
 fn idle_node_rss(cache_mb: u64, rt: &tokio::runtime::Runtime) -> u64 {
     let dir = temp_dir("handoff-idle");
-    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST));
+    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_port_on(Ipv4Addr::LOCALHOST));
     let mut node = start_node(
         "idle node",
         &dir.path().join("data"),
@@ -1118,9 +905,9 @@ fn run_case(
     // Addresses: retry until J's arc is at least 2^150 wide (nearly always the first pair).
     let (p_addr, j_addr) = (0..50)
         .map(|_| {
-            let p = SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST));
+            let p = SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_port_on(Ipv4Addr::LOCALHOST));
             let j_ip = Ipv4Addr::new(127, 0, 0, 2);
-            let j = SocketAddrV4::new(j_ip, free_port(j_ip));
+            let j = SocketAddrV4::new(j_ip, free_port_on(j_ip));
             (p, j)
         })
         .find(|(p, j)| top_bit(&id_of(p).wrapping_sub(&id_of(j))).unwrap_or(0) >= 150)
@@ -1568,32 +1355,6 @@ fn print_summary(all: &[Figures], settings: &Settings) {
             m(&f.dis_j)
         );
     }
-}
-
-fn print_machine() {
-    let out = |cmd: &str, args: &[&str]| {
-        Command::new(cmd)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_else(|| "?".into())
-    };
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "?".into());
-    println!(
-        "machine: nproc={} kernel={} cpu={cpu}",
-        out("nproc", &[]),
-        out("uname", &["-r"])
-    );
 }
 
 fn main() -> ExitCode {

@@ -26,16 +26,23 @@
 //! The node inherits the environment, so `RUST_LOG` and `DHT_STORE_*` variables (e.g.
 //! `DHT_STORE_CACHE_MB`) apply to it; its log goes to a file that is printed on failure.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dht_store::client::{Client, Lookup};
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr, Status};
 use tokio::sync::Barrier;
+
+use common::dht_store_command;
+use common::process::Reaped;
+use common::sample::print_machine;
 
 /// Settings read from the environment.
 #[derive(Clone, Debug)]
@@ -394,96 +401,12 @@ fn print_result(r: &PhaseResult) {
     );
 }
 
-/// A free loopback port (bound, then released: another process could take it in between,
-/// which start-up would then report).
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("no free loopback port")
-        .port()
-}
-
-fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(cmd).args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-fn print_machine() {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let nproc = command_output("nproc", &[]).unwrap_or_else(|| cores.to_string());
-    let kernel = command_output("uname", &["-r"]).unwrap_or_else(|| "?".into());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "?".into());
-    println!("machine: nproc={nproc} kernel={kernel} cpu={cpu}");
-}
-
-/// A child process killed when dropped (also on panic).
-struct Reaped {
-    name: &'static str,
-    child: Child,
-}
-
-impl Reaped {
-    /// SIGTERM, a few seconds to exit, then SIGKILL.
-    fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        // std cannot send SIGTERM: ask kill(1), and SIGKILL at once if that is not possible.
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !sent {
-            eprintln!(
-                "could not run `kill -TERM`: killing {} (SIGKILL)",
-                self.name
-            );
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            return;
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                if !status.success() {
-                    eprintln!("{} exited with {status} after SIGTERM", self.name);
-                }
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!(
-            "{} did not exit within 10s of SIGTERM: killing it",
-            self.name
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// Starts the node and waits until it answers PUL with `T`.
 async fn start_node(data: &Path, log: &Path) -> Result<(Reaped, PeerAddr), String> {
-    let port = free_port();
+    let port = common::free_port();
     let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
     let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let child = Command::new(env!("CARGO_BIN_EXE_dht-store"))
+    let child = dht_store_command()
         .arg("--data")
         .arg(data)
         .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
@@ -492,15 +415,11 @@ async fn start_node(data: &Path, log: &Path) -> Result<(Reaped, PeerAddr), Strin
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file)
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", env!("CARGO_BIN_EXE_dht-store")))?;
-    let mut node = Reaped {
-        name: "dht-store",
-        child,
-    };
+        .map_err(|e| format!("cannot start {}: {e}", common::BIN))?;
+    let mut node = Reaped::new("dht-store", child);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(Some(status)) = node.child.try_wait() {
@@ -585,7 +504,7 @@ fn redis_baseline(
         return Ok(None);
     }
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let port = free_port();
+    let port = common::free_port();
     let child = Command::new("redis-server")
         .args([
             "--port",
@@ -610,10 +529,7 @@ fn redis_baseline(
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start redis-server: {e}"))?;
-    let mut redis = Reaped {
-        name: "redis-server",
-        child,
-    };
+    let mut redis = Reaped::new("redis-server", child);
     // Wait for PONG.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

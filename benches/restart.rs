@@ -39,17 +39,23 @@
 //! `RESTART_COLD=1`, `RESTART_DIR` (parent of the temporary data directory; default
 //! `CARGO_TARGET_TMPDIR`), `RESTART_KEEP=1` (keep the data directory and logs).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
-use std::os::unix::process::CommandExt;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dht_store::client::{Client, Lookup};
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr};
 use dht_store::ring::RingState;
 use dht_store::storage::{BatchWrite, Storage, StorageOptions};
+
+use common::dht_store_command;
+use common::process::{die_with_parent, Reaped};
+use common::sample::proc_cpu;
 
 const VALUE_BYTES: usize = 100;
 const BATCH: usize = 1000;
@@ -91,52 +97,20 @@ fn now_unix_us() -> u128 {
         .as_micros()
 }
 
-/// CPU time (user + system, all threads) of a live process so far, from /proc/PID/stat.
+/// CPU time (user + system, all threads) of a live process so far.
 fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(Duration::from_micros(ticks * 1_000_000 / hz))
+    proc_cpu(pid).map(Duration::from_secs_f64)
+}
+
+/// SIGKILLs every child of `reaper` now (the crash this bench restarts from), and reaps them.
+fn kill_all(reaper: &mut Vec<Reaped>) {
+    for mut r in reaper.drain(..) {
+        r.kill();
+    }
 }
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-/// Kills (SIGKILL) the children it holds when dropped, on every exit path.
-#[derive(Default)]
-struct Reaper(Vec<Child>);
-
-impl Reaper {
-    fn kill_all(&mut self) {
-        for mut c in self.0.drain(..) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        self.kill_all();
-    }
-}
-
-/// Makes a child die with the bench, even if the bench is SIGKILLed.
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -248,7 +222,7 @@ struct HelperRun {
     cpu: Option<Duration>,
 }
 
-fn run_helper(mode: &str, dir: &Path, key: &HashKey, reaper: &mut Reaper) -> HelperRun {
+fn run_helper(mode: &str, dir: &Path, key: &HashKey, reaper: &mut Vec<Reaped>) -> HelperRun {
     run_helper_with(mode, dir, key, reaper, true)
 }
 
@@ -256,7 +230,7 @@ fn run_helper_with(
     mode: &str,
     dir: &Path,
     key: &HashKey,
-    reaper: &mut Reaper,
+    reaper: &mut Vec<Reaped>,
     pdeathsig: bool,
 ) -> HelperRun {
     let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
@@ -274,12 +248,12 @@ fn run_helper_with(
     let t0 = Instant::now();
     let mut child = cmd.spawn().expect("spawn helper");
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    reaper.0.push(child);
+    reaper.push(Reaped::new(format!("helper {mode}"), child));
     let mut line = String::new();
     out.read_line(&mut line).expect("helper line");
     let total = t0.elapsed();
-    let cpu = reaper.0.last().and_then(|c| cpu_time(c.id()));
-    reaper.kill_all();
+    let cpu = reaper.last().and_then(|r| cpu_time(r.pid()));
+    kill_all(reaper);
     assert!(line.starts_with("ready"), "helper {mode} said {line:?}");
     assert!(!line.contains("ok=false"), "helper {mode}: wrong value");
     let field = |name: &str| -> Duration {
@@ -320,18 +294,13 @@ struct NodeRun {
 }
 
 fn node_command(dir: &Path, addr: PeerAddr, log: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dht-store"));
+    let mut cmd = dht_store_command();
     cmd.arg("--data")
         .arg(dir)
         .arg("--port")
         .arg(addr.port().to_string())
         .arg("--host")
         .arg(addr.ip().to_string());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("DHT_STORE_") {
-            cmd.env_remove(k);
-        }
-    }
     let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -339,10 +308,8 @@ fn node_command(dir: &Path, addr: PeerAddr, log: &Path) -> Command {
         .expect("node log");
     cmd.env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(f);
-    die_with_parent(&mut cmd);
     cmd
 }
 
@@ -378,21 +345,20 @@ async fn start_node_timed(
     addr: PeerAddr,
     key: &HashKey,
     log: &Path,
-    reaper: &mut Reaper,
+    reaper: &mut Vec<Reaped>,
 ) -> NodeRun {
     let log_start = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0) as usize;
     let expect = value_of(key);
     let mut cmd = node_command(dir, addr, log);
     let spawn_us = now_unix_us();
     let t0 = Instant::now();
-    reaper.0.push(cmd.spawn().expect("spawn dht-store"));
+    reaper.push(Reaped::new(
+        "dht-store",
+        cmd.spawn().expect("spawn dht-store"),
+    ));
     let mut refused = 0;
     let total = loop {
-        if let Some(status) = reaper
-            .0
-            .last_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-        {
+        if let Some(status) = reaper.last_mut().and_then(|r| r.exited()) {
             panic!(
                 "node exited with {status}: {}",
                 std::fs::read_to_string(log).unwrap_or_default()
@@ -409,7 +375,7 @@ async fn start_node_timed(
         assert!(t0.elapsed() < Duration::from_secs(120), "node never served");
         std::thread::sleep(Duration::from_millis(1));
     };
-    let cpu = reaper.0.last().and_then(|c| cpu_time(c.id()));
+    let cpu = reaper.last().and_then(|r| cpu_time(r.pid()));
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let text = text.get(log_start..).unwrap_or(&text);
     NodeRun {
@@ -424,13 +390,6 @@ async fn start_node_timed(
 
 // ---------------------------------------------------------------------------------------------
 // Setup
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 /// Fills `dir` with `n` entries and the ring state of a ring of one at `addr`; returns the
 /// sorted keys.
@@ -619,7 +578,7 @@ async fn bench() -> ExitCode {
     let dir = root.join("node");
     let copy = root.join("first-open-copy");
     let log = root.join("node.log");
-    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_port());
+    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, common::free_port());
     println!(
         "restart bench: {entries} entries, {runs} runs, page cache {}, dir {}",
         if cold {
@@ -633,7 +592,7 @@ async fn bench() -> ExitCode {
     // (pre_exec), whose cost grows with the parent's memory, so the parent stays small.
     let (key, keys) = import(&dir, entries, addr);
     println!("sled files after the import: {}", sled_files(&dir));
-    let mut reaper = Reaper::default();
+    let mut reaper = Vec::new();
 
     // Bare process starts.
     let mut version = Vec::new();
@@ -671,7 +630,7 @@ async fn bench() -> ExitCode {
             .expect("connect");
         assert_eq!(c.get(k).await.expect("GET"), Lookup::Found(value_of(k)));
     }
-    reaper.kill_all();
+    kill_all(&mut reaper);
     if cold {
         drop_cache(&copy);
     }
@@ -692,7 +651,7 @@ async fn bench() -> ExitCode {
                 drop_cache(&dir);
             }
             n = Some(start_node_timed(&dir, addr, &key, &log, &mut reaper).await);
-            reaper.kill_all();
+            kill_all(&mut reaper);
         }
         if cold {
             drop_cache(&dir);
@@ -707,7 +666,7 @@ async fn bench() -> ExitCode {
                 drop_cache(&dir);
             }
             n = Some(start_node_timed(&dir, addr, &key, &log, &mut reaper).await);
-            reaper.kill_all();
+            kill_all(&mut reaper);
         }
         let n = n.expect("node run");
         println!(

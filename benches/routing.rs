@@ -28,12 +28,14 @@
 //! `ROUTING_WALKS`, `ROUTING_SETTLE_MS`, `ROUTING_AGAIN_MS`, `ROUTING_SEED`,
 //! `ROUTING_KEEP_LOGS=DIR` (copy the nodes' logs there).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
-use std::os::unix::process::CommandExt;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use dht_store::client::Client;
@@ -41,38 +43,15 @@ use dht_store::config::Config;
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr, Status};
 use dht_store::ring::{finger_targets, id_of, owner_of, successor_list, Peer, RingState};
 
+use common::process::Reaped;
+use common::{dht_store_command, loopback_addrs, Rng};
+
 const ENC: AddressEncoding = AddressEncoding::Compact;
 /// A walk longer than this is a failure (the nodes' own limit).
 const MAX_HOPS: usize = 64;
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
-
-/// SplitMix64: a fixed, seedable stream (no dependency).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn key(&mut self) -> HashKey {
-        let mut k = [0u8; 20];
-        for chunk in k.chunks_mut(8) {
-            let r = self.next().to_be_bytes();
-            chunk.copy_from_slice(&r[..chunk.len()]);
-        }
-        HashKey(k)
-    }
-}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -89,24 +68,13 @@ fn env_list(name: &str, default: &str) -> Vec<usize> {
         .collect()
 }
 
-/// `n` addresses on distinct loopback hosts 127.0.0.2, ... with ports free right now.
-fn loopback_addrs(n: usize) -> Vec<PeerAddr> {
-    (0..n)
-        .map(|i| {
-            let ip = Ipv4Addr::new(127, 0, 0, 2 + i as u8);
-            let l = TcpListener::bind((ip, 0)).expect("bind a loopback address");
-            SocketAddrV4::new(ip, l.local_addr().expect("addr").port())
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // A ring of node processes
 
 /// The node processes of one ring, all SIGKILLed when dropped (every exit path, panics
 /// included); each is also bound to die with the bench (PR_SET_PDEATHSIG).
 struct Ring {
-    children: Vec<Child>,
+    children: Vec<Reaped>,
     addrs: Vec<PeerAddr>,
     logs: Vec<PathBuf>,
     _dir: tempfile::TempDir,
@@ -115,10 +83,7 @@ struct Ring {
 impl Drop for Ring {
     fn drop(&mut self) {
         for c in &mut self.children {
-            let _ = c.kill();
-        }
-        for c in &mut self.children {
-            let _ = c.wait();
+            c.kill();
         }
     }
 }
@@ -130,7 +95,7 @@ fn spawn_node(
     fingers: usize,
     log: &Path,
 ) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dht-store"));
+    let mut cmd = dht_store_command();
     cmd.arg("--data")
         .arg(data)
         .arg("--port")
@@ -140,28 +105,13 @@ fn spawn_node(
     if let Some(j) = join {
         cmd.arg("--join").arg(j.to_string());
     }
-    for (k, _) in std::env::vars() {
-        if k.starts_with("DHT_STORE_") {
-            cmd.env_remove(k);
-        }
-    }
     let f = std::fs::File::create(log).expect("node log");
     cmd.env("DHT_STORE_MAINTENANCE_INTERVAL_MS", "100")
         .env("DHT_STORE_FINGERS", fingers.to_string())
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(f);
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     cmd.spawn().expect("spawn dht-store")
 }
 
@@ -198,12 +148,15 @@ async fn start_ring(n: usize, fingers: usize, rng: &mut Rng) -> Ring {
         _dir: dir,
     };
     for (i, &addr) in addrs.iter().enumerate() {
-        let join = (i > 0).then(|| ring.addrs[rng.below(i)]);
+        let join = (i > 0).then(|| ring.addrs[rng.index(i)]);
         let data = ring._dir.path().join(format!("n{i}"));
         let log = ring._dir.path().join(format!("n{i}.log"));
-        let mut child = spawn_node(&data, addr, join, fingers, &log);
-        wait_ready(&mut child, addr, &log).await;
-        ring.children.push(child);
+        let child = spawn_node(&data, addr, join, fingers, &log);
+        // Reaped from here, should it never be ready.
+        ring.children
+            .push(Reaped::new(format!("node {addr}"), child));
+        let node = ring.children.last_mut().expect("just pushed");
+        wait_ready(&mut node.child, addr, &log).await;
         ring.addrs.push(addr);
         ring.logs.push(log);
     }
@@ -442,7 +395,7 @@ fn model_hops(states: &HashMap<PeerAddr, RingState>, walks: &[Walk]) -> Vec<usiz
 fn random_walks(addrs: &[PeerAddr], n: usize, rng: &mut Rng) -> Vec<Walk> {
     (0..n)
         .map(|_| Walk {
-            start: addrs[rng.below(addrs.len())],
+            start: addrs[rng.index(addrs.len())],
             key: rng.key(),
         })
         .collect()
@@ -589,7 +542,7 @@ async fn bench() -> ExitCode {
     let walks_n = env_u64("ROUTING_WALKS", 2000) as usize;
     let settle = Duration::from_millis(env_u64("ROUTING_SETTLE_MS", 3000));
     let again = Duration::from_millis(env_u64("ROUTING_AGAIN_MS", 3000));
-    let mut rng = Rng(env_u64("ROUTING_SEED", 0x5eed));
+    let mut rng = Rng::new(env_u64("ROUTING_SEED", 0x5eed));
     let mut cases: Vec<(usize, usize)> = sizes.iter().map(|&n| (n, fingers)).collect();
     let extra = std::env::var("ROUTING_EXTRA").unwrap_or_else(|_| "64:16,64:5".into());
     for c in extra.split(',').filter(|s| !s.trim().is_empty()) {
@@ -704,7 +657,7 @@ async fn bench() -> ExitCode {
         Layout::Uniform(16),
         Layout::Uniform(32),
     ];
-    let mut mrng = Rng(env_u64("ROUTING_SEED", 0x5eed) ^ 0xa5a5);
+    let mut mrng = Rng::new(env_u64("ROUTING_SEED", 0x5eed) ^ 0xa5a5);
     let model_rings: Vec<Vec<(Vec<PeerAddr>, Vec<Walk>)>> = sizes_m
         .iter()
         .map(|&n| {
@@ -749,7 +702,7 @@ fn loopback_addrs_model(n: usize, rng: &mut Rng) -> Vec<PeerAddr> {
                     (i / 250 % 250) as u8,
                     2 + (i % 250) as u8,
                 ),
-                32768 + rng.below(28000) as u16,
+                32768 + rng.index(28000) as u16,
             )
         })
         .collect()

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{loopback_addrs, owner_of, TestNode};
-use dht_store::client::{Lookup, Router};
+use common::{loopback_addrs, placement, settle, TestNode};
+use dht_store::client::Router;
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr};
 
 /// Acknowledged writes: key -> the value the last acknowledged INS stored.
@@ -43,46 +43,21 @@ fn writer(
     })
 }
 
-/// Every acknowledged key is served by its owner (computed from `addrs`), and the nodes hold
-/// exactly as many entries in all as there are keys: no copy is left anywhere else.
+/// Every acknowledged key is served by its owner (computed from the node ids), at once, and
+/// the nodes hold exactly as many entries in all as there are keys: no copy is left anywhere
+/// else (handed entries are deleted right after the switch: the last deletes get a moment).
 async fn check_placement(nodes: &[&TestNode], acked: &HashMap<HashKey, Vec<u8>>) {
     let addrs: Vec<PeerAddr> = nodes.iter().map(|n| n.addr).collect();
-    let mut clients = HashMap::new();
-    for n in nodes {
-        clients.insert(n.addr, n.client().await);
+    if let Err(e) = placement(&addrs, acked, false).await {
+        panic!("{e}");
     }
-    let mut wrong = Vec::new();
-    for (k, v) in acked {
-        let owner = owner_of(&addrs, k);
-        let got = clients.get_mut(&owner).unwrap().get(k).await.unwrap();
-        if got != Lookup::Found(v.clone()) {
-            wrong.push(format!("{k} at {owner}: {got:?}"));
-        }
-    }
-    assert!(
-        wrong.is_empty(),
-        "{} of {} keys not at their owner: {:?}",
-        wrong.len(),
-        acked.len(),
-        &wrong[..wrong.len().min(5)]
-    );
-    // Handed entries are deleted right after the switch: give the last deletes a moment.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut total = 0;
-        for n in nodes {
-            total += n.keys_held().await;
-        }
-        if total == acked.len() as u64 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the nodes hold {total} entries for {} keys: copies left behind",
-            acked.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    settle(
+        "no copies left behind",
+        Duration::from_secs(20),
+        nodes,
+        || placement(&addrs, acked, true),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

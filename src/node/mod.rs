@@ -31,6 +31,7 @@ use crate::storage::{HandoffRecord, Storage};
 
 pub use admin::{request_backup, request_leave};
 pub use gate::WriteGate;
+pub use handoff::BATCH_BYTES;
 pub use progress::Progress;
 pub use server::Shutdown;
 pub use work::{blocking, BLOCKING_ABOVE};

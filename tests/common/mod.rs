@@ -2,9 +2,14 @@
 //! directories in temp dirs, talked to over real TCP.
 #![allow(dead_code)]
 
+pub mod process;
+pub mod sample;
+
+pub use process::{dht_store_command, free_port_on};
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use dht_store::client::Client;
@@ -14,8 +19,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_dht-store");
 
 /// A port nobody listens on right now (bound and released).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+    free_port_on(std::net::Ipv4Addr::LOCALHOST)
 }
 
 /// A running node process, killed when dropped.
@@ -127,7 +131,7 @@ impl TestNode {
             .append(true)
             .open(&self.log)
             .expect("open node log");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = dht_store_command();
         cmd.arg("--data")
             .arg(&self.data)
             .arg("--port")
@@ -137,7 +141,6 @@ impl TestNode {
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("DHT_STORE_MAINTENANCE_INTERVAL_MS", "200")
-            .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log);
         if let Some(limit) = self.file_size_limit {
@@ -467,6 +470,21 @@ impl Rng {
     /// Uniform in `0..n` (`n` > 0).
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)
+    }
+
+    /// Uniform in `0..n` (`n` > 0), as an index.
+    pub fn index(&mut self, n: usize) -> usize {
+        self.below(n as u64) as usize
+    }
+
+    /// A random HashKey.
+    pub fn key(&mut self) -> dht_store::protocol::HashKey {
+        let mut k = [0u8; 20];
+        for chunk in k.chunks_mut(8) {
+            let r = self.next_u64().to_be_bytes();
+            chunk.copy_from_slice(&r[..chunk.len()]);
+        }
+        dht_store::protocol::HashKey(k)
     }
 
     /// `true` with probability `p` in [0, 1].
