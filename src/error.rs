@@ -44,6 +44,30 @@ pub enum Error {
     #[error("configuration error: {0}")]
     Config(String),
 
+    /// A command line that asks for something impossible (no key given, a bad --hash).
+    #[error("{0}")]
+    Usage(String),
+
+    /// An operation on a file, socket or address failed; `what` names it and what was done.
+    #[error("{what}: {source}")]
+    IoAt {
+        what: String,
+        source: std::io::Error,
+    },
+
+    /// A backup's cut was asked for in the wrong state (one running already, none running).
+    #[error("{0}")]
+    Backup(String),
+
+    /// The data directory was written by a newer build, in a layout or record version this
+    /// build does not read.
+    #[error("{0}")]
+    Newer(String),
+
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+
     #[error("the OWN walk for {key} did not end within {hops} hops")]
     HopLimit { key: String, hops: usize },
 

@@ -214,7 +214,7 @@ impl KeyArgs {
         match (&self.hash, &self.key) {
             (Some(h), _) => h.parse(),
             (None, Some(k)) => Ok(HashKey::of(k.as_bytes())),
-            (None, None) => Err(Error::Config("give KEY or --hash HEX".into())),
+            (None, None) => Err(Error::Usage("give KEY or --hash HEX".into())),
         }
     }
 }
@@ -431,13 +431,18 @@ fn read_value(value: Option<String>, file: Option<PathBuf>) -> Result<Vec<u8>, E
         return Ok(v.into_bytes());
     }
     if let Some(path) = file {
-        return std::fs::read(&path)
-            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())));
+        return std::fs::read(&path).map_err(|source| Error::IoAt {
+            what: format!("cannot read {}", path.display()),
+            source,
+        });
     }
     let mut buf = Vec::new();
     std::io::stdin()
         .read_to_end(&mut buf)
-        .map_err(|e| Error::Config(format!("cannot read the value from stdin: {e}")))?;
+        .map_err(|source| Error::IoAt {
+            what: "cannot read the value from stdin".into(),
+            source,
+        })?;
     Ok(buf)
 }
 

@@ -39,11 +39,9 @@ impl Admin {
 pub fn start(node: Arc<Node>) -> Result<Admin> {
     let path = node.storage.dir().join(SOCKET);
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).map_err(|e| {
-        Error::Config(format!(
-            "cannot create the admin socket {}: {e}",
-            path.display()
-        ))
+    let listener = UnixListener::bind(&path).map_err(|source| Error::IoAt {
+        what: format!("cannot create the admin socket {}", path.display()),
+        source,
     })?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let task = tokio::spawn(async move {

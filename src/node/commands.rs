@@ -51,7 +51,7 @@ async fn ins<S: AsyncRead + AsyncWrite>(
     conn: &mut Connection<S>,
     key: HashKey,
 ) -> Result<()> {
-    let Some(slot) = node.gate.begin_insert(&key, || node.owns(&key)).await else {
+    let Some(accepted) = node.gate.begin_insert(&key, || node.owns(&key)).await else {
         return conn.write_status(Status::N).await;
     };
     conn.write_status(Status::T).await?;
@@ -66,7 +66,7 @@ async fn ins<S: AsyncRead + AsyncWrite>(
         }
         Err(e) => return Err(e),
     };
-    let status = match node.finish_insert(slot, value).await {
+    let status = match node.finish_insert(accepted, value).await {
         Ok(Written::Done) => Status::T,
         Ok(_) => {
             debug!(%key, "INS: the key stopped being ours while its value arrived");

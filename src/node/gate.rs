@@ -46,14 +46,14 @@ impl Fence {
 struct GateState {
     /// The arc in motion, if any (one handoff at a time).
     fence: Option<Fence>,
-    /// INS requests between their first `T` and their value being applied, by slot id.
+    /// INS requests between their first `T` and their value being applied, by id.
     inflight: HashMap<u64, HashKey>,
     /// Writes past the gate, checking ownership and changing the storage, by id: a fence's
     /// drain and a ring switch wait for them.
     applying: HashMap<u64, HashKey>,
     /// An exclusive section ([`WriteGate::exclusive`]) waits or runs: no write starts applying.
     switching: bool,
-    /// Next slot or applying id.
+    /// Next id of an accepted or applying write.
     next_id: u64,
 }
 
@@ -84,13 +84,16 @@ pub enum Pass<T> {
 
 /// An INS told `T` and not yet applied; dropping it (a connection lost mid-value) frees the
 /// fence from waiting for it.
-pub struct Slot<'a> {
+pub struct Accepted<'a> {
+    /// Where it is registered, to unregister it on drop.
     gate: &'a WriteGate,
+    /// Its key in the gate's in-flight map.
     id: u64,
+    /// The key being written: a fence of its arc waits for it.
     pub key: HashKey,
 }
 
-impl Drop for Slot<'_> {
+impl Drop for Accepted<'_> {
     fn drop(&mut self) {
         let removed = self.gate.lock().inflight.remove(&self.id).is_some();
         if removed {
@@ -155,7 +158,11 @@ impl WriteGate {
 
     /// Registers an INS that is about to answer `T`, if `owns` says the key is ours (checked
     /// under the gate, after any fence on the key is lifted).
-    pub async fn begin_insert(&self, key: &HashKey, owns: impl Fn() -> bool) -> Option<Slot<'_>> {
+    pub async fn begin_insert(
+        &self,
+        key: &HashKey,
+        owns: impl Fn() -> bool,
+    ) -> Option<Accepted<'_>> {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -170,7 +177,7 @@ impl WriteGate {
                     }
                     let id = st.new_id();
                     st.inflight.insert(id, *key);
-                    return Some(Slot {
+                    return Some(Accepted {
                         gate: self,
                         id,
                         key: *key,
@@ -183,26 +190,29 @@ impl WriteGate {
 
     /// Applies a registered INS with `f` (which checks ownership again and writes) as an
     /// applying write, unless a fence on its key has closed meanwhile. Waits while a ring
-    /// switch is pending; the slot stays in flight meanwhile (a fence waits for it).
-    pub async fn finish_insert<T>(&self, slot: Slot<'_>, f: impl FnOnce() -> T) -> Pass<T> {
+    /// switch is pending; the accepted INS stays in flight meanwhile (a fence waits for it).
+    pub async fn finish_insert<T>(&self, accepted: Accepted<'_>, f: impl FnOnce() -> T) -> Pass<T> {
         let applying = loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
                 let mut st = self.lock();
-                if st.fence.is_some_and(|fe| fe.closed && fe.covers(&slot.key)) {
-                    st.inflight.remove(&slot.id);
+                if st
+                    .fence
+                    .is_some_and(|fe| fe.closed && fe.covers(&accepted.key))
+                {
+                    st.inflight.remove(&accepted.id);
                     drop(st);
                     self.changed.notify_waiters();
                     return Pass::Closed;
                 }
                 if !st.switching {
-                    st.inflight.remove(&slot.id);
-                    st.applying.insert(slot.id, slot.key);
+                    st.inflight.remove(&accepted.id);
+                    st.applying.insert(accepted.id, accepted.key);
                     break Applying {
                         gate: self,
-                        id: slot.id,
+                        id: accepted.id,
                     };
                 }
             }
@@ -322,31 +332,37 @@ mod tests {
     #[tokio::test]
     async fn the_fence_waits_for_ins_told_t_and_cuts_off_stragglers() {
         let gate = Arc::new(WriteGate::default());
-        let slot = gate.begin_insert(&k(15), || true).await.unwrap();
+        let accepted = gate.begin_insert(&k(15), || true).await.unwrap();
         assert!(gate.fence(k(10), k(20)));
-        // The slot is applied while the fence drains: it goes through.
+        // The accepted INS is applied while the fence drains: it goes through.
         let g = gate.clone();
         let drain = tokio::spawn(async move { g.drain(Duration::from_secs(5)).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!drain.is_finished(), "the fence waits for the INS told T");
-        assert!(matches!(gate.finish_insert(slot, || 7).await, Pass::Go(7)));
+        assert!(matches!(
+            gate.finish_insert(accepted, || 7).await,
+            Pass::Go(7)
+        ));
         assert_eq!(drain.await.unwrap(), 0);
         gate.lift();
 
         // A straggler: the fence stops waiting and it gets Closed.
-        let slot = gate.begin_insert(&k(15), || true).await.unwrap();
+        let accepted = gate.begin_insert(&k(15), || true).await.unwrap();
         assert!(gate.fence(k(10), k(20)));
         assert_eq!(gate.drain(Duration::from_millis(50)).await, 1);
-        assert!(matches!(gate.finish_insert(slot, || 7).await, Pass::Closed));
+        assert!(matches!(
+            gate.finish_insert(accepted, || 7).await,
+            Pass::Closed
+        ));
         gate.lift();
     }
 
     #[tokio::test]
-    async fn a_slot_dropped_mid_value_frees_the_fence() {
+    async fn an_accepted_insert_dropped_mid_value_frees_the_fence() {
         let gate = Arc::new(WriteGate::default());
-        let slot = gate.begin_insert(&k(15), || true).await.unwrap();
+        let accepted = gate.begin_insert(&k(15), || true).await.unwrap();
         assert!(gate.fence(k(10), k(20)));
-        drop(slot); // the connection died while the value was arriving
+        drop(accepted); // the connection died while the value was arriving
         assert_eq!(gate.drain(Duration::from_secs(5)).await, 0);
     }
 
@@ -365,9 +381,9 @@ mod tests {
             })
             .await
         });
-        let slot = gate.begin_insert(&k(2), || true).await.unwrap();
+        let accepted = gate.begin_insert(&k(2), || true).await.unwrap();
         let b = gate
-            .finish_insert(slot, move || {
+            .finish_insert(accepted, move || {
                 tx2.send(()).unwrap();
                 rx1.recv_timeout(Duration::from_secs(10)).is_ok()
             })
@@ -445,7 +461,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn not_owned_keys_get_no_slot() {
+    async fn not_owned_keys_are_not_accepted() {
         let gate = WriteGate::default();
         assert!(gate.begin_insert(&k(1), || false).await.is_none());
     }

@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::protocol::{HashKey, PeerAddr};
 use crate::ring::{Peer, RingState};
-use crate::storage::{HandoffRecord, Storage};
+use crate::storage::{Change, HandoffRecord, Storage};
 
 pub use admin::{request_backup, request_leave};
 pub use gate::WriteGate;
@@ -132,13 +132,17 @@ impl Node {
     pub async fn switch_ring(
         &self,
         state: Option<RingState>,
-        handoff: Option<Option<&HandoffRecord>>,
+        handoff: Change<&HandoffRecord>,
     ) -> Result<()> {
         let _writer = self.ring_writer.lock().await;
         let ticket = self
             .gate
             .exclusive(|| -> Result<_> {
-                let t = self.storage.save_state(Some(state.as_ref()), handoff)?;
+                let ring = match &state {
+                    Some(s) => Change::Set(s),
+                    None => Change::Clear,
+                };
+                let t = self.storage.save_state(ring, handoff)?;
                 match state {
                     Some(s) => *self.ring.write().unwrap_or_else(|e| e.into_inner()) = s,
                     None => self.departed.store(true, Ordering::Release),
@@ -164,7 +168,7 @@ impl Node {
             if self.departed() {
                 return Ok(None);
             }
-            let t = self.storage.save_state(Some(Some(&next)), None)?;
+            let t = self.storage.save_state(Change::Set(&next), Change::Keep)?;
             *self.ring.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
             Ok(Some(t))
         };
@@ -184,24 +188,29 @@ impl Node {
 
     /// Persists (or clears) the handoff record alone and waits until it is durable.
     pub async fn set_handoff(&self, rec: Option<&HandoffRecord>) -> Result<()> {
-        let t = self.storage.save_state(None, Some(rec))?;
+        let rec = rec.map_or(Change::Clear, Change::Set);
+        let t = self.storage.save_state(Change::Keep, rec)?;
         self.storage.sync(t).await
     }
 
     /// Stores `value` under `key` if we own it, and returns once it is flushed.
     pub async fn insert(&self, key: &HashKey, value: Vec<u8>) -> Result<Written> {
-        let Some(slot) = self.gate.begin_insert(key, || self.owns(key)).await else {
+        let Some(accepted) = self.gate.begin_insert(key, || self.owns(key)).await else {
             return Ok(Written::NotMine);
         };
-        self.finish_insert(slot, value).await
+        self.finish_insert(accepted, value).await
     }
 
     /// Applies an INS registered with [`WriteGate::begin_insert`].
-    pub async fn finish_insert(&self, slot: gate::Slot<'_>, value: Vec<u8>) -> Result<Written> {
-        let key = slot.key;
+    pub async fn finish_insert(
+        &self,
+        accepted: gate::Accepted<'_>,
+        value: Vec<u8>,
+    ) -> Result<Written> {
+        let key = accepted.key;
         let applied = self
             .gate
-            .finish_insert(slot, || -> Result<Option<_>> {
+            .finish_insert(accepted, || -> Result<Option<_>> {
                 if !self.owns(&key) {
                     return Ok(None);
                 }
@@ -500,7 +509,10 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
     // backlog until we serve (PROTOCOL.md 6, Readiness).
     let listener = TcpListener::bind(config.bind_addr())
         .await
-        .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.bind_addr())))?;
+        .map_err(|source| Error::IoAt {
+            what: format!("cannot listen on {}", config.bind_addr()),
+            source,
+        })?;
     let initial = storage.load_ring()?.filter(|r| r.me.addr == me);
     let node = Arc::new(Node::new(
         config,
@@ -510,7 +522,7 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
     handoff::recover(&node).await?;
     let resumed = match start_mode(&node.config, &node.storage)? {
         Start::Resume(state) => {
-            node.switch_ring(Some(state), None).await?;
+            node.switch_ring(Some(state), Change::Keep).await?;
             true
         }
         Start::Join(seed) => {
@@ -518,7 +530,8 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
             false
         }
         Start::Alone => {
-            node.switch_ring(Some(RingState::alone(me)), None).await?;
+            node.switch_ring(Some(RingState::alone(me)), Change::Keep)
+                .await?;
             false
         }
     };

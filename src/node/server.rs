@@ -117,7 +117,7 @@ impl Listener {
                 .clone()
                 .acquire_owned()
                 .await
-                .map_err(|_| Error::Config("connection limit closed".into()))?;
+                .map_err(|_| Error::ShuttingDown)?;
             let socket = self.accept().await?;
             let _ = socket.set_nodelay(true);
             let peer = socket

@@ -116,7 +116,7 @@ impl FromStr for HashKey {
     fn from_str(s: &str) -> Result<HashKey> {
         let s = s.trim();
         if s.len() != 40 || !s.is_ascii() {
-            return Err(Error::Config(format!(
+            return Err(Error::Usage(format!(
                 "a HashKey is 40 hex digits, got {:?}",
                 s
             )));
@@ -124,7 +124,7 @@ impl FromStr for HashKey {
         let mut out = [0u8; 20];
         for (i, byte) in out.iter_mut().enumerate() {
             *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
-                .map_err(|_| Error::Config(format!("{s:?} is not hexadecimal")))?;
+                .map_err(|_| Error::Usage(format!("{s:?} is not hexadecimal")))?;
         }
         Ok(HashKey(out))
     }

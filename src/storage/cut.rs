@@ -60,7 +60,7 @@ impl CutEntries<'_> {
             let storage = self.storage;
             let mut cut = storage.cut.lock().unwrap_or_else(|e| e.into_inner());
             let Some(state) = cut.as_mut() else {
-                return Err(Error::Config("the backup cut ended early".into()));
+                return Err(Error::Backup("the backup cut ended early".into()));
             };
             if self.cow_seen != Some(state.preserved) {
                 let lower = match &state.cursor {
@@ -180,7 +180,7 @@ impl Storage {
         let _bulk = self.bulk.write().unwrap_or_else(|e| e.into_inner());
         let mut cut = self.cut.lock().unwrap_or_else(|e| e.into_inner());
         if cut.is_some() {
-            return Err(Error::Config(
+            return Err(Error::Backup(
                 "a backup of this node is already running".into(),
             ));
         }
@@ -194,7 +194,7 @@ impl Storage {
     pub fn cut_entries(&self) -> Result<CutEntries<'_>> {
         let cut = self.cut.lock().unwrap_or_else(|e| e.into_inner());
         if cut.is_none() {
-            return Err(Error::Config("no backup cut is active".into()));
+            return Err(Error::Backup("no backup cut is active".into()));
         }
         Ok(CutEntries {
             storage: self,

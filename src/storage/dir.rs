@@ -136,7 +136,7 @@ pub(super) fn remove_unfinished_snapshots(db_dir: &Path) -> Result<()> {
 /// layout in one that has none or an older one (and flushes it, before anything is written
 /// in the new layout).
 pub(super) fn check_format(dir: &Path, kv: &Kv) -> Result<()> {
-    let stored = match kv.get(Tree::Ring, FORMAT_KEY)? {
+    let stored = match kv.get(Tree::Meta, FORMAT_KEY)? {
         Some(v) => Some(
             <[u8; 4]>::try_from(&v[..])
                 .map(u32::from_be_bytes)
@@ -150,14 +150,14 @@ pub(super) fn check_format(dir: &Path, kv: &Kv) -> Result<()> {
         None => None,
     };
     match stored {
-        Some(n) if n > FORMAT => Err(Error::Config(format!(
+        Some(n) if n > FORMAT => Err(Error::Newer(format!(
             "{} was written by a newer dht-store (data layout {n}; this build reads up to {FORMAT}): \
              use that build or a newer one",
             dir.display()
         ))),
         Some(n) if n == FORMAT => Ok(()),
         _ => {
-            kv.insert(Tree::Ring, FORMAT_KEY, &FORMAT.to_be_bytes()[..])?;
+            kv.insert(Tree::Meta, FORMAT_KEY, &FORMAT.to_be_bytes()[..])?;
             kv.flush()?;
             Ok(())
         }
@@ -204,11 +204,11 @@ mod tests {
         {
             let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
             assert_eq!(
-                s.kv.get(Tree::Ring, FORMAT_KEY).unwrap().unwrap(),
+                s.kv.get(Tree::Meta, FORMAT_KEY).unwrap().unwrap(),
                 FORMAT.to_be_bytes()[..]
             );
             let _ = s.insert(&k(1), vec![1; 10]).unwrap();
-            s.kv.insert(Tree::Ring, FORMAT_KEY, &(FORMAT + 1).to_be_bytes()[..])
+            s.kv.insert(Tree::Meta, FORMAT_KEY, &(FORMAT + 1).to_be_bytes()[..])
                 .unwrap();
             s.flush().unwrap();
         }
@@ -229,7 +229,7 @@ mod tests {
         let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
         assert_eq!(s.get(&k(1)).unwrap().unwrap(), vec![1; 10]);
         assert_eq!(
-            s.kv.get(Tree::Ring, FORMAT_KEY).unwrap().unwrap(),
+            s.kv.get(Tree::Meta, FORMAT_KEY).unwrap().unwrap(),
             FORMAT.to_be_bytes()[..]
         );
     }

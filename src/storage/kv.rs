@@ -22,8 +22,10 @@ use crate::error::{Error, Result};
 pub(super) enum Tree {
     /// The entries: whole values and values in pieces.
     Data,
-    /// Ring state, handoff record, known peers, layout marks.
-    Ring,
+    /// The node's records (ring state, handoff record, known peers) and the directory's
+    /// marks (layout version, values in pieces): sled's tree "ring", a name kept from when it
+    /// held the ring state alone.
+    Meta,
     /// A backup's old versions of entries changed during its cut.
     Cow,
     /// Those old versions longer than `INLINE_MAX`, in pieces.
@@ -38,7 +40,7 @@ pub(super) struct Kv {
     db: sled::Db,
     /// See [`Tree`].
     data: sled::Tree,
-    ring: sled::Tree,
+    meta: sled::Tree,
     cow: sled::Tree,
     cow_pieces: sled::Tree,
     /// Told of the first failed write: it stops flushing and fails every waiting sync.
@@ -50,7 +52,7 @@ impl Kv {
     pub(super) fn open(dir: PathBuf, db: sled::Db, commit: Arc<GroupCommit>) -> Result<Kv> {
         Ok(Kv {
             data: db.open_tree("data")?,
-            ring: db.open_tree("ring")?,
+            meta: db.open_tree("ring")?,
             cow: db.open_tree("backup-cow")?,
             cow_pieces: db.open_tree("backup-cow-pieces")?,
             dir,
@@ -62,7 +64,7 @@ impl Kv {
     fn tree(&self, t: Tree) -> &sled::Tree {
         match t {
             Tree::Data => &self.data,
-            Tree::Ring => &self.ring,
+            Tree::Meta => &self.meta,
             Tree::Cow => &self.cow,
             Tree::CowPieces => &self.cow_pieces,
         }

@@ -26,6 +26,14 @@ use crate::error::{Error, Result};
 use crate::protocol::PeerAddr;
 use crate::ring::{self, Peer, RingState};
 
+/// What a write does to one record: leaves it, sets it, or removes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change<T> {
+    Keep,
+    Set(T),
+    Clear,
+}
+
 /// Where a handoff stands; what a restart must do with it is in ARCHITECTURE.md.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub enum Phase {
@@ -123,12 +131,12 @@ pub(super) const PEERS_VERSION: u8 = 1;
 impl Storage {
     /// The ring state stored in this directory, if any.
     pub fn load_ring(&self) -> Result<Option<RingState>> {
-        let Some(raw) = self.kv.get(Tree::Ring, RING_KEY)? else {
+        let Some(raw) = self.kv.get(Tree::Meta, RING_KEY)? else {
             return Ok(None);
         };
         let (rec, _): (RingRecord, usize) = bincode::decode_from_slice(&raw, bincode_config())?;
         if rec.version != RING_RECORD_VERSION {
-            return Err(Error::Config(format!(
+            return Err(Error::Newer(format!(
                 "{}: ring state version {} is not supported (expected {RING_RECORD_VERSION})",
                 self.dir.display(),
                 rec.version
@@ -141,36 +149,35 @@ impl Storage {
     pub fn save_ring(&self, state: &RingState) -> Result<Ticket> {
         self.writable()?;
         let bytes = bincode::encode_to_vec(RingRecord::from(state), bincode_config())?;
-        self.kv.insert(Tree::Ring, RING_KEY, bytes)?;
+        self.kv.insert(Tree::Meta, RING_KEY, bytes)?;
         Ok(self.commit.note_write())
     }
 
-    /// Changes the ring state and the handoff record in one atomic batch. `Some(None)` removes
-    /// that record (a departed node has no ring state; a finished handoff no record); `None`
-    /// leaves it as it is.
+    /// Changes the ring state and the handoff record in one atomic batch (a departed node has
+    /// no ring state; a finished handoff no record).
     pub fn save_state(
         &self,
-        ring: Option<Option<&RingState>>,
-        handoff: Option<Option<&HandoffRecord>>,
+        ring: Change<&RingState>,
+        handoff: Change<&HandoffRecord>,
     ) -> Result<Ticket> {
         self.writable()?;
         let mut batch = sled::Batch::default();
         match ring {
-            Some(Some(r)) => batch.insert(
+            Change::Set(r) => batch.insert(
                 RING_KEY,
                 bincode::encode_to_vec(RingRecord::from(r), bincode_config())?,
             ),
-            Some(None) => batch.remove(RING_KEY),
-            None => {}
+            Change::Clear => batch.remove(RING_KEY),
+            Change::Keep => {}
         }
         match handoff {
-            Some(Some(h)) => {
+            Change::Set(h) => {
                 batch.insert(HANDOFF_KEY, bincode::encode_to_vec(h, bincode_config())?)
             }
-            Some(None) => batch.remove(HANDOFF_KEY),
-            None => {}
+            Change::Clear => batch.remove(HANDOFF_KEY),
+            Change::Keep => {}
         }
-        self.kv.apply(Tree::Ring, batch)?;
+        self.kv.apply(Tree::Meta, batch)?;
         Ok(self.commit.note_write())
     }
 
@@ -179,13 +186,13 @@ impl Storage {
         self.writable()?;
         let mut bytes = vec![PEERS_VERSION];
         bytes.extend(bincode::encode_to_vec(peers, bincode_config())?);
-        self.kv.insert(Tree::Ring, PEERS_KEY, bytes)?;
+        self.kv.insert(Tree::Meta, PEERS_KEY, bytes)?;
         Ok(self.commit.note_write())
     }
 
     /// The peers this node has known, as last saved (none in a directory of an older build).
     pub fn load_peers(&self) -> Result<Vec<PeerAddr>> {
-        let Some(raw) = self.kv.get(Tree::Ring, PEERS_KEY)? else {
+        let Some(raw) = self.kv.get(Tree::Meta, PEERS_KEY)? else {
             return Ok(Vec::new());
         };
         match raw.split_first() {
@@ -203,7 +210,7 @@ impl Storage {
 
     /// The handoff record left by an unfinished join or leave, if any.
     pub fn load_handoff(&self) -> Result<Option<HandoffRecord>> {
-        let Some(raw) = self.kv.get(Tree::Ring, HANDOFF_KEY)? else {
+        let Some(raw) = self.kv.get(Tree::Meta, HANDOFF_KEY)? else {
             return Ok(None);
         };
         let (rec, _): (HandoffRecord, usize) = bincode::decode_from_slice(&raw, bincode_config())?;

@@ -82,7 +82,7 @@ pub use bulk::{BatchWrite, Batcher, Import, BATCH_ENTRIES, IMPORT_QUEUE};
 pub use commit::Ticket;
 pub use cut::CutEntries;
 pub use dir::{forget_lock, holds_database};
-pub use meta::{HandoffRecord, Phase, RingRecord};
+pub use meta::{Change, HandoffRecord, Phase, RingRecord};
 pub use pieces::INLINE_MAX;
 pub use value::Value;
 
@@ -155,7 +155,7 @@ impl Storage {
         kv.clear(Tree::CowPieces)?;
         kv.clear(Tree::Cow)?;
         check_format(dir, &kv)?;
-        let pieces_seen = kv.contains(Tree::Ring, PIECES_KEY)?;
+        let pieces_seen = kv.contains(Tree::Meta, PIECES_KEY)?;
         // Write ids distinct from those of every earlier run: sled's id generator never
         // repeats across restarts (it persists, and skips ahead after a crash), and a run
         // would need 2^32 writes of pieces to reach the next run's ids.

@@ -199,7 +199,7 @@ impl Storage {
     /// Before the first value in pieces: records durably that the directory may hold some.
     pub(super) fn note_pieces(&self) -> Result<()> {
         if !self.pieces_seen() {
-            self.kv.insert(Tree::Ring, PIECES_KEY, &[1u8][..])?;
+            self.kv.insert(Tree::Meta, PIECES_KEY, &[1u8][..])?;
             self.kv.flush()?;
             self.pieces_seen
                 .store(true, std::sync::atomic::Ordering::Release);

@@ -14,7 +14,7 @@ use crate::fault;
 use crate::node::{walk, Node};
 use crate::protocol::{is_peer_address, Connection, HashKey, PeerAddr, Request, Status};
 use crate::ring::{id_of, Peer, RingState};
-use crate::storage::{BatchWrite, HandoffRecord, Phase};
+use crate::storage::{BatchWrite, Change, HandoffRecord, Phase};
 
 /// Attempts of a join (CON answered `N` or failed) before giving up.
 pub(super) const JOIN_ATTEMPTS: usize = 20;
@@ -107,7 +107,7 @@ async fn serve_con_fenced<S: AsyncRead + AsyncWrite>(
         second_successor: s2.addr,
         phase: Phase::Handed,
     };
-    node.switch_ring(Some(next), Some(Some(&rec))).await?;
+    node.switch_ring(Some(next), Change::Set(&rec)).await?;
     node.mark_alive(j.addr);
     fault::point("con-serve:after-switch").await;
     finish_handed_arc(node, &j.id, &s1.id).await?;
@@ -260,7 +260,7 @@ async fn con_exchange(node: &Node, owner: PeerAddr, me: PeerAddr, how: BatchWrit
     );
     state.predecessor = Some(p);
     state.fingers = vec![my; node.config.fingers];
-    node.switch_ring(Some(state), Some(None)).await?;
+    node.switch_ring(Some(state), Change::Clear).await?;
     fault::point("con-join:before-ack").await;
     conn.write_status(Status::T).await?;
     conn.flush().await?;

@@ -14,7 +14,7 @@ use crate::fault;
 use crate::node::{walk, Node, Progress};
 use crate::protocol::{Connection, HashKey, PeerAddr, Request, Status};
 use crate::ring::{Peer, RingState};
-use crate::storage::{BatchWrite, HandoffRecord, Phase};
+use crate::storage::{BatchWrite, Change, HandoffRecord, Phase};
 
 /// Attempts of a leave (DIS answered `N` or failed) before giving up.
 const LEAVE_ATTEMPTS: usize = 5;
@@ -99,7 +99,7 @@ pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
     if next.predecessor.is_some_and(|p| p.addr == leaver) {
         next.predecessor = None;
     }
-    node.switch_ring(Some(next), Some(None)).await?;
+    node.switch_ring(Some(next), Change::Clear).await?;
     conn.write_status(Status::T).await?;
     conn.flush().await?;
     // It left: no successor search or place check should ask it again.
@@ -188,7 +188,7 @@ async fn leave_fenced(node: &Node, ring: &RingState) -> Result<String> {
                     to: pred,
                     phase: Phase::Handed,
                 };
-                node.switch_ring(None, Some(Some(&rec))).await?;
+                node.switch_ring(None, Change::Set(&rec)).await?;
                 // From here a restart finishes the departure (the record says Handed): the
                 // caller answers the leave now and empties the directory before exiting.
                 return Ok(format!(
@@ -256,7 +256,7 @@ pub async fn finish_departure(node: &Node) -> Result<()> {
     // Forgotten before the record goes, so that a departure cut short is finished again.
     node.clear_peers();
     node.save_peers().await?;
-    let t = node.storage.save_state(Some(None), Some(None))?;
+    let t = node.storage.save_state(Change::Clear, Change::Clear)?;
     node.storage.sync(t).await?;
     info!("left the ring: dropped {deleted} entries handed over; the data directory is empty");
     Ok(())

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::node::{walk, Node};
 use crate::protocol::HashKey;
 use crate::ring::{id_of, Peer};
-use crate::storage::{HandoffRecord, Phase};
+use crate::storage::{Change, HandoffRecord, Phase};
 
 /// Finishes or undoes a handoff that a crash interrupted (the handoff record says which),
 /// before the node serves anything.
@@ -69,14 +69,14 @@ pub async fn recover(node: &Arc<Node>) -> Result<()> {
                         second_successor,
                         phase: Phase::Handed,
                     };
-                    node.switch_ring(Some(next), Some(Some(&rec))).await?;
+                    node.switch_ring(Some(next), Change::Set(&rec)).await?;
                     finish_handed_arc(node, &j.id, &s1.id).await?;
                 } else {
                     // J is a member, but maybe through another peer that took our arc while
                     // we were down, without our entries: so they are not dropped here. They
                     // are misplaced now, and the repair pass hands each to J unless J holds
                     // it, and deletes it only then.
-                    node.switch_ring(Some(next), Some(None)).await?;
+                    node.switch_ring(Some(next), Change::Clear).await?;
                 }
                 info!("completed the CON with {joiner} interrupted by the crash");
             } else {
@@ -99,7 +99,7 @@ pub async fn recover(node: &Arc<Node>) -> Result<()> {
             // asked again.
             let handed = phase == Phase::Handed;
             if handed {
-                node.switch_ring(None, None).await?;
+                node.switch_ring(None, Change::Keep).await?;
                 finish_departure(node).await?;
                 node.departed
                     .store(false, std::sync::atomic::Ordering::Release);
