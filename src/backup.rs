@@ -18,8 +18,8 @@
 //! ```
 //!
 //! Version 1 differs only in `digest(entries)`, which is SHA-256 there (32 bytes). This build
-//! writes version 2 and reads both. Hashing a GiB of entries took SHA-256 (with the CPU's SHA
-//! instructions) 0.6–1.1 s, a third of a backup's CPU time; XXH3 takes 0.04 s. The entries'
+//! writes version 2 and reads both. SHA-256 over the entries was a third of a backup's CPU
+//! time, XXH3 a small part of it (BENCHMARKS.md, "Figures behind the code"). The entries'
 //! digest is there to catch damage, not forgery, and 128 bits of XXH3 miss a random change with
 //! odds of 2^-128; the outer SHA-256 still covers header and digest.
 //!
@@ -161,7 +161,8 @@ const WRITE_CHUNK: usize = 1 << 20;
 
 /// A buffered `Write` whose writes to the file happen on a thread of its own: a backup's scan of
 /// sled and its copies into the page cache then run on two CPUs instead of taking turns on one
-/// (the `write` calls were about 40% of a backup's CPU time). At most four chunks exist at once.
+/// (the `write` calls were a large part of a backup's CPU time). At most four chunks exist at
+/// once.
 struct WriterThread {
     /// The chunk being filled.
     buf: Vec<u8>,

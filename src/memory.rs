@@ -4,21 +4,20 @@
 //! `free`), but it raises that threshold to the size of any such block that is freed, up to
 //! 32 MiB. sled 0.34 writes its log through 512 KiB buffers: after the first one is freed, all
 //! of them came from the heap arenas (one per thread: tokio's workers, sled's I/O pool), where
-//! freed space stays resident and fragmented. Measured on a 1 GiB DIS (BENCHMARKS.md, "Memory
-//! during a handoff"), the receiver's peak RSS grew 103–148 MiB with glibc's moving threshold
-//! and 42–59 MiB with it fixed at 512 KiB. Fixed at 128 KiB, sled's page images (100–200 KiB
-//! for 10 KiB values) were mapped and unmapped one by one and handoffs ran 20–50% slower.
+//! freed space stays resident and fragmented: a receiver's peak memory grew about twice as
+//! much with glibc's moving threshold as with it fixed at 512 KiB. Fixed lower, sled's page
+//! images were mapped and unmapped one by one and handoffs ran slower (BENCHMARKS.md, "Memory
+//! during a handoff").
 //!
-//! Mapping every log buffer costs 128 page faults each (857k faults, 6 s of system time, to
-//! restore 1 GiB), so the binary's allocator ([`NodeAllocator`]) keeps freed log buffers in a
+//! Mapping every log buffer costs 128 page faults each, so the binary's allocator ([`NodeAllocator`]) keeps freed log buffers in a
 //! small pool. A restore, which has no memory budget but a speed goal, also keeps blocks under
 //! 1 MiB on the heap ([`MMAP_THRESHOLD_RESTORE`]).
 
 /// A node's threshold: blocks of at least this size are mapped and unmapped on their own
 /// (sled's log buffer size; glibc stops adjusting the threshold once it is set explicitly).
 pub const MMAP_THRESHOLD: usize = 512 << 10;
-/// A restore's threshold (measured on 1 GiB with the pool and 1 MiB batches: 3.6–3.8 s and
-/// 31k page faults, against 4.2–4.7 s and 117k at 512 KiB; BENCHMARKS.md).
+/// A restore's threshold: faster, with fewer page faults, than 512 KiB (BENCHMARKS.md, "Figures
+/// behind the code").
 pub const MMAP_THRESHOLD_RESTORE: usize = 1 << 20;
 
 /// Fixes the allocator's mmap threshold at `threshold` bytes. Call once at start, before
@@ -46,10 +45,9 @@ const POOLED_BUFFERS: usize = 32;
 /// 512 KiB log buffers are kept in a small pool and reused.
 ///
 /// sled allocates a fresh log buffer for every 512 KiB it writes and frees it once written.
-/// From the heap, those blocks fragmented the arenas (a 1 GiB handoff receiver grew 177–192
-/// MiB); mapped one by one (`mmap`/`munmap`), every buffer cost 128 page faults and the
-/// zeroing of its pages: 857k page faults and 6 s of system time to restore 1 GiB
-/// (BENCHMARKS.md). Pooled, a handful of buffers are reused for the whole run.
+/// From the heap, those blocks fragmented the arenas; mapped one by one (`mmap`/`munmap`),
+/// every buffer cost 128 page faults and the zeroing of its pages (BENCHMARKS.md, "Figures
+/// behind the code"). Pooled, a handful of buffers are reused for the whole run.
 pub struct NodeAllocator;
 
 /// The pool: a fixed array under a lock that never allocates.

@@ -10,8 +10,8 @@
 //!
 //! A write that passed the gate is *applying*: it checks ownership and changes the storage
 //! without holding the gate's lock, so that writes of different keys run side by side (a
-//! 64 MiB value takes a quarter of a second to store, and every other write of the node used
-//! to wait behind it). What the lock gave before, the applying set gives now: a fence's drain
+//! large value takes long to store, and every other write of the node used to wait behind
+//! it). What the lock gave before, the applying set gives now: a fence's drain
 //! returns only once no write in its arc is applying, and [`WriteGate::exclusive`] (a ring
 //! switch) waits until no write at all is, and lets none start meanwhile.
 

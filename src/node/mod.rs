@@ -592,8 +592,8 @@ mod tests {
     use crate::protocol::test_key as k;
 
     /// The maintenance's ring changes that keep our arc (a finger, the predecessor) do not
-    /// wait for the writes applying, and so do not hold up the writes behind them (a 64 MiB
-    /// value takes a quarter of a second); a change of our successor waits for them.
+    /// wait for the writes applying, and so do not hold up the writes behind them (a large
+    /// value takes long to store); a change of our successor waits for them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn only_a_change_of_ownership_waits_for_the_writes_applying() {
         let dir = tempfile::tempdir().unwrap();

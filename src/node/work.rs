@@ -18,11 +18,11 @@ use crate::protocol::HashKey;
 use crate::storage::Storage;
 
 /// Values longer than this are written, read and removed in [`blocking`] (an INS also when
-/// it replaces one); shorter ones on the runtime's thread, as handing the thread over costs more than their storage work (with it
-/// for every request, INS of 100 B fell from 25.5k to 20k/s and GET from 115k to 52k/s).
+/// it replaces one); shorter ones on the runtime's thread, as handing the thread over costs
+/// more than their storage work (BENCHMARKS.md, "Figures behind the code").
 pub const BLOCKING_ABOVE: u64 = 256 << 10;
 
-/// Runs storage work that may take long (a large value: a quarter of a second for 64 MiB) on
+/// Runs storage work that may take long (a large value) on
 /// this thread, telling a multi-threaded runtime to move its other tasks elsewhere meanwhile,
 /// so that one large write does not stall the requests queued behind it on this worker.
 pub fn blocking<T>(f: impl FnOnce() -> T) -> T {

@@ -26,9 +26,8 @@ pub(super) const RECLAIM_EVERY: u64 = 64;
 /// evicts from its cache (with their values), node versions it replaces, and its 512 KiB log
 /// buffers once written. Deferred functions wait in a bag per thread until 64 have gathered,
 /// then in a global queue that pinning threads drain 8 bags per 128 pins. A bulk import, scan or
-/// range delete produces garbage faster than that: importing 1 GiB of 10 KiB values held some
-/// 70 MiB of evicted values and 40 MiB of written log buffers at its peak (heaptrack), whatever
-/// the cache capacity. Flushing this thread's bag and collecting every `RECLAIM_EVERY`
+/// range delete produces garbage faster than that, held in memory whatever the cache capacity
+/// (tens of MiB for a 1 GiB import). Flushing this thread's bag and collecting every `RECLAIM_EVERY`
 /// entries frees it as the bulk operation goes (BENCHMARKS.md, "Memory during a handoff").
 pub fn reclaim() {
     for _ in 0..4 {
@@ -96,8 +95,8 @@ impl Storage {
 
     /// Deletes every entry of the arc `[from, to)`, streaming the keys (never collecting them
     /// all). Returns how many were deleted; durable after [`Storage::sync`]. Single removes in
-    /// key order: on sled 0.34 they were faster than 1000-key batches and kept a 512 MB delete
-    /// at 13 MB of RSS instead of 47 MB. So the pieces of a value go one by one too (not in one
+    /// key order: on sled 0.34 they were faster than 1000-key batches and held far less memory
+    /// (BENCHMARKS.md, "Figures behind the code"). So the pieces of a value go one by one too (not in one
     /// batch like other changes of pieces): an arc is deleted only once nobody serves it, and
     /// a deletion cut short leaves pieces without their piece 0, which readers take for an
     /// absent value and the next deletion of the arc removes.
@@ -152,13 +151,12 @@ impl Storage {
     }
 
     /// sled 0.34's iterators load pages without telling its cache, whose LRU learns of a page
-    /// only through point reads: a long scan would keep every page it passed in memory (a
-    /// 1 GiB arc, 1 GiB of RSS). Reading each value again with `get` registers its page, so the
-    /// cache evicts as the scan goes. The LRU handles accesses in blocks of 64 per shard (256
-    /// shards), so with one access per entry a scan still runs ~100 MiB past the capacity;
-    /// [`TOUCHES`] accesses per entry make the blocks fill that much sooner and keep a scan
-    /// within the capacity (measured: a 512 MB scan with a 64 MiB cache peaks at 510 MB RSS
-    /// plain, 169 MB with one touch, 78 MB with four). The page is already in memory, so the
+    /// only through point reads: a long scan would keep every page it passed in memory.
+    /// Reading each value again with `get` registers its page, so the cache evicts as the scan
+    /// goes. The LRU handles accesses in blocks of 64 per shard (256 shards), so with one
+    /// access per entry a scan still runs far past the capacity; [`TOUCHES`] accesses per entry
+    /// make the blocks fill that much sooner and keep a scan near the capacity (BENCHMARKS.md,
+    /// "Figures behind the code"). The page is already in memory, so the
     /// extra reads are cheap. `None`: the entry went away meanwhile, or it is a piece of the
     /// value read just before (`last`: the pieces are read, and touched, as a whole at the
     /// first one).
@@ -184,8 +182,8 @@ impl Storage {
     /// `get` once, and [`TOUCHES`] times in all for values of 1 KiB and more (see
     /// [`Storage::touched`]). Pages of small values are small, so what the extra reads would
     /// keep in bounds is small too, while they cost a 1M-entry scan most of its time: sled
-    /// evicted and re-loaded the pages of a freshly written tree over and over (a DIS of 1M ×
-    /// 100 B spent 28% of the sender's CPU freeing nodes; BENCHMARKS.md).
+    /// evicted and re-loaded the pages of a freshly written tree over and over (BENCHMARKS.md,
+    /// "Figures behind the code").
     pub(super) fn touch(&self, k: &[u8]) -> Result<Option<sled::IVec>> {
         self.touch_n(k, TOUCHES)
     }

@@ -15,9 +15,7 @@ pub(super) const SINGLE_INSERTS_BELOW: usize = 1024;
 
 /// Fewest entries for which a [`BatchWrite::KeysFirst`] batch writes its keys first. Each
 /// batch still rewrites the leaf it shares with the next one, so the gain grows with the
-/// batch: importing 1 GiB of 10 KiB values took 4.6–6.4 s in place, 3.9 s with 32-entry
-/// batches keys first, 2.8–3.0 s with 50, 2.4 s with 64 and 1.7–1.9 s with 100; 25 gained
-/// nothing.
+/// batch, and smaller batches gained nothing (BENCHMARKS.md, "Figures behind the code").
 pub(super) const KEYS_FIRST_MIN: usize = 32;
 
 /// Entries written (or deleted) per sled batch when a range moves: big enough to amortise the
@@ -72,14 +70,13 @@ pub enum BatchWrite {
     ///
     /// sled 0.34 splits a leaf when it holds more than 16 entries, whatever their size, and
     /// rewrites a page whole every 10 updates; pages over 128 KiB become blob files. Written
-    /// in key order with their values, 10 KiB entries fill leaves that are split and
-    /// rewritten as they grow: sled wrote 1.4 GB (1,700 blob files) for 1 GB of values and took
-    /// 4.6–6.4 s. With the keys first, the empty keys build the leaves (8–16 entries each),
-    /// and each value then lands as one small update of a leaf that no longer splits; only
-    /// the leaf a batch shares with the next is rewritten. With batches of 100 entries: 1.3 GB
-    /// written, no blob files, 1.7–1.9 s (BENCHMARKS.md, "keys first"). Deleting such a range
-    /// later writes more (its leaves are near sled's rewrite threshold): 1.19 GB against
-    /// 0.66 GB for 1 GB of values, in about the same time.
+    /// in key order with their values, entries of some KiB fill leaves that are split and
+    /// rewritten as they grow, many as blob files. With the keys first, the empty keys build
+    /// the leaves (8–16 entries each), and each value then lands as one small update of a leaf
+    /// that no longer splits; only the leaf a batch shares with the next is rewritten: about
+    /// a third of the time, and no blob files. Deleting such a range later writes more (its
+    /// leaves are near sled's rewrite threshold). Figures: BENCHMARKS.md ("keys first",
+    /// "Figures behind the code").
     ///
     /// The price: a batch interrupted between its two passes (a crash, a failed write) leaves
     /// keys with empty values that nobody wrote, and a reader could see them between the
@@ -193,9 +190,8 @@ impl Storage {
             drop(stripes);
         }
         // Writes reach sled's LRU in the same blocks of 64 accesses per shard as reads (see
-        // `touched`): pages of large values written once would stay in memory unaccounted (a
-        // 1 GiB import peaked ~70 MiB over the cache). Touching them registers them as the
-        // import goes.
+        // `touched`): pages of large values written once would stay in memory unaccounted, over
+        // the cache's capacity. Touching them registers them as the import goes.
         for (i, k) in written.iter().enumerate() {
             self.touch_raw(k.as_ref())?;
             if (i as u64 + 1).is_multiple_of(RECLAIM_EVERY) {

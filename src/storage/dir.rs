@@ -46,8 +46,8 @@ pub fn forget_lock(dir: &Path) {
 pub(super) const FORMAT_KEY: &[u8] = b"format";
 
 /// The layout this build writes and the newest it reads: 1, values whole or in pieces in one
-/// slot (`e616b69`); 2, values over [`ONE_BATCH_MAX`] in either of two slots. Builds before
-/// this number existed do not look at it (see README.md).
+/// slot; 2, values over `ONE_BATCH_MAX` in either of two slots. Builds before this number
+/// existed do not look at it (README.md says which must not open which directories).
 pub(super) const FORMAT: u32 = 2;
 
 /// The exclusive lock on a data directory, held for the life of the node.

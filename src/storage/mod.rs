@@ -120,7 +120,7 @@ pub struct Storage {
     /// Whether the directory ever held a value in pieces (a mark in the "ring" tree, written
     /// and flushed before the first one). Until then nobody looks for pieces: a write of a
     /// small value or a read of an absent key costs one lookup, not two (an INS of 100 bytes
-    /// was 7% slower at 32 connections with the second one).
+    /// was measurably slower with the second one: BENCHMARKS.md, "Figures behind the code").
     pieces_seen: std::sync::atomic::AtomicBool,
     /// The next write id for a value stored in pieces (see "Values in pieces").
     next_wid: std::sync::atomic::AtomicU64,

@@ -5,8 +5,8 @@
 //! sled 0.34 keeps a page larger than 128 KiB in a blob file of its own, and its cache counts
 //! such a page by the size of the blob's pointer: it is never evicted. A leaf holds up to 16
 //! entries, so values of 8 KiB and more make blob leaves, and a node that read its large
-//! values kept them all in memory whatever its cache capacity (100 values of 8 MiB: 827 MB of
-//! RSS with a 64 MiB cache, BENCHMARKS.md). So a value longer than [`INLINE_MAX`] is stored as
+//! values kept them all in memory whatever its cache capacity (BENCHMARKS.md, "Values in
+//! pieces"). So a value longer than [`INLINE_MAX`] is stored as
 //! pieces of up to `PIECE_BYTES` (6 KiB), each an entry of its own, and every leaf stays well under
 //! 128 KiB:
 //!
@@ -26,8 +26,8 @@
 //! A value of up to [`ONE_BATCH_MAX`] (768 KiB) is written in slot 0 by one sled batch that
 //! also removes what the key held before, so a crash leaves the old value or the new one. A
 //! longer value would make one batch of up to 11,000 pieces, and sled 0.34 keeps everything
-//! a batch replaced in memory until the batch ends (a 64 MiB value peaked at ~700 MiB of
-//! RSS), so it is written in batches of [`PIECES_PER_BATCH`] pieces into the slot piece 0
+//! a batch replaced in memory until the batch ends (BENCHMARKS.md, "Large values"), so it is
+//! written in batches of [`PIECES_PER_BATCH`] pieces into the slot piece 0
 //! does not name, and piece 0 goes last, naming the new slot: the commit point
 //! ([`Storage::write_staged`]). Before it, a crash leaves the old value; after it, the new
 //! one, with the old slot's pieces as leftovers, which the writer then removes.

@@ -13,7 +13,7 @@ use crate::protocol::HashKey;
 
 /// A value read from the data tree: as sled holds it (a whole value, shared with sled's
 /// cache), or assembled from its pieces. Not copied into an `IVec` after assembly: for a
-/// 64 MiB value that copy was 64 MiB more of peak memory per GET.
+/// large value that copy was as much again of a GET's peak memory.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Value {
     Stored(sled::IVec),
