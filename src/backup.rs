@@ -10,7 +10,7 @@
 //! header_len    u32       length of the header that follows
 //! header        bincode (big-endian, fixed-width integers) of `Header`: node address and id
 //!               (absent for a directory without ring state), the ring state (RingRecord, see
-//!               storage.rs), the entry count, the creation time
+//!               storage/meta.rs), the entry count, the creation time
 //! entries       count × ( HashKey 20 bytes | u64 value length | value ), in increasing key order
 //! trailer       b"DHTEND\0\0" | u64 count | 32-byte checksum
 //! checksum      SHA-256( magic | version | header_len | header | digest(entries) )
