@@ -406,7 +406,10 @@ async fn start_node(data: &Path, log: &Path) -> Result<(Reaped, PeerAddr), Strin
     let port = common::free_port();
     let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
     let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let child = dht_store_command()
+    let mut cmd = dht_store_command();
+    // The caller's DHT_STORE_* settings apply to the node here (module doc).
+    cmd.envs(std::env::vars().filter(|(k, _)| k.starts_with("DHT_STORE_")));
+    let child = cmd
         .arg("--data")
         .arg(data)
         .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
