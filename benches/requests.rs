@@ -40,9 +40,9 @@ use dht_store::client::{Client, Lookup};
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr, Status};
 use tokio::sync::Barrier;
 
-use common::dht_store_command;
 use common::process::Reaped;
 use common::sample::print_machine;
+use common::{dht_store_command, wait_serving};
 
 /// Settings read from the environment.
 #[derive(Clone, Debug)]
@@ -423,21 +423,8 @@ async fn start_node(data: &Path, log: &Path) -> Result<(Reaped, PeerAddr), Strin
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", common::BIN))?;
     let mut node = Reaped::new("dht-store", child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(Some(status)) = node.child.try_wait() {
-            return Err(format!("dht-store exited at start-up with {status}"));
-        }
-        if let Ok(mut c) = Client::connect(addr, AddressEncoding::Compact).await {
-            if let Ok(Status::T) = c.pul().await {
-                return Ok((node, addr));
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(format!("dht-store did not answer PUL on {addr} within 30s"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_serving(&mut node.child, addr, Duration::from_secs(30)).await?;
+    Ok((node, addr))
 }
 
 /// Redis figures for one connection count, as `redis-benchmark --csv` reports them.

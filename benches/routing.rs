@@ -40,11 +40,11 @@ use std::time::{Duration, Instant};
 
 use dht_store::client::Client;
 use dht_store::config::Config;
-use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr, Status};
+use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr};
 use dht_store::ring::{finger_targets, id_of, owner_of, successor_list, Peer, RingState};
 
 use common::process::Reaped;
-use common::{dht_store_command, loopback_addrs, Rng};
+use common::{dht_store_command, loopback_addrs, wait_serving, Rng};
 
 const ENC: AddressEncoding = AddressEncoding::Compact;
 /// A walk longer than this is a failure (the nodes' own limit).
@@ -116,21 +116,8 @@ fn spawn_node(
 }
 
 async fn wait_ready(child: &mut Child, addr: PeerAddr, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(st) = child.try_wait().ok().flatten() {
-            panic!(
-                "node {addr} exited with {st}: {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        if let Ok(mut c) = Client::connect(addr, ENC).await {
-            if let Ok(Status::T) = c.pul().await {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "node {addr} not ready");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    if let Err(e) = wait_serving(child, addr, Duration::from_secs(60)).await {
+        panic!("{e}: {}", std::fs::read_to_string(log).unwrap_or_default());
     }
 }
 

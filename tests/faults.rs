@@ -22,9 +22,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{loopback_addrs, owner_of, ring_check, settle, start_ring, Rng, TestNode};
+use common::{
+    loopback_addrs, owner_of, ring_check, settle, start_ring, wait_serving, Rng, TestNode,
+};
 use dht_store::client::{Client, Lookup, Router};
-use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr, Status};
+use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr};
 use dht_store::ring::id_of;
 
 /// The seeds every run of the suite replays.
@@ -167,26 +169,12 @@ struct Member {
 
 /// Waits until `node` answers PUL (a join may take a while under faults).
 async fn serving(node: &mut TestNode, limit: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = node
-            .child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-        {
-            node.child = None;
-            return Err(format!("{} exited with {status}", node.addr));
-        }
-        if let Ok(mut c) = Client::connect(node.addr, AddressEncoding::Compact).await {
-            if let Ok(Status::T) = c.pul().await {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{} not serving after {limit:?}", node.addr));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let child = node.child.as_mut().ok_or("not started")?;
+    let r = wait_serving(child, node.addr, limit).await;
+    if !node.running() {
+        node.child = None; // exited: a restart launches it again
     }
+    r
 }
 
 struct Run {

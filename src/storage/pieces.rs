@@ -348,6 +348,77 @@ mod tests {
     use crate::storage::testing::*;
     use crate::storage::{BatchWrite, StorageOptions};
 
+    /// The layout of "Values in pieces", byte for byte, without a database.
+    #[test]
+    fn piece_zero_says_what_it_holds_and_a_header_that_does_not_fit_is_refused() {
+        let p0 = piece0(
+            0x0102_0304_0506_0708,
+            3 * PIECE_BYTES - 1,
+            SLOT_BIT | 3,
+            b"abc",
+        );
+        assert_eq!(&p0[..8], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(&p0[8..16], &((3 * PIECE_BYTES - 1) as u64).to_be_bytes());
+        assert_eq!(&p0[16..20], &(SLOT_BIT | 3).to_be_bytes());
+        assert_eq!(&p0[PIECE0_HEAD..], b"abc");
+        let h = PieceHeader::parse(&p0).unwrap();
+        assert_eq!(
+            (h.wid, h.len, h.pieces, h.slot),
+            (
+                [1, 2, 3, 4, 5, 6, 7, 8],
+                (3 * PIECE_BYTES - 1) as u64,
+                3,
+                SLOT_BIT
+            )
+        );
+        // Lengths that n pieces cannot hold exactly, no pieces, a short header: damage.
+        for (len, count) in [
+            (3 * PIECE_BYTES + 1, 3),
+            (2 * PIECE_BYTES, 3),
+            (0, 0),
+            (10, SLOT_BIT),
+        ] {
+            assert!(
+                PieceHeader::parse(&piece0(1, len, count, b"")).is_none(),
+                "{len} in {count:#x}"
+            );
+        }
+        assert!(PieceHeader::parse(&p0[..19]).is_none());
+        let p = piece(7, b"xyz");
+        assert_eq!(
+            (&p[..PIECE_HEAD], &p[PIECE_HEAD..]),
+            (&7u64.to_be_bytes()[..], &b"xyz"[..])
+        );
+    }
+
+    #[test]
+    fn raw_keys_sort_a_values_pieces_right_after_its_key() {
+        let key = k(9);
+        let whole = RawKey::whole(&key);
+        let p0 = RawKey::piece(&key, 0);
+        let p7 = RawKey::piece(&key, SLOT_BIT | 7);
+        assert_eq!(whole.as_ref(), &key.0[..]);
+        assert_eq!(piece_index(whole.as_ref()), None);
+        assert_eq!(piece_index(p0.as_ref()), Some(0));
+        assert_eq!(piece_index(p7.as_ref()), Some(SLOT_BIT | 7));
+        // Key, its pieces, then the next key: an arc is still one sled range.
+        let next = RawKey::whole(&k(10));
+        assert!(whole.as_ref() < p0.as_ref() && p0.as_ref() < p7.as_ref());
+        assert!(p7.as_ref() < next.as_ref());
+    }
+
+    #[test]
+    fn a_removal_takes_piece_zero_and_at_most_a_batch_of_others_at_once() {
+        let keys: Vec<sled::IVec> = (0..PIECES_PER_BATCH as u32 + 10)
+            .map(|i| RawKey::piece(&k(1), i).as_ref().into())
+            .collect();
+        let mut batch = sled::Batch::default();
+        let left = split_removal(&mut batch, keys.clone());
+        assert_eq!(left, keys[PIECES_PER_BATCH + 1..].to_vec());
+        let mut batch = sled::Batch::default();
+        assert!(split_removal(&mut batch, keys[..3].to_vec()).is_empty());
+    }
+
     /// Values of every length around the piece boundaries come back as written, through every
     /// way of reading; replacing a value by a shorter, a longer, a whole or a pieced one
     /// leaves no piece behind; and they survive a reopen.

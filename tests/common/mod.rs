@@ -157,31 +157,9 @@ impl TestNode {
     }
 
     pub async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "node {} exited at start with {status}: {}",
-                    self.addr,
-                    self.log_text()
-                );
-            }
-            if let Ok(mut c) = Client::connect(self.addr, AddressEncoding::Compact).await {
-                if let Ok(Status::T) = c.pul().await {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {} not ready: {}",
-                self.addr,
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(30)).await;
+        let child = self.child.as_mut().expect("started");
+        if let Err(e) = wait_serving(child, self.addr, Duration::from_secs(20)).await {
+            panic!("{e}: {}", self.log_text());
         }
     }
 
@@ -225,6 +203,30 @@ impl Drop for TestNode {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Waits until the node `child` at `addr` answers PUL with `T` (it serves: a joining node only
+/// once its join completed), or fails with why not: it exited, or `limit` passed.
+pub async fn wait_serving(
+    child: &mut Child,
+    addr: PeerAddr,
+    limit: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().ok().flatten() {
+            return Err(format!("node {addr} exited with {status}"));
+        }
+        if let Ok(mut c) = Client::connect(addr, AddressEncoding::Compact).await {
+            if let Ok(Status::T) = c.pul().await {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("node {addr} not serving after {limit:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

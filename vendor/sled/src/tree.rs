@@ -1671,8 +1671,14 @@ impl Tree {
             }
 
             if view.should_split() {
-                self.split_node(&view, &parent_view, root_pid, guard)?;
-                retry!();
+                // dht-store patch: a split only keeps nodes small. One that fails (after a
+                // failed log write every reservation fails with the global error) leaves the
+                // node as it was, or split with a parent that does not know it yet (readers
+                // follow `next` then), so the traversal reads the node it holds instead of
+                // failing: a node that can no longer write keeps serving reads.
+                if self.split_node(&view, &parent_view, root_pid, guard).is_ok() {
+                    retry!();
+                }
             }
 
             if undershot {
