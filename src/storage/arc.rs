@@ -204,10 +204,10 @@ impl Storage {
     /// [`Storage::touch`] with `touches` reads in all for values of 1 KiB and more.
     pub(super) fn touch_n(&self, k: &[u8], touches: usize) -> Result<Option<sled::IVec>> {
         // A `get` can write: sled splits an overgrown leaf on the next traversal.
-        let v = self.kv.get(Tree::Data, k)?;
+        let v = self.kv.get_latched(Tree::Data, k)?;
         if v.as_ref().is_some_and(|v| v.len() >= SINGLE_INSERTS_BELOW) {
             for _ in 1..touches {
-                self.kv.get(Tree::Data, k)?;
+                self.kv.get_latched(Tree::Data, k)?;
             }
         }
         Ok(v)

@@ -70,15 +70,21 @@ impl Kv {
         }
     }
 
-    // Reads. They go on after a failed write, but a point read may write too (sled splits an
-    // overgrown leaf on the next traversal), so its failure latches as a write's does.
+    // Reads. They go on after a failed write.
 
     pub(super) fn get(&self, t: Tree, key: impl AsRef<[u8]>) -> Result<Option<sled::IVec>> {
+        Ok(self.tree(t).get(key)?)
+    }
+
+    /// A point read that bulk work makes to keep sled's cache informed (`arc::touch`): such
+    /// reads come in bursts over freshly written pages, where sled's traversal restructures the
+    /// tree (a read may write), so a failure there latches as a write's does.
+    pub(super) fn get_latched(&self, t: Tree, key: impl AsRef<[u8]>) -> Result<Option<sled::IVec>> {
         self.wrote(self.tree(t).get(key))
     }
 
     pub(super) fn contains(&self, t: Tree, key: impl AsRef<[u8]>) -> Result<bool> {
-        self.wrote(self.tree(t).contains_key(key))
+        Ok(self.tree(t).contains_key(key)?)
     }
 
     pub(super) fn range<K: AsRef<[u8]>, R: std::ops::RangeBounds<K>>(
