@@ -82,8 +82,22 @@ pub struct Summary {
     pub file_bytes: u64,
 }
 
-/// Called after every entry with the totals so far (entries, value bytes).
-pub type Tick<'a> = &'a dyn Fn(u64, u64);
+/// What a long archive operation reports as it goes.
+pub trait Progress: Sync {
+    /// After every entry, with the totals so far (entries, value bytes).
+    fn entry(&self, entries: u64, bytes: u64);
+    /// A step with no entries to count begins (restore's final sync): shown until the end.
+    fn step(&self, _what: &str) {}
+}
+
+impl<F: Fn(u64, u64) + Sync> Progress for F {
+    fn entry(&self, entries: u64, bytes: u64) {
+        self(entries, bytes)
+    }
+}
+
+/// Where progress goes.
+pub type Tick<'a> = &'a dyn Progress;
 
 fn corrupt(path: &Path, what: impl std::fmt::Display) -> Error {
     Error::Archive(format!(
@@ -99,9 +113,12 @@ pub fn write_archive(storage: &Storage, out: &Path, tick: Tick) -> Result<Summar
     let result = write_partial(storage, &partial, tick);
     match result {
         Ok(summary) => {
-            std::fs::rename(&partial, out)?;
+            std::fs::rename(&partial, out).map_err(io_at(format!(
+                "cannot rename {} into place",
+                partial.display()
+            )))?;
             // The rename itself must survive a crash too.
-            File::open(parent_dir(out))?.sync_all()?;
+            sync_dir(parent_dir(out))?;
             Ok(summary)
         }
         Err(e) => {
@@ -325,7 +342,7 @@ fn stream_cut(storage: &Storage, w: &mut impl Write, tick: Tick) -> Result<Strea
         }
         n += 1;
         bytes += v.len() as u64;
-        tick(n, bytes);
+        tick.entry(n, bytes);
     }
     header.entries = n;
     let head_final = bincode::encode_to_vec(&header, config())?;
@@ -368,7 +385,17 @@ impl Reader {
     pub fn open(path: &Path) -> Result<Reader> {
         let file = File::open(path)
             .map_err(|e| Error::Archive(format!("cannot open {}: {e}", path.display())))?;
-        let file_bytes = file.metadata()?.len();
+        let meta = file.metadata().map_err(|source| Error::IoAt {
+            what: format!("cannot read {}", path.display()),
+            source,
+        })?;
+        if meta.is_dir() {
+            return Err(Error::Archive(format!(
+                "{} is a directory, not a backup archive",
+                path.display()
+            )));
+        }
+        let file_bytes = meta.len();
         let mut r = BufReader::with_capacity(1 << 20, file);
         let mut magic = [0u8; 16];
         read_exact(
@@ -514,7 +541,10 @@ impl Reader {
 fn read_exact(r: &mut impl Read, buf: &mut [u8], path: &Path, what: &str) -> Result<()> {
     r.read_exact(buf).map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => corrupt(path, what),
-        _ => Error::Io(e),
+        _ => Error::IoAt {
+            what: format!("cannot read {}", path.display()),
+            source: e,
+        },
     })
 }
 
@@ -531,9 +561,24 @@ pub fn verify(path: &Path, tick: Tick) -> Result<Summary> {
     while let Some((_, v)) = r.next_entry()? {
         n += 1;
         bytes += v.len() as u64;
-        tick(n, bytes);
+        tick.entry(n, bytes);
     }
     r.finish()
+}
+
+/// An I/O error naming its object and what was done to it.
+fn io_at(what: String) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::IoAt { what, source }
+}
+
+/// Makes the entries of `dir` (a rename into it) durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_at(format!(
+            "cannot sync the directory {}",
+            dir.display()
+        )))
 }
 
 /// The directory `path` lies in (`.` for a bare name).
@@ -568,7 +613,8 @@ pub fn restore(archive: &Path, target: &Path, force: bool, tick: Tick) -> Result
         Storage::open_lock_only(target)?;
     }
     let parent = parent_dir(target).to_path_buf();
-    std::fs::create_dir_all(&parent)?;
+    std::fs::create_dir_all(&parent)
+        .map_err(io_at(format!("cannot create {}", parent.display())))?;
     let name = target
         .file_name()
         .ok_or_else(|| Error::Archive(format!("{} is not a directory name", target.display())))?
@@ -586,13 +632,23 @@ pub fn restore(archive: &Path, target: &Path, force: bool, tick: Tick) -> Result
     };
     if target.exists() {
         let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(target, &old)?;
-        std::fs::rename(&temp, target)?;
-        std::fs::remove_dir_all(&old)?;
+        std::fs::rename(target, &old)
+            .map_err(io_at(format!("cannot move {} aside", target.display())))?;
+        std::fs::rename(&temp, target).map_err(io_at(format!(
+            "cannot rename {} into place",
+            temp.display()
+        )))?;
+        std::fs::remove_dir_all(&old).map_err(io_at(format!(
+            "cannot remove the replaced {}",
+            old.display()
+        )))?;
     } else {
-        std::fs::rename(&temp, target)?;
+        std::fs::rename(&temp, target).map_err(io_at(format!(
+            "cannot rename {} into place",
+            temp.display()
+        )))?;
     }
-    File::open(&parent)?.sync_all()?;
+    sync_dir(&parent)?;
     Ok(summary)
 }
 
@@ -614,7 +670,7 @@ fn restore_into(archive: &Path, dir: &Path, tick: Tick) -> Result<Summary> {
                 // A failed writer: its error is reported below.
                 import.send_blocking(full)?;
             }
-            tick(n, bytes);
+            tick.entry(n, bytes);
         }
         if let Some(last) = batcher.finish() {
             import.send_blocking(last)?;
@@ -631,6 +687,7 @@ fn restore_into(archive: &Path, dir: &Path, tick: Tick) -> Result<Summary> {
     }
     // Durable as a whole, blob files and directories too (`Storage::flush` ends in a syncfs),
     // before the rename puts it in place.
+    tick.step("syncing to disk");
     storage.flush()?;
     drop(storage);
     // The restored directory must not carry the lock file's old pid or a stale socket.

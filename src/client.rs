@@ -15,6 +15,10 @@ use crate::protocol::{AddressEncoding, Connection, HashKey, Limits, PeerAddr, Re
 /// How long a client waits for a peer to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A value is sent in steps of this size, looking between two for an early answer: a node
+/// refuses a value over its limit with `F` as soon as it reads the length, and closes.
+const SEND_STEP: usize = 256 << 10;
+
 /// The answer to a GET.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lookup {
@@ -53,11 +57,37 @@ impl Client {
         encoding: AddressEncoding,
         limits: Limits,
     ) -> Result<Client> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer))
+        Client::connect_within(peer, encoding, limits, CONNECT_TIMEOUT).await
+    }
+
+    /// Connects waiting at most `timeout` for the peer to accept and then for each answer (a
+    /// CLI's wait: it has a person at the other end).
+    pub async fn connect_timed(
+        peer: PeerAddr,
+        encoding: AddressEncoding,
+        timeout: Duration,
+    ) -> Result<Client> {
+        let limits = Limits {
+            idle_timeout: Some(timeout),
+            io_timeout: Some(timeout),
+            ..Limits::default()
+        };
+        Client::connect_within(peer, encoding, limits, timeout).await
+    }
+
+    /// [`Client::connect_with`], waiting at most `connect_timeout` for the peer to accept.
+    pub async fn connect_within(
+        peer: PeerAddr,
+        encoding: AddressEncoding,
+        limits: Limits,
+        connect_timeout: Duration,
+    ) -> Result<Client> {
+        let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(peer))
             .await
             .map_err(|_| {
                 Error::Peer(format!(
-                    "{peer} did not accept a connection within {CONNECT_TIMEOUT:?}"
+                    "{peer} did not accept a connection within {} s",
+                    connect_timeout.as_secs_f64()
                 ))
             })?
             .map_err(|e| Error::Peer(format!("cannot connect to {peer}: {e}")))?;
@@ -80,53 +110,89 @@ impl Client {
     /// PUL: `T` if alive.
     pub async fn pul(&mut self) -> Result<Status> {
         self.conn.write_request(&Request::Pul).await?;
-        self.conn.read_status().await
+        named(self.peer, self.conn.limits(), self.conn.read_status().await)
     }
 
     /// OWN: the known peer closest to the owner of `key`.
     pub async fn own(&mut self, key: &HashKey) -> Result<PeerAddr> {
         self.conn.write_request(&Request::Own(*key)).await?;
-        self.conn.read_addr().await
+        named(self.peer, self.conn.limits(), self.conn.read_addr().await)
     }
 
-    /// INS: `N` (not the owner), `T` (stored durably) or `F`.
+    /// INS: `N` (not the owner), `T` (stored durably) or `F`. An `F` sent before the whole
+    /// value arrived (a value over the node's limit) is returned as soon as it is seen.
     pub async fn ins(&mut self, key: &HashKey, value: &[u8]) -> Result<Status> {
         self.conn.write_request(&Request::Ins(*key)).await?;
-        match self.conn.read_status().await? {
+        match named(self.peer, self.conn.limits(), self.conn.read_status().await)? {
             Status::T => {}
             other => return Ok(other),
         }
-        self.conn.write_value(value).await?;
+        self.conn.write_int(value.len() as u64).await?;
+        for step in value.chunks(SEND_STEP) {
+            let sent = match self.conn.write_raw(step).await {
+                Ok(()) => self.conn.flush().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sent {
+                // The peer answered and closed: its answer may still be readable.
+                return match self.conn.read_status().await {
+                    Ok(s) => Ok(s),
+                    Err(_) => Err(e),
+                };
+            }
+            // Lets the runtime see the socket readable (it learns readiness while polling).
+            tokio::task::yield_now().await;
+            if let Some(s) = self.early_answer()? {
+                return Ok(s);
+            }
+        }
         self.conn.flush().await?;
-        self.conn.read_status().await
+        named(self.peer, self.conn.limits(), self.conn.read_status().await)
+    }
+
+    /// A status byte the peer sent while we were still writing, if any.
+    fn early_answer(&mut self) -> Result<Option<Status>> {
+        let mut b = [0u8; 1];
+        match self.conn.get_ref().try_read(&mut b) {
+            Ok(1) => Status::from_byte(b[0]).map(Some),
+            Ok(_) => Err(Error::Truncated),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(Error::from_io(e)),
+        }
     }
 
     /// GET.
     pub async fn get(&mut self, key: &HashKey) -> Result<Lookup> {
         self.conn.write_request(&Request::Get(*key)).await?;
-        Ok(match self.conn.read_status().await? {
-            Status::N => Lookup::NotMine,
-            Status::F => Lookup::Absent,
-            Status::T => Lookup::Found(self.conn.read_value().await?),
-        })
+        Ok(
+            match named(self.peer, self.conn.limits(), self.conn.read_status().await)? {
+                Status::N => Lookup::NotMine,
+                Status::F => Lookup::Absent,
+                Status::T => Lookup::Found(named(
+                    self.peer,
+                    self.conn.limits(),
+                    self.conn.read_value().await,
+                )?),
+            },
+        )
     }
 
     /// EXI: `N`, `T` present, `F` absent.
     pub async fn exi(&mut self, key: &HashKey) -> Result<Status> {
         self.conn.write_request(&Request::Exi(*key)).await?;
-        self.conn.read_status().await
+        named(self.peer, self.conn.limits(), self.conn.read_status().await)
     }
 
     /// REM: `N`, `T` removed, `F` was absent.
     pub async fn rem(&mut self, key: &HashKey) -> Result<Status> {
         self.conn.write_request(&Request::Rem(*key)).await?;
-        self.conn.read_status().await
+        named(self.peer, self.conn.limits(), self.conn.read_status().await)
     }
 
     /// INF: the peer's diagnostic text.
     pub async fn inf(&mut self) -> Result<String> {
         self.conn.write_request(&Request::Inf).await?;
-        let v = self.conn.read_value().await?;
+        let v = named(self.peer, self.conn.limits(), self.conn.read_value().await)?;
         String::from_utf8(v)
             .map_err(|_| Error::Peer(format!("{}: INF text is not UTF-8", self.peer)))
     }
@@ -134,8 +200,19 @@ impl Client {
     /// ABD: the peer's successor.
     pub async fn abd(&mut self) -> Result<PeerAddr> {
         self.conn.write_request(&Request::Abd).await?;
-        self.conn.read_addr().await
+        named(self.peer, self.conn.limits(), self.conn.read_addr().await)
     }
+}
+
+/// A read from `peer` that timed out becomes [`Error::NoAnswer`], naming it.
+fn named<T>(peer: PeerAddr, limits: Limits, r: Result<T>) -> Result<T> {
+    r.map_err(|e| match e {
+        Error::Timeout => Error::NoAnswer {
+            peer,
+            after: limits.io_timeout.unwrap_or_default(),
+        },
+        e => e,
+    })
 }
 
 /// Routes requests for keys to their owners through any entry peer.
@@ -148,6 +225,9 @@ pub struct Router {
     max_hops: usize,
     /// Times a request is routed again after an `N` or a lost connection.
     attempts: usize,
+    /// Longest wait for a peer to accept, and for each answer: a silent peer ends the request
+    /// with [`Error::NoAnswer`] instead of holding it for ever (and is not asked again).
+    timeout: Duration,
     /// One open connection per peer talked to.
     conns: HashMap<PeerAddr, Client>,
 }
@@ -159,6 +239,7 @@ impl Router {
             encoding,
             max_hops: 64,
             attempts: 5,
+            timeout: Limits::default().io_timeout.unwrap_or(CONNECT_TIMEOUT),
             conns: HashMap::new(),
         }
     }
@@ -168,10 +249,16 @@ impl Router {
         self
     }
 
+    /// Waits at most `timeout` for a connection and for each answer (default 30 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Router {
+        self.timeout = timeout;
+        self
+    }
+
     /// A connection to `peer`, opened if needed.
     pub async fn client(&mut self, peer: PeerAddr) -> Result<&mut Client> {
         if !self.conns.contains_key(&peer) {
-            let c = Client::connect(peer, self.encoding).await?;
+            let c = Client::connect_timed(peer, self.encoding, self.timeout).await?;
             self.conns.insert(peer, c);
         }
         self.conns
@@ -185,6 +272,7 @@ impl Router {
         for hops in 0..self.max_hops {
             let next = match self.client(cur).await?.own(key).await {
                 Ok(next) => next,
+                Err(e @ Error::NoAnswer { .. }) => return Err(e),
                 Err(_) => {
                     // A connection the peer had closed (the oldest peers close after every
                     // request): reopen it once.
@@ -203,8 +291,10 @@ impl Router {
         })
     }
 
-    /// Routes one keyed request: walk to the owner, ask, and again while it answers `N`.
-    async fn routed(&mut self, key: &HashKey, op: Op<'_>) -> Result<Answer> {
+    /// Routes one keyed request: walk to the owner, ask, and again while it answers `N` or
+    /// its connection is lost; a peer that does not answer at all ends it at once. The owner
+    /// that answered, and its answer.
+    async fn routed(&mut self, key: &HashKey, op: Op<'_>) -> Result<(PeerAddr, Answer)> {
         let mut last = String::new();
         for attempt in 0..self.attempts {
             if attempt > 0 {
@@ -212,6 +302,7 @@ impl Router {
             }
             let owner = match self.owner(key).await {
                 Ok((o, _)) => o,
+                Err(e @ Error::NoAnswer { .. }) => return Err(e),
                 Err(e) => {
                     last = e.to_string();
                     continue;
@@ -244,12 +335,15 @@ impl Router {
                 }),
             };
             match answer {
-                Ok(Some(a)) => return Ok(a),
+                Ok(Some(a)) => return Ok((owner, a)),
                 Ok(None) => {
                     last = format!("{owner} answered N (not mine) after the OWN walk ended there")
                 }
                 Err(e) => {
                     self.conns.remove(&owner);
+                    if matches!(e, Error::NoAnswer { .. }) {
+                        return Err(e);
+                    }
                     last = e.to_string();
                 }
             }
@@ -262,12 +356,18 @@ impl Router {
 
     /// Stores `value` under `key` at its owner; `Ok(true)` when stored, `Ok(false)` on `F`.
     pub async fn put(&mut self, key: &HashKey, value: &[u8]) -> Result<bool> {
-        self.routed(key, Op::Put(value)).await.map(Answer::yes)
+        self.put_at(key, value).await.map(|(_, stored)| stored)
+    }
+
+    /// [`Router::put`], and the owner that answered.
+    pub async fn put_at(&mut self, key: &HashKey, value: &[u8]) -> Result<(PeerAddr, bool)> {
+        let (owner, a) = self.routed(key, Op::Put(value)).await?;
+        Ok((owner, a.yes()))
     }
 
     /// The value under `key`, if any.
     pub async fn get(&mut self, key: &HashKey) -> Result<Option<Vec<u8>>> {
-        match self.routed(key, Op::Get).await? {
+        match self.routed(key, Op::Get).await?.1 {
             Answer::Value(v) => Ok(v),
             Answer::Yes(_) => Err(Error::Peer("GET answered as a yes/no".into())),
         }
@@ -275,12 +375,12 @@ impl Router {
 
     /// Whether `key` is stored.
     pub async fn exists(&mut self, key: &HashKey) -> Result<bool> {
-        self.routed(key, Op::Exists).await.map(Answer::yes)
+        Ok(self.routed(key, Op::Exists).await?.1.yes())
     }
 
     /// Removes `key`; `Ok(true)` if it was there.
     pub async fn remove(&mut self, key: &HashKey) -> Result<bool> {
-        self.routed(key, Op::Remove).await.map(Answer::yes)
+        Ok(self.routed(key, Op::Remove).await?.1.yes())
     }
 }
 

@@ -122,6 +122,81 @@ pub const SETTINGS: &[&str] = &[
 /// Longest successor list accepted: each entry costs an ABD per maintenance round.
 pub const MAX_SUCCESSORS: usize = 32;
 
+/// The range a numeric setting must lie in, and the unit its message names.
+pub struct Range {
+    /// The setting, as in the TOML file.
+    pub name: &'static str,
+    /// Its command-line flag, if it has one.
+    pub flag: Option<&'static str>,
+    pub min: u64,
+    pub max: u64,
+    /// Printed after the bounds (" bytes", " s"), so the message needs no lookup.
+    pub unit: &'static str,
+}
+
+const fn range(
+    name: &'static str,
+    flag: Option<&'static str>,
+    min: u64,
+    max: u64,
+    unit: &'static str,
+) -> Range {
+    Range {
+        name,
+        flag,
+        min,
+        max,
+        unit,
+    }
+}
+
+/// Every numeric setting's valid range. Zero means "never" only for the two connection
+/// timeouts; elsewhere it would stop the node working (a cache of 0 MiB panics inside sled, 0
+/// fingers routes nothing), and the upper bounds keep a typo from asking for the impossible.
+pub const RANGES: &[Range] = &[
+    range("port", Some("--port"), 1, 65535, ""),
+    // Twice a value in flight is held in memory (README, Memory).
+    range(
+        "max_value_size",
+        Some("--max-value-size"),
+        1,
+        1 << 30,
+        " bytes",
+    ),
+    range("max_connections", Some("--max-connections"), 1, 1 << 20, ""),
+    range(
+        "idle_timeout_secs",
+        Some("--idle-timeout"),
+        0,
+        7 * 86400,
+        " s (0: never)",
+    ),
+    range(
+        "io_timeout_secs",
+        Some("--io-timeout"),
+        0,
+        86400,
+        " s (0: never)",
+    ),
+    range(
+        "cache_capacity_mb",
+        Some("--cache-capacity-mb"),
+        1,
+        1 << 20,
+        " MiB",
+    ),
+    range("shutdown_grace_secs", None, 0, 3600, " s"),
+    range("maintenance_interval_ms", None, 10, 600_000, " ms"),
+    range("dead_after", None, 1, 1000, " rounds"),
+    // One finger per bit of the 160-bit circle at most.
+    range("fingers", None, 1, 160, ""),
+    range("successors", None, 2, MAX_SUCCESSORS as u64, ""),
+    range("drain_timeout_secs", None, 1, 3600, " s"),
+    range("handoff_ack_timeout_secs", None, 1, 86400, " s"),
+    range("progress_interval_secs", None, 1, 3600, " s"),
+    range("repair_interval_secs", None, 1, 86400, " s"),
+];
+
 fn secs(n: u64) -> Option<Duration> {
     (n > 0).then(|| Duration::from_secs(n))
 }
@@ -170,8 +245,24 @@ impl Config {
         Config::deserialize(table).map_err(|e| Error::Config(format!("{what}: {e}")))
     }
 
-    /// Checks the settings that have no meaning at some values.
+    /// Checks every setting before anything is created: each number against its range (in
+    /// [`RANGES`]), and the addresses that cannot be advertised.
     pub fn validate(&self) -> Result<()> {
+        for (name, value) in self.numbers() {
+            let Some(r) = RANGES.iter().find(|r| r.name == name) else {
+                continue;
+            };
+            if !(r.min..=r.max).contains(&value) {
+                let flag = r.flag.map(|f| format!("{f}, ")).unwrap_or_default();
+                return Err(Error::Config(format!(
+                    "{name} ({flag}DHT_STORE_{env}) must be from {} to {}{}; got {value}",
+                    r.min,
+                    r.max,
+                    r.unit,
+                    env = name.to_ascii_uppercase(),
+                )));
+            }
+        }
         if self.port == 0 {
             return Err(Error::Config(
                 "port 0 cannot be advertised to peers: give a port number".into(),
@@ -184,20 +275,31 @@ impl Config {
                     .into(),
             ));
         }
-        if self.max_connections == 0 {
-            return Err(Error::Config("max_connections must be at least 1".into()));
-        }
-        if !(2..=MAX_SUCCESSORS).contains(&self.successors) {
-            return Err(Error::Config(format!(
-                "successors must be from 2 (the successor and the second successor) to \
-                 {MAX_SUCCESSORS}; got {}",
-                self.successors
-            )));
-        }
         if let Some(j) = &self.join {
             crate::protocol::parse_addr(j)?;
         }
         Ok(())
+    }
+
+    /// Every numeric setting with its value, for [`Config::validate`].
+    fn numbers(&self) -> [(&'static str, u64); 15] {
+        [
+            ("port", self.port.into()),
+            ("max_value_size", self.max_value_size),
+            ("max_connections", self.max_connections as u64),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            ("io_timeout_secs", self.io_timeout_secs),
+            ("cache_capacity_mb", self.cache_capacity_mb),
+            ("shutdown_grace_secs", self.shutdown_grace_secs),
+            ("maintenance_interval_ms", self.maintenance_interval_ms),
+            ("dead_after", self.dead_after.into()),
+            ("fingers", self.fingers as u64),
+            ("successors", self.successors as u64),
+            ("drain_timeout_secs", self.drain_timeout_secs),
+            ("handoff_ack_timeout_secs", self.handoff_ack_timeout_secs),
+            ("progress_interval_secs", self.progress_interval_secs),
+            ("repair_interval_secs", self.repair_interval_secs),
+        ]
     }
 
     /// The address peers reach this node at; its id derives from it.
@@ -289,6 +391,35 @@ mod tests {
         std::fs::write(&p, "prot = 5001\n").unwrap();
         let e = Config::load(Some(&p)).unwrap_err().to_string();
         assert!(e.contains("prot"), "{e}");
+    }
+
+    #[test]
+    fn every_number_is_checked_against_its_range_naming_the_setting() {
+        assert!(Config::default().validate().is_ok());
+        let names: Vec<_> = Config::default().numbers().map(|(n, _)| n).to_vec();
+        for r in RANGES {
+            assert!(names.contains(&r.name), "{} has no value", r.name);
+        }
+        for name in names {
+            assert!(RANGES.iter().any(|r| r.name == name), "{name} has no range");
+            assert!(SETTINGS.contains(&name), "{name} is not a setting");
+        }
+        for (setting, bad) in [
+            ("cache_capacity_mb", "0"),
+            ("fingers", "0"),
+            ("fingers", "100000"),
+            ("max_value_size", "0"),
+            ("maintenance_interval_ms", "0"),
+            ("max_connections", "0"),
+            ("successors", "1"),
+            ("dead_after", "0"),
+        ] {
+            let env = [(format!("DHT_STORE_{}", setting.to_uppercase()), bad.into())];
+            let c = Config::load_with_env(None, env).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(setting) && e.contains("must be from"), "{e}");
+            assert!(e.contains(&format!("got {bad}")), "{e}");
+        }
     }
 
     #[test]

@@ -68,6 +68,15 @@ pub enum Error {
     #[error("the node is shutting down")]
     ShuttingDown,
 
+    /// A peer accepted the connection (or a request) and then said nothing for the whole
+    /// timeout: a stalled node, something that is not a dht-store peer, or a ring of the other
+    /// address encoding (a 6-byte address read as the start of a text one waits for more).
+    #[error("{peer} did not answer within {} s", after.as_secs_f64())]
+    NoAnswer {
+        peer: crate::protocol::PeerAddr,
+        after: std::time::Duration,
+    },
+
     #[error("the OWN walk for {key} did not end within {hops} hops")]
     HopLimit { key: String, hops: usize },
 

@@ -5,8 +5,10 @@
 mod archive;
 mod keys;
 pub mod node;
+mod show;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -20,7 +22,7 @@ pub use node::NodeArgs;
 ///
 /// Without a subcommand, runs a node: it serves the DHT wire protocol on HOST:PORT from a sled
 /// database in DIR, and resumes its place and data from DIR after any restart. Without --join
-/// it starts a ring of one. Logs go to stderr (filter with RUST_LOG, e.g. RUST_LOG=debug);
+/// it starts a ring of one. Logs go to stderr (filter with RUST_LOG, e.g. RUST_LOG=dht_store=debug);
 /// SIGINT or SIGTERM finish requests in flight, flush and exit 0.
 ///
 /// Settings come from built-in defaults, then --config FILE (TOML, see config/node.toml), then
@@ -40,15 +42,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Store VALUE (or --file PATH, or stdin) under KEY at its owner
-    Put {
-        #[command(flatten)]
-        key: KeyArgs,
-        /// The value; without it (and without --file) the value is read from stdin
-        value: Option<String>,
-        /// Read the value from this file
-        #[arg(long, conflicts_with = "value")]
-        file: Option<PathBuf>,
-    },
+    Put(PutArgs),
     /// Print the value under KEY to stdout; exit 1 if absent
     Get(KeyArgs),
     /// Exit 0 if KEY is stored, 1 if not
@@ -63,18 +57,21 @@ pub enum Command {
     /// exit; exits 0 once the predecessor confirmed. Uses DIR/admin.sock, never the network.
     Leave {
         /// Data directory of the running node
-        #[arg(long, env = "DHT_STORE_DATA", value_name = "DIR")]
+        #[arg(short, long, env = "DHT_STORE_DATA", value_name = "DIR")]
         data: PathBuf,
     },
     /// Write a backup archive of a data directory: through the running node (a point-in-time
     /// copy while writes go on) or, when no node runs on DIR, read directly
     Backup {
         /// The node's data directory
-        #[arg(long, env = "DHT_STORE_DATA", value_name = "DIR")]
+        #[arg(short, long, env = "DHT_STORE_DATA", value_name = "DIR")]
         data: PathBuf,
-        /// The archive to write (replaced if it exists)
-        #[arg(long, value_name = "FILE")]
+        /// The archive to write (a new file unless --force)
+        #[arg(short, long, value_name = "FILE")]
         out: PathBuf,
+        /// Replace FILE if it exists
+        #[arg(long)]
+        force: bool,
     },
     /// Check a backup archive and print its header and totals
     Verify {
@@ -88,7 +85,7 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         from: PathBuf,
         /// The data directory to create
-        #[arg(long, value_name = "DIR")]
+        #[arg(short, long, value_name = "DIR")]
         data: PathBuf,
         /// Replace a non-empty directory (never one a node is running on)
         #[arg(long)]
@@ -96,11 +93,13 @@ pub enum Command {
     },
 }
 
-/// Where a client command starts.
+/// Where a client command starts, and how long it waits.
 #[derive(Args, Debug)]
 pub struct PeerArgs {
-    /// Any peer of the ring
+    /// Any peer of the ring: HOST:PORT (a name such as localhost:5000 is looked up), or a
+    /// PORT on 127.0.0.1
     #[arg(
+        short,
         long,
         env = "DHT_STORE_PEER",
         default_value = "127.0.0.1:5000",
@@ -110,18 +109,91 @@ pub struct PeerArgs {
     /// PeerAddress encoding of the ring
     #[arg(long, env = "DHT_STORE_ADDRESS_ENCODING", value_enum, default_value_t = AddressEncoding::Compact)]
     address_encoding: AddressEncoding,
+    /// Seconds to wait for a peer to accept a connection, and for each answer
+    #[arg(
+        short,
+        long,
+        env = "DHT_STORE_TIMEOUT",
+        default_value_t = 10.0,
+        value_name = "SECS"
+    )]
+    timeout: f64,
+}
+
+impl PeerArgs {
+    fn peer(&self) -> Result<PeerAddr, Error> {
+        resolve_peer(&self.peer)
+    }
+
+    fn timeout(&self) -> Result<Duration, Error> {
+        Duration::try_from_secs_f64(self.timeout)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "--timeout must be a positive number of seconds; got {}",
+                    self.timeout
+                ))
+            })
+    }
+
+    /// What a peer that did not answer may mean, and what to try.
+    fn explain(&self, e: Error) -> Error {
+        match e {
+            Error::NoAnswer { .. } => Error::Usage(format!(
+                "{e}: check that it is a dht-store peer and not overloaded, and that its ring uses \
+                 {} addresses (else give --address-encoding {}); --timeout SECS waits longer",
+                self.address_encoding,
+                match self.address_encoding {
+                    AddressEncoding::Compact => AddressEncoding::Text,
+                    AddressEncoding::Text => AddressEncoding::Compact,
+                }
+            )),
+            e => e,
+        }
+    }
+}
+
+/// `HOST:PORT`, a host name looked up (its first IPv4 address), or a bare port on 127.0.0.1.
+fn resolve_peer(s: &str) -> Result<PeerAddr, Error> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(PeerAddr::new(std::net::Ipv4Addr::LOCALHOST, port));
+    }
+    if let Ok(a) = parse_addr(s) {
+        return Ok(a);
+    }
+    use std::net::ToSocketAddrs;
+    let addrs = s
+        .to_socket_addrs()
+        .map_err(|e| Error::Usage(format!("--peer {s}: not HOST:PORT or a port ({e})")))?;
+    addrs
+        .filter_map(|a| match a {
+            std::net::SocketAddr::V4(v4) => Some(v4),
+            std::net::SocketAddr::V6(_) => None,
+        })
+        .next()
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "--peer {s}: the name has no IPv4 address (peers are IPv4)"
+            ))
+        })
+}
+
+/// Where a keyed request starts and how far its OWN walk may go.
+#[derive(Args, Debug)]
+pub struct RouteArgs {
+    #[command(flatten)]
+    peer: PeerArgs,
     /// Longest OWN walk before giving up
     #[arg(long, default_value_t = 64)]
     max_hops: usize,
 }
 
-impl PeerArgs {
-    fn peer(&self) -> Result<PeerAddr, Error> {
-        parse_addr(&self.peer)
-    }
-
+impl RouteArgs {
     fn router(&self) -> Result<Router, Error> {
-        Ok(Router::new(self.peer()?, self.address_encoding).with_max_hops(self.max_hops))
+        Ok(Router::new(self.peer.peer()?, self.peer.address_encoding)
+            .with_max_hops(self.max_hops)
+            .with_timeout(self.peer.timeout()?))
     }
 }
 
@@ -135,7 +207,7 @@ pub struct KeyArgs {
     #[arg(long, value_name = "HEX", conflicts_with = "key")]
     hash: Option<String>,
     #[command(flatten)]
-    peer: PeerArgs,
+    route: RouteArgs,
 }
 
 impl KeyArgs {
@@ -145,6 +217,57 @@ impl KeyArgs {
             (None, Some(k)) => Ok(HashKey::of(k.as_bytes())),
             (None, None) => Err(Error::Usage("give KEY or --hash HEX".into())),
         }
+    }
+
+    /// How the key is shown in messages: as the user gave it.
+    fn shown(&self) -> String {
+        self.key
+            .clone()
+            .or_else(|| self.hash.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// `put KEY [VALUE]`, or `put --hash HEX [VALUE]`.
+#[derive(Args, Debug)]
+pub struct PutArgs {
+    /// KEY and then VALUE; with --hash, only VALUE. Without VALUE (and without --file) the
+    /// value is read from stdin
+    #[arg(value_names = ["KEY", "VALUE"], num_args = 0..=2, required_unless_present = "hash")]
+    args: Vec<String>,
+    /// Give the 40-hex-digit HashKey directly instead of KEY
+    #[arg(long, value_name = "HEX")]
+    hash: Option<String>,
+    /// Read the value from this file
+    #[arg(short, long)]
+    file: Option<PathBuf>,
+    #[command(flatten)]
+    route: RouteArgs,
+}
+
+impl PutArgs {
+    /// The key (and how to show it), and the value if one was given on the command line.
+    fn key_and_value(&self) -> Result<(HashKey, String, Option<String>), Error> {
+        let mut args = self.args.iter().cloned();
+        let (key, shown) = match &self.hash {
+            Some(h) => (h.parse()?, h.clone()),
+            None => {
+                let k = args
+                    .next()
+                    .ok_or_else(|| Error::Usage("give KEY or --hash HEX".into()))?;
+                (HashKey::of(k.as_bytes()), k)
+            }
+        };
+        let value = args.next();
+        if args.next().is_some() {
+            return Err(Error::Usage(
+                "with --hash give only VALUE (the key is the HashKey)".into(),
+            ));
+        }
+        if value.is_some() && self.file.is_some() {
+            return Err(Error::Usage("give VALUE or --file, not both".into()));
+        }
+        Ok((key, shown, value))
     }
 }
 
@@ -156,14 +279,14 @@ pub const FAILED: u8 = 2;
 /// Runs one client command; its exit code, or the error to print.
 pub async fn run(cmd: Command) -> Result<u8, Error> {
     match cmd {
-        Command::Put { key, value, file } => keys::put(key, value, file).await,
+        Command::Put(put) => keys::put(put).await,
         Command::Get(key) => keys::get(key).await,
         Command::Exists(key) => keys::exists(key).await,
         Command::Rm(key) => keys::rm(key).await,
         Command::Owner(key) => keys::owner(key).await,
         Command::Info(peer) => keys::info(peer).await,
         Command::Leave { data } => node::leave(&data).await,
-        Command::Backup { data, out } => archive::backup(&data, &out).await,
+        Command::Backup { data, out, force } => archive::backup(&data, &out, force).await,
         Command::Verify { file } => archive::verify(&file).await,
         Command::Restore { from, data, force } => archive::restore(&from, &data, force).await,
     }

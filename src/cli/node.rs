@@ -16,10 +16,10 @@ use super::FOUND;
 #[derive(Args, Debug)]
 pub struct NodeArgs {
     /// Data directory (created if missing) [default: ./dht-data]
-    #[arg(long, env = "DHT_STORE_DATA", value_name = "DIR")]
+    #[arg(short, long, env = "DHT_STORE_DATA", value_name = "DIR")]
     data: Option<PathBuf>,
     /// TCP port to listen on and advertise [default: 5000]
-    #[arg(long, env = "DHT_STORE_PORT")]
+    #[arg(short, long, env = "DHT_STORE_PORT")]
     port: Option<u16>,
     /// IPv4 address to advertise and listen on; the node id is SHA-1 of "HOST:PORT"
     /// [default: 127.0.0.1]
@@ -29,13 +29,13 @@ pub struct NodeArgs {
     #[arg(long, env = "DHT_STORE_LISTEN", value_name = "IPV4")]
     listen: Option<Ipv4Addr>,
     /// Join the ring through this member; ignored when DIR already holds ring state
-    #[arg(long, env = "DHT_STORE_JOIN", value_name = "HOST:PORT")]
+    #[arg(short, long, env = "DHT_STORE_JOIN", value_name = "HOST:PORT")]
     join: Option<String>,
     /// PeerAddress encoding of the ring [default: compact]
     #[arg(long, env = "DHT_STORE_ADDRESS_ENCODING", value_enum)]
     address_encoding: Option<AddressEncoding>,
     /// TOML configuration file (see config/node.toml)
-    #[arg(long, env = "DHT_STORE_CONFIG", value_name = "FILE")]
+    #[arg(short, long, env = "DHT_STORE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Largest value accepted, bytes [default: 67108864]
     #[arg(long, env = "DHT_STORE_MAX_VALUE_SIZE", value_name = "BYTES")]
@@ -44,14 +44,14 @@ pub struct NodeArgs {
     #[arg(long, env = "DHT_STORE_MAX_CONNECTIONS", value_name = "N")]
     max_connections: Option<usize>,
     /// Seconds of silence between requests before a connection is closed; 0 never [default: 300]
-    #[arg(long, env = "DHT_STORE_IDLE_TIMEOUT", value_name = "SECS")]
+    #[arg(long, env = "DHT_STORE_IDLE_TIMEOUT_SECS", value_name = "SECS")]
     idle_timeout: Option<u64>,
     /// Seconds a message or a write may stall before the connection is closed; 0 never
     /// [default: 30]
-    #[arg(long, env = "DHT_STORE_IO_TIMEOUT", value_name = "SECS")]
+    #[arg(long, env = "DHT_STORE_IO_TIMEOUT_SECS", value_name = "SECS")]
     io_timeout: Option<u64>,
     /// sled page cache, MiB [default: 64]
-    #[arg(long, env = "DHT_STORE_CACHE_MB", value_name = "MIB")]
+    #[arg(long, env = "DHT_STORE_CACHE_CAPACITY_MB", value_name = "MIB")]
     cache_capacity_mb: Option<u64>,
 }
 

@@ -188,7 +188,7 @@ pub async fn request_backup(
             Some("progress-backup:") | Some("OK") => {
                 let nums: Vec<u64> = parts.filter_map(|p| p.parse().ok()).collect();
                 if let [n, b, ..] = nums[..] {
-                    tick(n, b);
+                    tick.entry(n, b);
                 }
                 if line.starts_with("OK") {
                     if let [n, b, f] = nums[..] {

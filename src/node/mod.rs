@@ -418,7 +418,7 @@ impl Node {
         format!(
             "dht-store {}\naddress {}\nid {}\nsuccessor {}\nsecond successor {}\nsuccessors {}\n\
              predecessor {}\nfingers {}\nknown peers {}\nkeys {}\naddress encoding {}\nhandoff {}\n\
-             state {}\nuptime {}s\n",
+             state {}\nuptime {}s\nmax value size {}\n",
             env!("CARGO_PKG_VERSION"),
             ring.me.addr,
             ring.me.id,
@@ -447,6 +447,7 @@ impl Node {
                 "member"
             },
             self.started.elapsed().as_secs(),
+            self.config.max_value_size,
         )
     }
 }
@@ -461,7 +462,8 @@ enum Start {
     Alone,
 }
 
-fn start_mode(config: &Config, storage: &Storage) -> Result<Start> {
+/// `existing`: the directory held a database before this start.
+fn start_mode(config: &Config, storage: &Storage, existing: bool) -> Result<Start> {
     let me = config.advertised();
     let join = config.join_addr()?;
     match storage.load_ring()? {
@@ -481,14 +483,32 @@ fn start_mode(config: &Config, storage: &Storage) -> Result<Start> {
             Ok(Start::Resume(state))
         }
         other => {
-            if let Some(state) = other {
-                warn!(
-                    "{} held the ring state of {}, but this node is {me}: its id changes, so it \
-                     takes a new place in the ring; entries it does not own there go to their \
-                     owners",
-                    storage.dir().display(),
+            let dir = storage.dir().display();
+            match (&other, join) {
+                (Some(state), Some(_)) => warn!(
+                    "{dir} held the ring state of {}, but this node is {me}: its id changes, so \
+                     it takes a new place in the ring; entries it does not own there go to \
+                     their owners",
                     state.me.addr
-                );
+                ),
+                // Both silently made a ring of one apart from everyone: say so, and the cure.
+                (Some(state), None) => warn!(
+                    "{dir} held the ring state of {}, but this node is {me}, so its id changes, \
+                     and no --join was given: STARTING A NEW RING OF ONE, apart from the ring that directory was \
+                     in. To rejoin it, stop this node and start it with --join HOST:PORT of a \
+                     member (e.g. --join {}), or as --host {} --port {} to resume that node",
+                    state.me.addr,
+                    state.successor().addr,
+                    state.me.addr.ip(),
+                    state.me.addr.port()
+                ),
+                (None, None) if existing => warn!(
+                    "{dir} holds no ring state (this node left its ring, or the directory was \
+                     restored without one) and no --join was given: STARTING A NEW RING OF ONE. \
+                     To join a ring, stop this node and start it with --join HOST:PORT of a \
+                     member"
+                ),
+                _ => {}
             }
             Ok(match join {
                 Some(j) => Start::Join(j),
@@ -498,21 +518,34 @@ fn start_mode(config: &Config, storage: &Storage) -> Result<Start> {
     }
 }
 
+/// Binds the listening socket, naming the address if it cannot.
+async fn bind(config: &Config) -> Result<TcpListener> {
+    TcpListener::bind(config.bind_addr())
+        .await
+        .map_err(|source| Error::IoAt {
+            what: format!("cannot listen on {}", config.bind_addr()),
+            source,
+        })
+}
+
 /// Runs a node until `shutdown` completes (or a leave ends it): opens the data directory,
 /// finishes any handoff a crash interrupted, resumes or joins or starts the ring, serves, and
 /// on shutdown lets in-flight requests finish and flushes.
 pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
     config.validate()?;
-    let storage = Storage::open(&config.data, &config.storage())?;
-    let me = config.advertised();
-    // Bound before joining, so that a port in use fails at once; connections wait in the
+    // A directory of a node that may be running is locked before binding, so that a second
+    // process fails naming the directory even on the same port; a new one is created only once
+    // we can listen, so that a failed start leaves nothing behind. Connections wait in the
     // backlog until we serve (PROTOCOL.md 6, Readiness).
-    let listener = TcpListener::bind(config.bind_addr())
-        .await
-        .map_err(|source| Error::IoAt {
-            what: format!("cannot listen on {}", config.bind_addr()),
-            source,
-        })?;
+    let existing = crate::storage::holds_database(&config.data);
+    let (storage, listener) = if existing {
+        let storage = Storage::open(&config.data, &config.storage())?;
+        (storage, bind(&config).await?)
+    } else {
+        let listener = bind(&config).await?;
+        (Storage::open(&config.data, &config.storage())?, listener)
+    };
+    let me = config.advertised();
     let initial = storage.load_ring()?.filter(|r| r.me.addr == me);
     let node = Arc::new(Node::new(
         config,
@@ -520,7 +553,7 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
         initial.unwrap_or_else(|| RingState::alone(me)),
     ));
     handoff::recover(&node).await?;
-    let resumed = match start_mode(&node.config, &node.storage)? {
+    let resumed = match start_mode(&node.config, &node.storage, existing)? {
         Start::Resume(state) => {
             node.switch_ring(Some(state), Change::Keep).await?;
             true

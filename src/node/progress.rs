@@ -11,7 +11,7 @@ use tracing::info;
 /// Counters of one handoff.
 #[derive(Debug)]
 pub struct Progress {
-    /// What moves where, e.g. "CON to 127.0.0.1:5001 (sending)".
+    /// What moves where, e.g. "CON to 127.0.0.1:5001 [5e38be7d…, 6a24bdc1…)".
     pub label: String,
     /// Entries announced by the count (0 until known).
     pub total: AtomicU64,
@@ -38,7 +38,7 @@ impl Progress {
             loop {
                 tokio::time::sleep(every).await;
                 match weak.upgrade() {
-                    Some(p) => info!("handoff progress: {}", p.line()),
+                    Some(p) => info!("handoff progress: {}", abbreviated(&p.line())),
                     None => return,
                 }
             }
@@ -51,7 +51,7 @@ impl Progress {
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// "label: 1200/5000 entries, 11.4 MiB, 3400 entries/s, 32.1 MiB/s, 0.4 s".
+    /// "label: 1200/5000 entries, 11.4 MiB in 0.4 s (3400 entries/s, 32.1 MiB/s)".
     pub fn line(&self) -> String {
         let secs = self.started.elapsed().as_secs_f64().max(1e-6);
         let entries = self.entries.load(Ordering::Relaxed);
@@ -59,7 +59,7 @@ impl Progress {
         let total = self.total.load(Ordering::Relaxed);
         let mib = bytes as f64 / (1 << 20) as f64;
         format!(
-            "{}: {entries}/{} entries, {mib:.1} MiB, {:.0} entries/s, {:.1} MiB/s, {secs:.1} s",
+            "{}: {entries}/{} entries, {mib:.1} MiB in {secs:.1} s ({:.0} entries/s, {:.1} MiB/s)",
             self.label,
             if total > 0 || entries == 0 {
                 total.to_string()
@@ -70,6 +70,29 @@ impl Progress {
             mib / secs,
         )
     }
+}
+
+/// `line` with every 40-digit key cut to its first 8 digits: a log line people read need not
+/// carry two full keys (INF, which tools read, keeps them).
+fn abbreviated(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_hexdigit()) {
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let run = rest
+            .find(|c: char| !c.is_ascii_hexdigit())
+            .unwrap_or(rest.len());
+        if run == 40 {
+            out.push_str(&rest[..8]);
+            out.push('…');
+        } else {
+            out.push_str(&rest[..run]);
+        }
+        rest = &rest[run..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The handoff running now, if any, for INF.
@@ -120,7 +143,7 @@ impl Tracked<'_> {
 
     fn end(&mut self, outcome: &str) {
         self.ended = true;
-        info!("handoff {outcome}: {}", self.progress.line());
+        info!("handoff {outcome}: {}", abbreviated(&self.progress.line()));
         *self.tracker.lock() = None;
     }
 }
@@ -143,6 +166,16 @@ impl Drop for Tracked<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_lines_cut_keys_to_eight_digits_and_leave_other_numbers() {
+        let k = "5e38be7d0511777e27b7031879a175713e76501d";
+        let line = format!("CON to 127.0.0.1:5001 [{k}, {k}): 12/40 entries, 0.5 MiB");
+        assert_eq!(
+            abbreviated(&line),
+            "CON to 127.0.0.1:5001 [5e38be7d…, 5e38be7d…): 12/40 entries, 0.5 MiB"
+        );
+    }
 
     #[tokio::test]
     async fn a_handoff_shows_while_it_runs_and_not_after_however_it_ends() {

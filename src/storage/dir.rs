@@ -36,6 +36,35 @@ pub fn holds_database(dir: &Path) -> bool {
     db_dir(dir).exists()
 }
 
+/// Creates the data directory `dir` if it is missing; an error names it and what is wrong.
+pub(super) fn create(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::Usage(format!(
+            "data directory {} is a file, not a directory: give a directory (it is created if \
+             missing)",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(|source| Error::IoAt {
+        what: format!("cannot create data directory {}", dir.display()),
+        source,
+    })
+}
+
+/// A sled database that would not open, named.
+pub(super) fn opening_failed(db_dir: &Path, e: sled::Error) -> Error {
+    match e {
+        sled::Error::Io(source) => Error::IoAt {
+            what: format!("cannot open the database in {}", db_dir.display()),
+            source,
+        },
+        other => Error::Damaged(format!(
+            "the database in {} cannot be opened: {other}",
+            db_dir.display()
+        )),
+    }
+}
+
 /// Removes the lock file of a directory no process runs on (a restore's fresh copy must not
 /// carry the pid of the process that made it).
 pub fn forget_lock(dir: &Path) {
@@ -59,7 +88,7 @@ pub(super) struct DirLock {
 impl DirLock {
     /// Checks the lock without writing our pid into it.
     pub(super) fn acquire_quietly(dir: &Path) -> Result<DirLock> {
-        let path = dir.join("LOCK");
+        let path = dir.join(LOCK_FILE);
         let file = match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -80,13 +109,17 @@ impl DirLock {
     }
 
     pub(super) fn acquire(dir: &Path) -> Result<DirLock> {
-        let path = dir.join("LOCK");
+        let path = dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&path)?;
+            .open(&path)
+            .map_err(|source| Error::IoAt {
+                what: format!("cannot open the lock file {}", path.display()),
+                source,
+            })?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {

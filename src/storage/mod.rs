@@ -140,7 +140,7 @@ impl Storage {
     /// Opens (creating if needed) the data directory `dir`: takes its lock first, so that a
     /// second process on the same directory fails here without touching anything.
     pub fn open(dir: &Path, opts: &StorageOptions) -> Result<Storage> {
-        std::fs::create_dir_all(dir)?;
+        dir::create(dir)?;
         let lock = DirLock::acquire(dir)?;
         let db_dir = dir::db_dir(dir);
         remove_unfinished_snapshots(&db_dir)?;
@@ -148,7 +148,8 @@ impl Storage {
             .path(&db_dir)
             .cache_capacity(opts.cache_capacity)
             .mode(sled::Mode::HighThroughput)
-            .open()?;
+            .open()
+            .map_err(|e| dir::opening_failed(&db_dir, e))?;
         let commit = Arc::new(GroupCommit::new());
         let kv = Kv::open(dir.to_path_buf(), db, commit.clone())?;
         // A backup interrupted by a crash leaves old versions here: they mean nothing now.

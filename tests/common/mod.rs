@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod pty;
 pub mod sample;
 
 pub use process::{dht_store_command, free_port_on};

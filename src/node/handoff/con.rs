@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::stream::{receive_arc, send_arc, Incoming};
 use super::{connect, read_ack, LOCK_WAIT};
@@ -77,12 +77,11 @@ async fn serve_con_fenced<S: AsyncRead + AsyncWrite>(
         phase: Phase::Streaming,
     }))
     .await?;
-    let progress =
-        node.begin_progress(format!("CON to {} (sending [{}, {}))", j.addr, j.id, s1.id));
+    let progress = node.begin_progress(format!("CON to {} [{}, {})", j.addr, j.id, s1.id));
     conn.write_status(Status::T).await?;
     conn.write_addr(&s1.addr).await?;
     conn.write_addr(&s2.addr).await?;
-    let sent = send_arc(node, conn, &j.id, &s1.id, &progress, "con-serve").await?;
+    send_arc(node, conn, &j.id, &s1.id, &progress, "con-serve").await?;
     match read_ack(node, conn).await? {
         Status::T => {}
         other => {
@@ -111,7 +110,7 @@ async fn serve_con_fenced<S: AsyncRead + AsyncWrite>(
     node.mark_alive(j.addr);
     fault::point("con-serve:after-switch").await;
     finish_handed_arc(node, &j.id, &s1.id).await?;
-    progress.finish(&format!("done ({sent} entries to {})", j.addr));
+    progress.finish("done");
     node.repair.notify_one();
     Ok(())
 }
@@ -153,6 +152,7 @@ pub(super) async fn join_locked(
     // node restarted after a join cut short may find its seed gone).
     let mut starts = vec![seed];
     let mut next_start = 0;
+    let mut unanswered = std::collections::HashSet::new();
     for attempt in 0..attempts {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(200 * (attempt as u64).min(10))).await;
@@ -182,7 +182,14 @@ pub(super) async fn join_locked(
             }
             Err(e) => {
                 last = e.to_string();
-                warn!("join: looking up the owner of our id through {start}: {e}");
+                // Once per peer: a dead seed is retried for seconds.
+                if unanswered.insert(start) {
+                    warn!(
+                        "join: looking up the owner of our id through {start}: {e}; trying again"
+                    );
+                } else {
+                    debug!("join: looking up the owner of our id through {start}: {e}");
+                }
                 next_start = (next_start + 1) % starts.len();
                 continue;
             }
@@ -235,10 +242,7 @@ async fn con_exchange(node: &Node, owner: PeerAddr, me: PeerAddr, how: BatchWrit
     let n = conn.read_int().await?;
     let my = Peer::new(me);
     let p = Peer::new(owner);
-    let progress = node.begin_progress(format!(
-        "CON from {owner} (receiving [{}, {}))",
-        my.id, s1.id
-    ));
+    let progress = node.begin_progress(format!("CON from {owner} [{}, {})", my.id, s1.id));
     progress
         .total
         .store(n, std::sync::atomic::Ordering::Relaxed);
@@ -265,9 +269,6 @@ async fn con_exchange(node: &Node, owner: PeerAddr, me: PeerAddr, how: BatchWrit
     conn.write_status(Status::T).await?;
     conn.flush().await?;
     node.mark_alive(owner);
-    progress.finish(&format!(
-        "done: joined after {owner}, successor {}",
-        s1.addr
-    ));
+    progress.finish(&format!("done, joined (successor {})", s1.addr));
     Ok(true)
 }

@@ -45,10 +45,7 @@ pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
         successor: s1.addr,
     }))
     .await?;
-    let progress = node.begin_progress(format!(
-        "DIS from {leaver} (receiving [{}, {}))",
-        l.id, s1.id
-    ));
+    let progress = node.begin_progress(format!("DIS from {leaver} [{}, {})", l.id, s1.id));
     progress
         .total
         .store(n, std::sync::atomic::Ordering::Relaxed);
@@ -104,7 +101,7 @@ pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
     conn.flush().await?;
     // It left: no successor search or place check should ask it again.
     node.forget_peer(leaver);
-    progress.finish(&format!("done ({n} entries from {leaver})"));
+    progress.finish("done");
     Ok(())
 }
 
@@ -176,13 +173,13 @@ async fn leave_fenced(node: &Node, ring: &RingState) -> Result<String> {
         }))
         .await?;
         let progress = node.begin_progress(format!(
-            "DIS to {pred} (sending [{}, {}))",
+            "DIS to {pred} [{}, {})",
             me.id,
             ring.successor().id
         ));
         match dis_exchange(node, ring, pred, &progress).await {
             Ok(Some(n)) => {
-                progress.finish(&format!("done ({n} entries to {pred})"));
+                progress.finish("done");
                 // Our range is the predecessor's: own nothing from here on, then empty the dir.
                 let rec = HandoffRecord::Leaving {
                     to: pred,
