@@ -305,7 +305,9 @@ fn ser_handoff<S: Serializer>(
 ) -> std::result::Result<S::Ok, S::Error> {
     #[derive(Serialize)]
     struct Shown<'a> {
+        /// Whether a handoff runs: a script's first question.
         running: bool,
+        /// Its fields beside `running`, when it runs.
         #[serde(flatten, skip_serializing_if = "Option::is_none")]
         handoff: Option<&'a Handoff>,
     }
