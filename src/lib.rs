@@ -12,6 +12,7 @@ pub mod memory;
 pub mod node;
 pub mod protocol;
 pub mod ring;
+pub mod ringmap;
 pub mod storage;
 
 pub use error::{Error, Result};

@@ -5,6 +5,7 @@
 mod archive;
 mod keys;
 pub mod node;
+mod ring;
 mod show;
 
 use std::path::PathBuf;
@@ -53,6 +54,10 @@ pub enum Command {
     Owner(KeyArgs),
     /// Print a peer's INF text
     Info(PeerArgs),
+    /// Walk the ring from --peer (ABD until back at it) and list its members in ring order
+    /// with what each one's INF reports (id, share of the circle, keys, successors, handoff);
+    /// --svg FILE draws it. Exits 2 if the ring does not close
+    Ring(ring::RingArgs),
     /// Make the node running on DIR hand everything it owns to its predecessor (DIS) and
     /// exit; exits 0 once the predecessor confirmed. Uses DIR/admin.sock, never the network.
     Leave {
@@ -285,6 +290,7 @@ pub async fn run(cmd: Command) -> Result<u8, Error> {
         Command::Rm(key) => keys::rm(key).await,
         Command::Owner(key) => keys::owner(key).await,
         Command::Info(peer) => keys::info(peer).await,
+        Command::Ring(args) => ring::ring(args).await,
         Command::Leave { data } => node::leave(&data).await,
         Command::Backup { data, out, force } => archive::backup(&data, &out, force).await,
         Command::Verify { file } => archive::verify(&file).await,
