@@ -32,7 +32,7 @@ use crate::storage::{Change, HandoffRecord, Storage};
 pub use admin::{request_backup, request_leave};
 pub use gate::WriteGate;
 pub use handoff::BATCH_BYTES;
-pub use progress::Progress;
+pub use progress::{Progress, Transfer};
 pub use server::Shutdown;
 pub use work::{blocking, BLOCKING_ABOVE};
 
@@ -396,9 +396,9 @@ impl Node {
 
     /// Marks the start of a handoff for INF and the periodic log; its summary is logged when
     /// the returned guard ends ("aborted" unless it is finished with an outcome).
-    pub fn begin_progress(&self, label: String) -> progress::Tracked<'_> {
+    pub fn begin_progress(&self, transfer: progress::Transfer) -> progress::Tracked<'_> {
         let every = Duration::from_secs(self.config.progress_interval_secs.max(1));
-        self.progress.begin(label, every)
+        self.progress.begin(transfer, every)
     }
 
     /// The INF text: address, id, neighbours, fingers, entries held, handoff in progress.
