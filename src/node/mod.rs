@@ -1,7 +1,7 @@
 //! The running node: shared state ([`Node`]), start-up, resume and crash recovery ([`run`]),
 //! the TCP server (`server`), one handler per protocol command (`commands`), joining and
 //! leaving (`handoff`), ring maintenance and the repair pass (`maintenance`), and the local
-//! admin socket (`admin`).
+//! admin socket (`admin`) with what it answers to `status` (`status`).
 
 mod admin;
 mod commands;
@@ -11,6 +11,7 @@ mod maintenance;
 mod peers;
 mod progress;
 mod server;
+pub mod status;
 mod walk;
 mod work;
 
@@ -29,7 +30,7 @@ use crate::protocol::{HashKey, PeerAddr};
 use crate::ring::{Peer, RingState};
 use crate::storage::{Change, HandoffRecord, Storage};
 
-pub use admin::{request_backup, request_leave};
+pub use admin::{request_backup, request_leave, request_status};
 pub use gate::WriteGate;
 pub use handoff::BATCH_BYTES;
 pub use progress::{Progress, Transfer};
