@@ -136,7 +136,7 @@ pub async fn backup(data: &std::path::Path, out: &std::path::Path) -> Result<u8,
     Ok(FOUND)
 }
 
-pub async fn verify(file: &Path) -> Result<u8, Error> {
+pub async fn verify(file: &Path, json: bool) -> Result<u8, Error> {
     let file_bytes = std::fs::metadata(file).map(|m| m.len()).ok();
     let show = Show::new("verify", file_bytes);
     let path = file.to_path_buf();
@@ -145,6 +145,10 @@ pub async fn verify(file: &Path) -> Result<u8, Error> {
     })
     .await
     .map_err(|e| Error::Archive(format!("verify failed: {e}")))??;
+    if json {
+        super::json::print(&super::json::Verified::new(file, &s))?;
+        return Ok(FOUND);
+    }
     print_header(&s.header);
     println!(
         "entries {}\nvalue bytes {}\nfile bytes {}\nchecksum ok",

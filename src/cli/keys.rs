@@ -78,15 +78,25 @@ pub async fn rm(key: KeyArgs) -> Result<u8, Error> {
     })
 }
 
-pub async fn owner(key: KeyArgs) -> Result<u8, Error> {
+pub async fn owner(key: KeyArgs, json: bool) -> Result<u8, Error> {
     let k = key.hash_key()?;
-    let (owner, hops) = key.peer.router()?.owner(&k).await?;
+    let path = key.peer.router()?.owner_path(&k).await?;
+    if json {
+        super::json::print(&super::json::Owner::new(&k, &path))?;
+        return Ok(FOUND);
+    }
+    let (owner, hops) = (path[path.len() - 1], path.len() - 1);
     println!("{owner} owns {k} ({hops} hops from {})", key.peer.peer);
     Ok(FOUND)
 }
 
-pub async fn info(peer: PeerArgs) -> Result<u8, Error> {
+pub async fn info(peer: PeerArgs, json: bool) -> Result<u8, Error> {
     let mut c = Client::connect(peer.peer()?, peer.address_encoding).await?;
-    print!("{}", c.inf().await?);
+    let text = c.inf().await?;
+    if json {
+        super::json::print(&super::json::Info::parse(&peer.peer, &text))?;
+        return Ok(FOUND);
+    }
+    print!("{text}");
     Ok(FOUND)
 }
