@@ -268,8 +268,16 @@ impl Router {
 
     /// Walks OWN from the entry peer until a peer names itself: `(owner, hops)`.
     pub async fn owner(&mut self, key: &HashKey) -> Result<(PeerAddr, usize)> {
+        let path = self.owner_path(key).await?;
+        Ok((path[path.len() - 1], path.len() - 1))
+    }
+
+    /// The OWN walk of [`Router::owner`] as the peers asked, in order: the entry peer first,
+    /// the owner last (one peer when the entry owns the key), never empty.
+    pub async fn owner_path(&mut self, key: &HashKey) -> Result<Vec<PeerAddr>> {
         let mut cur = self.entry;
-        for hops in 0..self.max_hops {
+        let mut path = vec![cur];
+        for _ in 0..self.max_hops {
             let next = match self.client(cur).await?.own(key).await {
                 Ok(next) => next,
                 Err(e @ Error::NoAnswer { .. }) => return Err(e),
@@ -281,9 +289,10 @@ impl Router {
                 }
             };
             if next == cur {
-                return Ok((cur, hops));
+                return Ok(path);
             }
             cur = next;
+            path.push(cur);
         }
         Err(Error::HopLimit {
             key: key.to_string(),

@@ -88,12 +88,16 @@ fn archive_entries(path: &Path) -> Option<u64> {
         .map(|r| r.header().entries)
 }
 
-pub async fn verify(file: &Path) -> Result<u8, Error> {
+pub async fn verify(file: &Path, json: bool) -> Result<u8, Error> {
     let show = Show::new("verify", archive_entries(file));
     let path = file.to_path_buf();
     let s = tokio::task::spawn_blocking(move || dht_store::backup::verify(&path, &show))
         .await
         .map_err(|e| Error::Archive(format!("verify failed: {e}")))??;
+    if json {
+        super::json::print(&super::json::Verified::new(file, &s))?;
+        return Ok(FOUND);
+    }
     print_header(&s.header);
     println!(
         "entries {}\nvalues {} ({} bytes)\nfile {} ({} bytes)\nchecksum ok",

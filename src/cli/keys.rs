@@ -143,14 +143,22 @@ pub async fn rm(key: KeyArgs) -> Result<u8, Error> {
     Ok(if was { FOUND } else { ABSENT })
 }
 
-pub async fn owner(key: KeyArgs) -> Result<u8, Error> {
+pub async fn owner(key: KeyArgs, json: bool) -> Result<u8, Error> {
     let k: HashKey = key.hash_key()?;
-    let (owner, hops) = key
+    let path = key
         .route
         .router()?
-        .owner(&k)
+        .owner_path(&k)
         .await
         .map_err(|e| key.route.peer.explain(e))?;
+    if json {
+        super::json::print(&super::json::Owner::new(&k, &path))?;
+        return Ok(FOUND);
+    }
+    let Some(owner) = path.last() else {
+        return Err(Error::Peer(format!("the OWN walk for {k} asked nobody")));
+    };
+    let hops = path.len() - 1;
     println!(
         "{owner} owns {k} ({hops} hops from {})",
         key.route.peer.peer
@@ -158,9 +166,13 @@ pub async fn owner(key: KeyArgs) -> Result<u8, Error> {
     Ok(FOUND)
 }
 
-pub async fn info(peer: PeerArgs) -> Result<u8, Error> {
+pub async fn info(peer: PeerArgs, json: bool) -> Result<u8, Error> {
     let mut c = Client::connect_timed(peer.peer()?, peer.address_encoding, peer.timeout()?).await?;
     let text = c.inf().await.map_err(|e| peer.explain(e))?;
+    if json {
+        super::json::print(&super::json::Info::parse(&peer.peer, &text))?;
+        return Ok(FOUND);
+    }
     print!("{text}");
     Ok(FOUND)
 }

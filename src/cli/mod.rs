@@ -3,10 +3,13 @@
 //! here uses the library only through its public API.
 
 mod archive;
+mod completions;
+mod json;
 mod keys;
 pub mod node;
 mod ring;
 mod show;
+mod status;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,9 +54,39 @@ pub enum Command {
     /// Remove KEY; exit 1 if it was absent
     Rm(KeyArgs),
     /// Print the owner of KEY and the hops the OWN walk took
-    Owner(KeyArgs),
+    Owner {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Print one JSON object: key, owner, hops and the path of peers walked
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a peer's INF text
-    Info(PeerArgs),
+    Info {
+        #[command(flatten)]
+        peer: PeerArgs,
+        /// Print one JSON object: the INF fields of a dht-store node, and the raw text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print what the node running on DIR says of itself: arc, neighbours, keys, bytes,
+    /// uptime, a handoff or backup in progress. Uses DIR/admin.sock, never the network; exits
+    /// 2 if no node runs on DIR.
+    Status {
+        /// Data directory of the running node
+        #[arg(short, long, env = "DHT_STORE_DATA", value_name = "DIR")]
+        data: PathBuf,
+        /// Print one JSON object (field names in README.md)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (e.g. `dht-store completions bash >
+    /// /etc/bash_completion.d/dht-store`)
+    Completions {
+        /// The shell to complete for
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Walk the ring from --peer (ABD until back at it) and list its members in ring order
     /// with what each one's INF reports (id, share of the circle, keys, successors, handoff);
     /// --svg FILE draws it. Exits 2 if the ring does not close
@@ -82,6 +115,9 @@ pub enum Command {
     Verify {
         /// The archive
         file: PathBuf,
+        /// Print one JSON object: header and totals
+        #[arg(long)]
+        json: bool,
     },
     /// Restore a backup archive into a new data directory (verified first; nothing is left at
     /// the target if anything is wrong)
@@ -168,9 +204,11 @@ fn resolve_peer(s: &str) -> Result<PeerAddr, Error> {
         return Ok(a);
     }
     use std::net::ToSocketAddrs;
-    let addrs = s
-        .to_socket_addrs()
-        .map_err(|e| Error::Usage(format!("--peer {s}: not HOST:PORT or a port ({e})")))?;
+    let addrs = s.to_socket_addrs().map_err(|e| {
+        Error::Usage(format!(
+            "--peer {s}: not host:port (a name or an IPv4 address and a port) or a port ({e})"
+        ))
+    })?;
     addrs
         .filter_map(|a| match a {
             std::net::SocketAddr::V4(v4) => Some(v4),
@@ -288,12 +326,14 @@ pub async fn run(cmd: Command) -> Result<u8, Error> {
         Command::Get(key) => keys::get(key).await,
         Command::Exists(key) => keys::exists(key).await,
         Command::Rm(key) => keys::rm(key).await,
-        Command::Owner(key) => keys::owner(key).await,
-        Command::Info(peer) => keys::info(peer).await,
+        Command::Owner { key, json } => keys::owner(key, json).await,
+        Command::Info { peer, json } => keys::info(peer, json).await,
         Command::Ring(args) => ring::ring(args).await,
+        Command::Status { data, json } => status::status(&data, json).await,
+        Command::Completions { shell } => completions::print(shell),
         Command::Leave { data } => node::leave(&data).await,
         Command::Backup { data, out, force } => archive::backup(&data, &out, force).await,
-        Command::Verify { file } => archive::verify(&file).await,
+        Command::Verify { file, json } => archive::verify(&file, json).await,
         Command::Restore { from, data, force } => archive::restore(&from, &data, force).await,
     }
 }

@@ -1,8 +1,10 @@
 //! The local admin channel: a unix socket `DIR/admin.sock`, reachable only on this machine
-//! (mode 0600), never by network peers. `dht-store leave --data DIR` talks to it.
+//! (mode 0600), never by network peers. `dht-store leave`, `backup` and `status --data DIR`
+//! talk to it.
 //!
-//! Requests are one line (`LEAVE`); the node answers with `progress: …` lines while it works
-//! and a last line `OK …` or `ERR …`.
+//! Requests are one line (`LEAVE`, `BACKUP PATH`, `STATUS`); the node answers with `progress: …`
+//! lines while it works and a last line `OK …` or `ERR …` (for `STATUS`, `OK` and one line of
+//! JSON, a [`NodeStatus`]).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
+use super::status::{self, Backups, NodeStatus};
 use super::{handoff, Node};
 use crate::error::{Error, Result};
 
@@ -44,13 +47,14 @@ pub fn start(node: Arc<Node>) -> Result<Admin> {
         source,
     })?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let backups = Arc::new(Backups::default());
     let task = tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    let node = node.clone();
+                    let (node, backups) = (node.clone(), backups.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = serve(node, stream).await {
+                        if let Err(e) = serve(node, backups, stream).await {
                             warn!("admin connection: {e}");
                         }
                     });
@@ -65,14 +69,22 @@ pub fn start(node: Arc<Node>) -> Result<Admin> {
     Ok(Admin { path, task })
 }
 
-async fn serve(node: Arc<Node>, stream: UnixStream) -> Result<()> {
+async fn serve(node: Arc<Node>, backups: Arc<Backups>, stream: UnixStream) -> Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     BufReader::new(r.take(4096)).read_line(&mut line).await?;
     if let Some(path) = line.trim().strip_prefix("BACKUP ") {
-        return backup(node, PathBuf::from(path), &mut w).await;
+        return backup(node, &backups, PathBuf::from(path), &mut w).await;
     }
     match line.trim() {
+        "STATUS" => {
+            let s = status::status(&node, &backups).await;
+            let reply = match serde_json::to_string(&s) {
+                Ok(json) => format!("OK {json}\n"),
+                Err(e) => format!("ERR cannot encode the status: {e}\n"),
+            };
+            w.write_all(reply.as_bytes()).await?;
+        }
         "LEAVE" => {
             info!("leave requested on the admin socket");
             let work = handoff::leave(&node);
@@ -117,18 +129,21 @@ async fn serve(node: Arc<Node>, stream: UnixStream) -> Result<()> {
 /// sending `progress-backup: ENTRIES BYTES` lines every second, then `OK …` or `ERR …`.
 async fn backup(
     node: Arc<Node>,
+    backups: &Arc<Backups>,
     path: PathBuf,
     w: &mut tokio::net::unix::OwnedWriteHalf,
 ) -> Result<()> {
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::Ordering;
     info!("backup to {} requested on the admin socket", path.display());
-    let counters = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    // Shown by `status` until this returns, however the backup ends.
+    let guard = backups.begin(path.clone());
+    let counters = guard.run.clone();
     let work = {
         let (node, counters, path) = (node.clone(), counters.clone(), path.clone());
         tokio::task::spawn_blocking(move || {
             let tick = |n: u64, b: u64| {
-                counters.0.store(n, Ordering::Relaxed);
-                counters.1.store(b, Ordering::Relaxed);
+                counters.entries.store(n, Ordering::Relaxed);
+                counters.bytes.store(b, Ordering::Relaxed);
             };
             crate::backup::write_archive(&node.storage, &path, &tick)
         })
@@ -140,8 +155,8 @@ async fn backup(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {
                 let line = format!(
                     "progress-backup: {} {}\n",
-                    counters.0.load(Ordering::Relaxed),
-                    counters.1.load(Ordering::Relaxed)
+                    counters.entries.load(Ordering::Relaxed),
+                    counters.bytes.load(Ordering::Relaxed)
                 );
                 let _ = w.write_all(line.as_bytes()).await;
             }
@@ -235,4 +250,45 @@ pub async fn request_leave(dir: &Path) -> Result<String> {
         "the node closed the admin connection without an answer: the leave may not have completed"
             .into(),
     ))
+}
+
+/// The client side of `dht-store status --data DIR`: the status of the node running on DIR,
+/// asked on its admin socket. An error naming DIR if no node runs there.
+pub async fn request_status(dir: &Path) -> Result<NodeStatus> {
+    let path = dir.join(SOCKET);
+    let stream = UnixStream::connect(&path)
+        .await
+        .map_err(|e| no_node(dir, &path, e))?;
+    let (r, mut w) = stream.into_split();
+    w.write_all(b"STATUS\n").await?;
+    let mut line = String::new();
+    BufReader::new(r).read_line(&mut line).await?;
+    if let Some(json) = line.trim_end().strip_prefix("OK ") {
+        return serde_json::from_str(json).map_err(|e| {
+            Error::Peer(format!(
+                "the node on {} sent a status this build cannot read: {e}",
+                dir.display()
+            ))
+        });
+    }
+    match line.trim_end().strip_prefix("ERR ") {
+        Some(msg) => Err(Error::Peer(format!(
+            "the node on {} gave no status: {msg}",
+            dir.display()
+        ))),
+        None => Err(Error::Peer(format!(
+            "the node on {} closed the admin connection without a status",
+            dir.display()
+        ))),
+    }
+}
+
+/// "no node is running on DIR": the admin socket is absent or nobody listens on it.
+fn no_node(dir: &Path, path: &Path, e: std::io::Error) -> Error {
+    let why = match e.kind() {
+        std::io::ErrorKind::NotFound => "no admin socket".to_string(),
+        std::io::ErrorKind::ConnectionRefused => format!("nobody listens on {}", path.display()),
+        _ => format!("cannot reach {}: {e}", path.display()),
+    };
+    Error::Peer(format!("no node is running on {} ({why})", dir.display()))
 }

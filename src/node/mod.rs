@@ -1,7 +1,7 @@
 //! The running node: shared state ([`Node`]), start-up, resume and crash recovery ([`run`]),
 //! the TCP server (`server`), one handler per protocol command (`commands`), joining and
 //! leaving (`handoff`), ring maintenance and the repair pass (`maintenance`), and the local
-//! admin socket (`admin`).
+//! admin socket (`admin`) with what it answers to `status` (`status`).
 
 mod admin;
 mod commands;
@@ -11,6 +11,7 @@ mod maintenance;
 mod peers;
 mod progress;
 mod server;
+pub mod status;
 mod walk;
 mod work;
 
@@ -29,10 +30,10 @@ use crate::protocol::{HashKey, PeerAddr};
 use crate::ring::{Peer, RingState};
 use crate::storage::{Change, HandoffRecord, Storage};
 
-pub use admin::{request_backup, request_leave};
+pub use admin::{request_backup, request_leave, request_status};
 pub use gate::WriteGate;
 pub use handoff::BATCH_BYTES;
-pub use progress::Progress;
+pub use progress::{Progress, Transfer};
 pub use server::Shutdown;
 pub use work::{blocking, BLOCKING_ABOVE};
 
@@ -396,9 +397,9 @@ impl Node {
 
     /// Marks the start of a handoff for INF and the periodic log; its summary is logged when
     /// the returned guard ends ("aborted" unless it is finished with an outcome).
-    pub fn begin_progress(&self, label: String) -> progress::Tracked<'_> {
+    pub fn begin_progress(&self, transfer: progress::Transfer) -> progress::Tracked<'_> {
         let every = Duration::from_secs(self.config.progress_interval_secs.max(1));
-        self.progress.begin(label, every)
+        self.progress.begin(transfer, every)
     }
 
     /// The INF text: address, id, neighbours, fingers, entries held, handoff in progress.

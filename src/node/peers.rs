@@ -192,17 +192,23 @@ impl Peers {
         if self.known.is_empty() {
             return "none".into();
         }
+        let mut out = format!("{}:", self.known.len());
+        for (a, state) in self.states() {
+            out.push_str(&format!(" {a} ({state}),"));
+        }
+        out.pop();
+        out
+    }
+
+    /// Each known peer, in the order met, with what we last saw of it: `alive`, `dead` or
+    /// `unasked` (as [`Peers::describe`] says it).
+    pub fn states(&self) -> Vec<(PeerAddr, &'static str)> {
         let state = |a: &PeerAddr| match self.health.get(a) {
             Some(h) if h.dead_since.is_some() => "dead",
             Some(h) if h.answered.is_some() => "alive",
             _ => "unasked",
         };
-        let mut out = format!("{}:", self.known.len());
-        for a in &self.known {
-            out.push_str(&format!(" {a} ({}),", state(a)));
-        }
-        out.pop();
-        out
+        self.known.iter().map(|a| (*a, state(a))).collect()
     }
 }
 

@@ -8,11 +8,43 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
+use crate::protocol::{HashKey, PeerAddr};
+
+/// What a handoff moves, and to or from whom: the label of its log lines and INF, and the
+/// fields of `dht-store status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    /// The exchange: "CON" or "DIS".
+    pub exchange: &'static str,
+    /// Whether this node sends the arc (else it receives it).
+    pub sending: bool,
+    /// The node at the other end.
+    pub peer: PeerAddr,
+    /// The arc moving, `[from, to)`.
+    pub from: HashKey,
+    /// Its end (exclusive).
+    pub to: HashKey,
+}
+
+impl std::fmt::Display for Transfer {
+    /// "CON to 127.0.0.1:5001 [FROM, TO)" (logs cut the keys: see `abbreviated`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dir = if self.sending { "to" } else { "from" };
+        write!(
+            f,
+            "{} {dir} {} [{}, {})",
+            self.exchange, self.peer, self.from, self.to
+        )
+    }
+}
+
 /// Counters of one handoff.
 #[derive(Debug)]
 pub struct Progress {
     /// What moves where, e.g. "CON to 127.0.0.1:5001 [5e38be7d…, 6a24bdc1…)".
     pub label: String,
+    /// The same, as fields.
+    pub transfer: Transfer,
     /// Entries announced by the count (0 until known).
     pub total: AtomicU64,
     /// Entries moved so far.
@@ -25,9 +57,10 @@ pub struct Progress {
 
 impl Progress {
     /// Starts counting and spawns the periodic reporter (it ends when the last `Arc` drops).
-    pub fn start(label: String, every: Duration) -> Arc<Progress> {
+    pub fn start(transfer: Transfer, every: Duration) -> Arc<Progress> {
         let p = Arc::new(Progress {
-            label,
+            label: transfer.to_string(),
+            transfer,
             total: AtomicU64::new(0),
             entries: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -104,8 +137,8 @@ pub struct Tracker {
 
 impl Tracker {
     /// Starts a handoff's progress (reported every `every`) and makes it the one INF shows.
-    pub fn begin(&self, label: String, every: Duration) -> Tracked<'_> {
-        let p = Progress::start(label, every);
+    pub fn begin(&self, transfer: Transfer, every: Duration) -> Tracked<'_> {
+        let p = Progress::start(transfer, every);
         *self.lock() = Some(p.clone());
         Tracked {
             tracker: self,
@@ -117,6 +150,11 @@ impl Tracker {
     /// The line of the handoff running now, if any.
     pub fn line(&self) -> Option<String> {
         self.lock().as_ref().map(|p| p.line())
+    }
+
+    /// The counters of the handoff running now, if any (for `status`).
+    pub fn current(&self) -> Option<Arc<Progress>> {
+        self.lock().clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<Progress>>> {
@@ -177,17 +215,35 @@ mod tests {
         );
     }
 
+    fn transfer(exchange: &'static str, sending: bool) -> Transfer {
+        Transfer {
+            exchange,
+            sending,
+            peer: PeerAddr::new([127, 0, 0, 1].into(), 5001),
+            from: crate::protocol::test_key(1),
+            to: crate::protocol::test_key(2),
+        }
+    }
+
     #[tokio::test]
     async fn a_handoff_shows_while_it_runs_and_not_after_however_it_ends() {
         let t = Tracker::default();
         let every = Duration::from_secs(60);
-        let p = t.begin("CON to x".into(), every);
+        let p = t.begin(transfer("CON", true), every);
         p.add(3, 30);
-        assert!(t.line().is_some_and(|l| l.starts_with("CON to x: 3/")));
+        assert!(t
+            .line()
+            .is_some_and(|l| l.starts_with("CON to 127.0.0.1:5001 [01")));
+        assert!(t.line().is_some_and(|l| l.contains("): 3/")));
+        assert_eq!(t.current().map(|p| p.transfer), Some(transfer("CON", true)));
         p.finish("done");
         assert_eq!(t.line(), None);
+        assert!(t.current().is_none());
         // An early return: dropped unfinished, it ends all the same ("aborted").
-        let p = t.begin("DIS to y".into(), every);
+        let p = t.begin(transfer("DIS", false), every);
+        assert!(t
+            .line()
+            .is_some_and(|l| l.starts_with("DIS from 127.0.0.1:5001 [")));
         assert!(t.line().is_some());
         drop(p);
         assert_eq!(t.line(), None);

@@ -166,7 +166,7 @@ pub fn find_addr(v: &str) -> Option<PeerAddr> {
     None
 }
 
-/// Our `handoff` line: `none`, or `CON to 127.0.0.1:5001 (sending [a, b)): 10/20 entries, ...`.
+/// Our `handoff` line: `none`, or `CON to 127.0.0.1:5001 [a, b): 10/20 entries, ...`.
 /// A line of another form is a handoff we cannot read: reported with its text only if it names
 /// CON or DIS and a peer, else taken as none.
 fn handoff(v: &str) -> Option<Handoff> {
@@ -189,7 +189,7 @@ fn handoff(v: &str) -> Option<Handoff> {
         let to = to.trim_start().get(..40)?;
         Some((from.trim().parse().ok()?, to.parse().ok()?))
     });
-    // "...)): 1200/5000 entries, ..." ("?" for a total not known yet).
+    // "...): 1200/5000 entries, ..." ("?" for a total not known yet).
     let counts = rest.rsplit_once("): ").map(|(_, c)| c).unwrap_or(rest);
     let (entries, total) = match counts.split_once(" entries") {
         Some((n, _)) => match n.rsplit(' ').next().unwrap_or(n).split_once('/') {
@@ -225,8 +225,8 @@ mod tests {
             "dht-store 0.1.0\naddress 127.0.0.1:5000\nid {id}\nsuccessor 127.0.0.1:5001 (x)\n\
              second successor 127.0.0.1:5002 (y)\nsuccessors 127.0.0.1:5001, 127.0.0.1:5002, \
              127.0.0.1:5003\npredecessor unknown\nfingers none\nknown peers 1: 127.0.0.1:5001 \
-             (alive)\nkeys 42\naddress encoding compact\nhandoff CON to 127.0.0.1:5009 (sending \
-             [{id}, {s1})): 1200/5000 entries, 1.1 MiB, 3400 entries/s, 3.2 MiB/s, 0.4 s\n\
+             (alive)\nkeys 42\naddress encoding compact\nhandoff CON to 127.0.0.1:5009 \
+             [{id}, {s1}): 1200/5000 entries, 1.1 MiB in 0.4 s (3400 entries/s, 3.2 MiB/s)\n\
              state member\nuptime 3s\n"
         );
         let r = parse(&text);
@@ -252,8 +252,10 @@ mod tests {
 
     #[test]
     fn a_receiving_handoff_before_its_count_has_no_total() {
-        let h = handoff("DIS from 127.0.0.1:7 (receiving [00, 01)): 0/0 entries, 0.0 MiB, 0 entries/s, 0.0 MiB/s, 0.1 s")
-            .unwrap();
+        let h = handoff(
+            "DIS from 127.0.0.1:7 [00, 01): 0/0 entries, 0.0 MiB in 0.1 s (0 entries/s, 0.0 MiB/s)",
+        )
+        .unwrap();
         assert_eq!(h.kind, "DIS");
         assert!(!h.sending);
         assert_eq!(h.arc, None, "ids that are not 40 hex digits are not an arc");

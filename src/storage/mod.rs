@@ -42,9 +42,9 @@
 //! The layers, each a file: `kv` (the trees, and the latch every write passes), `commit`
 //! (group commit and tickets), `dir` (the directory's lock, files and layout version), `meta`
 //! (ring state, handoff record, known peers), `value` (what one key holds), `pieces` (values
-//! over `INLINE_MAX`), `bulk` (batch imports), `arc` (scans, counts and deletes of an arc), and
-//! `cut` (a backup's point-in-time cut). This file is the facade: [`Storage`], its opening, and
-//! the operations on one key.
+//! over `INLINE_MAX`), `bulk` (batch imports), `arc` (scans, counts and deletes of an arc),
+//! `tally` (keys and value bytes held, for `status`), and `cut` (a backup's point-in-time
+//! cut). This file is the facade: [`Storage`], its opening, and the operations on one key.
 
 mod arc;
 mod bulk;
@@ -54,6 +54,7 @@ mod dir;
 mod kv;
 mod meta;
 mod pieces;
+mod tally;
 #[cfg(test)]
 mod testing;
 mod value;
@@ -84,6 +85,7 @@ pub use cut::CutEntries;
 pub use dir::{forget_lock, holds_database};
 pub use meta::{Change, HandoffRecord, Phase, RingRecord};
 pub use pieces::INLINE_MAX;
+pub use tally::Tally;
 pub use value::Value;
 
 /// Stripes of [`Storage::stripes`].

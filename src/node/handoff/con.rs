@@ -11,7 +11,7 @@ use super::stream::{receive_arc, send_arc, Incoming};
 use super::{connect, read_ack, LOCK_WAIT};
 use crate::error::{Error, Result};
 use crate::fault;
-use crate::node::{walk, Node};
+use crate::node::{walk, Node, Transfer};
 use crate::protocol::{is_peer_address, Connection, HashKey, PeerAddr, Request, Status};
 use crate::ring::{id_of, Peer, RingState};
 use crate::storage::{BatchWrite, Change, HandoffRecord, Phase};
@@ -77,7 +77,13 @@ async fn serve_con_fenced<S: AsyncRead + AsyncWrite>(
         phase: Phase::Streaming,
     }))
     .await?;
-    let progress = node.begin_progress(format!("CON to {} [{}, {})", j.addr, j.id, s1.id));
+    let progress = node.begin_progress(Transfer {
+        exchange: "CON",
+        sending: true,
+        peer: j.addr,
+        from: j.id,
+        to: s1.id,
+    });
     conn.write_status(Status::T).await?;
     conn.write_addr(&s1.addr).await?;
     conn.write_addr(&s2.addr).await?;
@@ -242,7 +248,13 @@ async fn con_exchange(node: &Node, owner: PeerAddr, me: PeerAddr, how: BatchWrit
     let n = conn.read_int().await?;
     let my = Peer::new(me);
     let p = Peer::new(owner);
-    let progress = node.begin_progress(format!("CON from {owner} [{}, {})", my.id, s1.id));
+    let progress = node.begin_progress(Transfer {
+        exchange: "CON",
+        sending: false,
+        peer: owner,
+        from: my.id,
+        to: s1.id,
+    });
     progress
         .total
         .store(n, std::sync::atomic::Ordering::Relaxed);

@@ -11,7 +11,7 @@ use super::stream::{receive_arc, send_arc, Incoming};
 use super::{connect, read_ack, LOCK_WAIT};
 use crate::error::{Error, Result};
 use crate::fault;
-use crate::node::{walk, Node, Progress};
+use crate::node::{walk, Node, Progress, Transfer};
 use crate::protocol::{Connection, HashKey, PeerAddr, Request, Status};
 use crate::ring::{Peer, RingState};
 use crate::storage::{BatchWrite, Change, HandoffRecord, Phase};
@@ -45,7 +45,13 @@ pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
         successor: s1.addr,
     }))
     .await?;
-    let progress = node.begin_progress(format!("DIS from {leaver} [{}, {})", l.id, s1.id));
+    let progress = node.begin_progress(Transfer {
+        exchange: "DIS",
+        sending: false,
+        peer: leaver,
+        from: l.id,
+        to: s1.id,
+    });
     progress
         .total
         .store(n, std::sync::atomic::Ordering::Relaxed);
@@ -172,11 +178,13 @@ async fn leave_fenced(node: &Node, ring: &RingState) -> Result<String> {
             phase: Phase::Streaming,
         }))
         .await?;
-        let progress = node.begin_progress(format!(
-            "DIS to {pred} [{}, {})",
-            me.id,
-            ring.successor().id
-        ));
+        let progress = node.begin_progress(Transfer {
+            exchange: "DIS",
+            sending: true,
+            peer: pred,
+            from: me.id,
+            to: ring.successor().id,
+        });
         match dis_exchange(node, ring, pred, &progress).await {
             Ok(Some(n)) => {
                 progress.finish("done");

@@ -1,0 +1,122 @@
+//! What the data tree holds, counted for `dht-store status`: keys and value bytes. The node
+//! keeps no running counters (every write would pay for them, and a crash would leave them
+//! wrong), so this is a scan, bounded in time and run by the caller off the runtime's workers
+//! (`node::status` runs it on a blocking thread). Like every scan it registers its pages with
+//! sled's cache and runs sled's deferred frees as it goes (`arc::touch_raw`, [`reclaim`]).
+
+use std::time::Instant;
+
+use super::arc::{reclaim, stored_key, RECLAIM_EVERY};
+use super::pieces::PieceHeader;
+use super::Storage;
+use crate::error::Result;
+use crate::protocol::HashKey;
+
+/// How often (in raw entries) the scan looks at the clock.
+const CLOCK_EVERY: u64 = 1024;
+
+/// Keys and value bytes, counted by [`Storage::tally`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Keys held (whole values and values in pieces, each once), as INF's count.
+    pub keys: u64,
+    /// The length of their values, summed: what a client stored, not what sled uses on disk.
+    pub value_bytes: u64,
+    /// `false` when the deadline cut the scan short: the figures are then lower bounds.
+    pub complete: bool,
+}
+
+impl Storage {
+    /// Counts the keys and value bytes held, stopping at `deadline` (then `complete` is
+    /// `false`). A value in pieces counts the length its piece 0 states; leftovers of an
+    /// interrupted change (pieces without their piece 0, a piece 0 beside a whole value) are
+    /// not counted, as no reader sees them.
+    pub fn tally(&self, deadline: Instant) -> Result<Tally> {
+        let mut t = Tally {
+            complete: true,
+            ..Tally::default()
+        };
+        let mut last: Option<HashKey> = None;
+        for (i, r) in self.raw_arc(&HashKey::ZERO, &HashKey::ZERO).enumerate() {
+            let (k, _) = r?;
+            let key = stored_key(&k)?;
+            let i = i as u64 + 1;
+            if i.is_multiple_of(RECLAIM_EVERY) {
+                reclaim();
+            }
+            if i.is_multiple_of(CLOCK_EVERY) && Instant::now() >= deadline {
+                t.complete = false;
+                return Ok(t);
+            }
+            // Read again through the cache (see `Storage::touched`); `None`: removed meanwhile.
+            let Some(v) = self.touch_raw(&k)? else {
+                continue;
+            };
+            let first = k.len() == 20 || k[20..] == [0, 0, 0, 0];
+            if !first || last == Some(key) {
+                continue;
+            }
+            last = Some(key);
+            t.keys += 1;
+            t.value_bytes += if k.len() == 20 {
+                v.len() as u64
+            } else {
+                PieceHeader::parse(&v).map_or(0, |h| h.len)
+            };
+        }
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::test_key as k;
+    use crate::storage::pieces::PIECE_BYTES;
+    use crate::storage::StorageOptions;
+    use std::time::Duration;
+
+    #[test]
+    fn counts_whole_values_and_values_in_pieces_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        let _ = s.insert(&k(1), vec![1; 10]).unwrap();
+        let _ = s.insert(&k(2), vec![2; 3 * PIECE_BYTES + 5]).unwrap();
+        let _ = s.insert(&k(3), vec![]).unwrap();
+        let t = s.tally(Instant::now() + Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            t,
+            Tally {
+                keys: 3,
+                value_bytes: 10 + 3 * PIECE_BYTES as u64 + 5,
+                complete: true
+            }
+        );
+        assert_eq!(t.keys, s.count().unwrap(), "the same keys as INF counts");
+        // A value replaced by a shorter one, and a removal.
+        let _ = s.insert(&k(2), vec![2; 7]).unwrap();
+        let _ = s.remove(&k(1)).unwrap();
+        let t = s.tally(Instant::now() + Duration::from_secs(60)).unwrap();
+        assert_eq!((t.keys, t.value_bytes), (2, 7));
+    }
+
+    #[test]
+    fn a_deadline_in_the_past_stops_the_scan_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        for n in 0..3000u32 {
+            let mut key = [0u8; 20];
+            key[..4].copy_from_slice(&n.to_be_bytes());
+            let _ = s.insert(&HashKey(key), vec![0; 4]).unwrap();
+        }
+        let t = s.tally(Instant::now()).unwrap();
+        assert!(!t.complete);
+        assert_eq!(
+            t.keys,
+            CLOCK_EVERY - 1,
+            "stopped at the first look at the clock"
+        );
+        let t = s.tally(Instant::now() + Duration::from_secs(60)).unwrap();
+        assert_eq!((t.keys, t.value_bytes, t.complete), (3000, 12000, true));
+    }
+}
