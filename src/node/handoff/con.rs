@@ -281,6 +281,6 @@ async fn con_exchange(node: &Node, owner: PeerAddr, me: PeerAddr, how: BatchWrit
     conn.write_status(Status::T).await?;
     conn.flush().await?;
     node.mark_alive(owner);
-    progress.finish(&format!("done, joined (successor {})", s1.addr));
+    progress.finish(&format!("done, joined after {owner}"));
     Ok(true)
 }
