@@ -127,8 +127,9 @@ async fn backup(
         let (node, counters, path) = (node.clone(), counters.clone(), path.clone());
         tokio::task::spawn_blocking(move || {
             let tick = |n: u64, b: u64| {
-                counters.0.store(n, Ordering::Relaxed);
-                counters.1.store(b, Ordering::Relaxed);
+                let n0 = counters.0.swap(n, Ordering::Relaxed);
+                let b0 = counters.1.swap(b, Ordering::Relaxed);
+                crate::metrics::backup_progress(n.saturating_sub(n0), b.saturating_sub(b0));
             };
             crate::backup::write_archive(&node.storage, &path, &tick)
         })
@@ -147,6 +148,7 @@ async fn backup(
             }
         }
     };
+    crate::metrics::backup_done(matches!(result, Ok(Ok(_))));
     let reply = match result {
         Ok(Ok(s)) => {
             info!(

@@ -503,8 +503,13 @@ fn start_mode(config: &Config, storage: &Storage) -> Result<Start> {
 /// on shutdown lets in-flight requests finish and flushes.
 pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
     config.validate()?;
-    let storage = Storage::open(&config.data, &config.storage())?;
     let me = config.advertised();
+    // Bound first: an address in use fails before the data directory is touched.
+    let metrics = match config.metrics_addr()? {
+        Some(addr) => Some(crate::metrics::install(addr, me).await?),
+        None => None,
+    };
+    let storage = Storage::open(&config.data, &config.storage())?;
     // Bound before joining, so that a port in use fails at once; connections wait in the
     // backlog until we serve (PROTOCOL.md 6, Readiness).
     let listener = TcpListener::bind(config.bind_addr())
@@ -519,6 +524,7 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
         storage,
         initial.unwrap_or_else(|| RingState::alone(me)),
     ));
+    let metrics = metrics.map(|m| m.start(&node.storage));
     handoff::recover(&node).await?;
     let resumed = match start_mode(&node.config, &node.storage)? {
         Start::Resume(state) => {
@@ -579,6 +585,9 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
         t.abort();
     }
     admin.close();
+    if let Some(m) = metrics {
+        m.close();
+    }
     node.storage.flush()?;
     info!("flushed {}; stopped", node.storage.dir().display());
     Ok(())
