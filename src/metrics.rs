@@ -10,17 +10,21 @@
 //!
 //! The rest of the node reports through the named functions here, never through the facade
 //! directly. When metrics are off each is one atomic load and a branch. When on, a request
-//! costs two clock reads, one counter increment and one histogram sample on handles registered
-//! once (the first time each command and answer is seen): no registry lookup and no allocation
-//! per request (the histogram's sample buffer grows in blocks, drained by the upkeep task).
+//! costs two clock reads, one counter increment on a handle registered once (the first time
+//! each command and answer is seen) and three atomic additions to [`Latency`], a fixed-bucket
+//! histogram of this module (the exporter's own histograms keep every sample until they are
+//! drained: 170 ns and an allocation every 64 samples, against some 20 ns here; BENCHMARKS.md,
+//! "Metrics"): no registry lookup and no allocation per request.
 //! `storage/` does not call this module: it records through the facade's macros under the
 //! names of `storage::metric` (no-ops without a recorder), and this module describes them.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use metrics::{Counter, Gauge, Histogram};
+use metrics::{Counter, Gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -92,8 +96,8 @@ struct Handles {
     /// `dht_store_requests_total{command, answer}`, each registered when first seen, so that
     /// the page lists the pairs that happened rather than every impossible one at 0.
     requests: [[OnceLock<Counter>; ANSWERS.len()]; COMMANDS.len()],
-    /// `dht_store_request_seconds{command}`, registered when first seen.
-    latency: [OnceLock<Histogram>; COMMANDS.len()],
+    /// `dht_store_request_seconds{command}`, rendered for the commands seen.
+    latency: [Latency; COMMANDS.len()],
     /// Connections being served now.
     connections_open: Gauge,
     /// Connections accepted since the start.
@@ -126,7 +130,7 @@ impl Handles {
         };
         Handles {
             requests: [const { [const { OnceLock::new() }; ANSWERS.len()] }; COMMANDS.len()],
-            latency: [const { OnceLock::new() }; COMMANDS.len()],
+            latency: [const { Latency::new() }; COMMANDS.len()],
             connections_open: metrics::gauge!(CONNECTIONS_OPEN),
             connections_accepted: metrics::counter!(CONNECTIONS_ACCEPTED),
             connections_dropped: dropped,
@@ -152,11 +156,6 @@ fn describe() {
         REQUESTS,
         "Requests served, by command and answer (T, F, N; addr for OWN and ABD, value for \
          INF; closed when the request ended the connection)."
-    );
-    describe_histogram!(
-        REQUEST_SECONDS,
-        "Seconds from a request read to its answer flushed, by command (a CON or DIS is a \
-         whole handoff)."
     );
     describe_gauge!(CONNECTIONS_OPEN, "Connections being served now.");
     describe_counter!(CONNECTIONS_ACCEPTED, "Connections accepted.");
@@ -273,10 +272,83 @@ impl RequestTimer {
                 || metrics::counter!(REQUESTS, "command" => command, "answer" => ANSWERS[answer]),
             )
             .increment(1);
-        self.handles.latency[self.command]
-            .get_or_init(|| metrics::histogram!(REQUEST_SECONDS, "command" => command))
-            .record(self.started.elapsed().as_secs_f64());
+        self.handles.latency[self.command].record(self.started.elapsed());
     }
+}
+
+/// A histogram of request latencies with the fixed buckets [`SECONDS_BUCKETS`], in atomics:
+/// recording a sample is three relaxed additions, and a scrape renders it beside the
+/// exporter's page ([`render_latencies`]).
+struct Latency {
+    /// Samples per bucket, not cumulative: `buckets[i]` holds those over bucket `i - 1` and at
+    /// most `SECONDS_BUCKETS[i]`; the last one those over every bound (`+Inf`).
+    buckets: [AtomicU64; SECONDS_BUCKETS.len() + 1],
+    /// Sum of the samples, in nanoseconds (584 years of them fit).
+    sum_nanos: AtomicU64,
+}
+
+impl Latency {
+    const fn new() -> Latency {
+        Latency {
+            buckets: [const { AtomicU64::new(0) }; SECONDS_BUCKETS.len() + 1],
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let i = SECONDS_BUCKETS
+            .iter()
+            .position(|&bound| secs <= bound)
+            .unwrap_or(SECONDS_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Appends the samples of `command` in the text format, if it has any. Buckets are read one
+    /// by one while requests go on, so the cumulative counts stay monotone and `_count` is the
+    /// `+Inf` bucket; `_sum` may hold a sample or two more or less.
+    fn render(&self, command: &str, out: &mut String) {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        if counts.iter().all(|&n| n == 0) {
+            return;
+        }
+        let mut total = 0;
+        for (i, n) in counts.iter().enumerate() {
+            total += n;
+            let le = match SECONDS_BUCKETS.get(i) {
+                Some(bound) => bound.to_string(),
+                None => "+Inf".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "{REQUEST_SECONDS}_bucket{{command=\"{command}\",le=\"{le}\"}} {total}"
+            );
+        }
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{REQUEST_SECONDS}_sum{{command=\"{command}\"}} {sum}");
+        let _ = writeln!(
+            out,
+            "{REQUEST_SECONDS}_count{{command=\"{command}\"}} {total}"
+        );
+    }
+}
+
+/// `dht_store_request_seconds` in the text format, for the commands seen so far.
+fn render_latencies(h: &Handles) -> String {
+    let mut out = format!(
+        "# HELP {REQUEST_SECONDS} Seconds from a request read to its answer flushed, by command \
+         (a CON or DIS is a whole handoff).\n# TYPE {REQUEST_SECONDS} histogram\n"
+    );
+    for (latency, command) in h.latency.iter().zip(COMMANDS) {
+        latency.render(command, &mut out);
+    }
+    out
 }
 
 /// An accepted connection, counted open until dropped.
@@ -371,8 +443,6 @@ pub async fn install(addr: SocketAddr, me: PeerAddr) -> Result<Exporter> {
         })?;
     let bad = |e: metrics_exporter_prometheus::BuildError| Error::Config(format!("metrics: {e}"));
     let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(REQUEST_SECONDS.into()), SECONDS_BUCKETS)
-        .map_err(bad)?
         .set_buckets_for_metric(
             Matcher::Full(storage_metric::FLUSH_SECONDS.into()),
             SECONDS_BUCKETS,
@@ -490,7 +560,14 @@ async fn scrape(mut socket: TcpStream, handle: &PrometheusHandle) -> std::io::Re
     let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
     match (method, path) {
-        ("GET", "/metrics") => respond(&mut socket, "200 OK", &handle.render()).await,
+        ("GET", "/metrics") => {
+            let mut page = handle.render();
+            if let Some(h) = HANDLES.get() {
+                page.push('\n');
+                page.push_str(&render_latencies(h));
+            }
+            respond(&mut socket, "200 OK", &page).await
+        }
         ("GET", _) => respond(&mut socket, "404 Not Found", "try /metrics\n").await,
         _ => respond(&mut socket, "405 Method Not Allowed", "").await,
     }
@@ -557,6 +634,42 @@ mod tests {
         assert!(head_complete(b"GET /metrics HTTP/1.0\n\n"));
         assert!(!head_complete(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"));
         assert!(!head_complete(b""));
+    }
+
+    /// Buckets are cumulative and bounded inclusively, the count is the +Inf bucket, the sum
+    /// is in seconds, and a command without samples renders nothing.
+    #[test]
+    fn latencies_render_as_a_prometheus_histogram() {
+        let l = Latency::new();
+        let mut out = String::new();
+        l.render("GET", &mut out);
+        assert_eq!(out, "");
+        l.record(Duration::from_micros(50));
+        l.record(Duration::from_micros(51));
+        l.record(Duration::from_millis(1));
+        l.record(Duration::from_secs(100));
+        l.render("GET", &mut out);
+        let line =
+            |le: &str| format!("dht_store_request_seconds_bucket{{command=\"GET\",le=\"{le}\"}} ");
+        let value = |prefix: &str| -> String {
+            let l = out.lines().find(|l| l.starts_with(prefix)).unwrap();
+            l[prefix.len()..].to_string()
+        };
+        assert_eq!(value(&line("0.00005")), "1");
+        assert_eq!(value(&line("0.0001")), "2");
+        assert_eq!(value(&line("0.0005")), "2");
+        assert_eq!(value(&line("0.001")), "3");
+        assert_eq!(value(&line("30")), "3");
+        assert_eq!(value(&line("+Inf")), "4");
+        assert_eq!(
+            value("dht_store_request_seconds_count{command=\"GET\"} "),
+            "4"
+        );
+        let sum: f64 = value("dht_store_request_seconds_sum{command=\"GET\"} ")
+            .parse()
+            .unwrap();
+        assert!((sum - 100.001101).abs() < 1e-9, "{sum}");
+        assert_eq!(out.lines().count(), SECONDS_BUCKETS.len() + 3);
     }
 
     #[test]
