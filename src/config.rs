@@ -3,7 +3,7 @@
 //!
 //! `config/node.toml` is a commented example holding every setting at its default.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -65,6 +65,10 @@ pub struct Config {
     /// Seconds between two repair passes (misplaced entries to their owners); passes also run
     /// at start and after every handoff.
     pub repair_interval_secs: u64,
+    /// Address and port ("127.0.0.1:9100") of an HTTP endpoint serving the node's metrics in
+    /// Prometheus text at /metrics (`crate::metrics`); none: no metrics are kept. The endpoint
+    /// has no authentication: bind it where only the scraper reaches it.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for Config {
@@ -90,6 +94,7 @@ impl Default for Config {
             handoff_ack_timeout_secs: 300,
             progress_interval_secs: 5,
             repair_interval_secs: 60,
+            metrics_listen: None,
         }
     }
 }
@@ -117,6 +122,7 @@ pub const SETTINGS: &[&str] = &[
     "handoff_ack_timeout_secs",
     "progress_interval_secs",
     "repair_interval_secs",
+    "metrics_listen",
 ];
 
 /// Longest successor list accepted: each entry costs an ABD per maintenance round.
@@ -278,6 +284,7 @@ impl Config {
         if let Some(j) = &self.join {
             crate::protocol::parse_addr(j)?;
         }
+        self.metrics_addr()?;
         Ok(())
     }
 
@@ -300,6 +307,21 @@ impl Config {
             ("progress_interval_secs", self.progress_interval_secs),
             ("repair_interval_secs", self.repair_interval_secs),
         ]
+    }
+
+    /// The address of the metrics endpoint, if `metrics_listen` is set (checked: an IP address
+    /// and a port other than 0).
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>> {
+        let Some(text) = &self.metrics_listen else {
+            return Ok(None);
+        };
+        match text.trim().parse::<SocketAddr>() {
+            Ok(a) if a.port() != 0 => Ok(Some(a)),
+            _ => Err(Error::Config(format!(
+                "metrics_listen must be an IP address and a port other than 0, such as \
+                 127.0.0.1:9100; got {text:?}"
+            ))),
+        }
     }
 
     /// The address peers reach this node at; its id derives from it.
@@ -420,6 +442,34 @@ mod tests {
             assert!(e.contains(setting) && e.contains("must be from"), "{e}");
             assert!(e.contains(&format!("got {bad}")), "{e}");
         }
+    }
+
+    #[test]
+    fn metrics_listen_is_off_by_default_and_checked() {
+        assert_eq!(Config::default().metrics_addr().unwrap(), None);
+        let with = |a: &str| Config {
+            metrics_listen: Some(a.into()),
+            ..Config::default()
+        };
+        assert_eq!(
+            with("127.0.0.1:9100").metrics_addr().unwrap(),
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        assert!(with("[::1]:9100").validate().is_ok());
+        for bad in [
+            "127.0.0.1",
+            "localhost:9100",
+            "127.0.0.1:0",
+            "127.0.0.1:99999",
+            "",
+        ] {
+            let e = with(bad).validate().unwrap_err().to_string();
+            assert!(e.contains("metrics_listen"), "{bad:?}: {e}");
+        }
+        let env = [("DHT_STORE_METRICS_LISTEN", "127.0.0.1:9101")]
+            .map(|(k, v)| (k.to_string(), v.to_string()));
+        let c = Config::load_with_env(None, env).unwrap();
+        assert_eq!(c.metrics_listen.as_deref(), Some("127.0.0.1:9101"));
     }
 
     #[test]

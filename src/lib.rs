@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod fault;
 pub mod memory;
+pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod ring;

@@ -53,6 +53,9 @@ pub struct NodeArgs {
     /// sled page cache, MiB [default: 64]
     #[arg(long, env = "DHT_STORE_CACHE_CAPACITY_MB", value_name = "MIB")]
     cache_capacity_mb: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100 [default: off]
+    #[arg(long, env = "DHT_STORE_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 impl NodeArgs {
@@ -81,6 +84,9 @@ impl NodeArgs {
         }
         if self.join.is_some() {
             c.join = self.join;
+        }
+        if self.metrics_listen.is_some() {
+            c.metrics_listen = self.metrics_listen;
         }
         Ok(c)
     }

@@ -142,8 +142,9 @@ async fn backup(
         let (node, counters, path) = (node.clone(), counters.clone(), path.clone());
         tokio::task::spawn_blocking(move || {
             let tick = |n: u64, b: u64| {
-                counters.entries.store(n, Ordering::Relaxed);
-                counters.bytes.store(b, Ordering::Relaxed);
+                let n0 = counters.entries.swap(n, Ordering::Relaxed);
+                let b0 = counters.bytes.swap(b, Ordering::Relaxed);
+                crate::metrics::backup_progress(n.saturating_sub(n0), b.saturating_sub(b0));
             };
             crate::backup::write_archive(&node.storage, &path, &tick)
         })
@@ -162,6 +163,7 @@ async fn backup(
             }
         }
     };
+    crate::metrics::backup_done(matches!(result, Ok(Ok(_))));
     let reply = match result {
         Ok(Ok(s)) => {
             info!(

@@ -519,14 +519,20 @@ fn start_mode(config: &Config, storage: &Storage, existing: bool) -> Result<Star
     }
 }
 
-/// Binds the listening socket, naming the address if it cannot.
-async fn bind(config: &Config) -> Result<TcpListener> {
-    TcpListener::bind(config.bind_addr())
+/// Binds the listening socket, and the metrics endpoint if one is set, naming the address that
+/// cannot be bound.
+async fn bind(config: &Config) -> Result<(TcpListener, Option<crate::metrics::Exporter>)> {
+    let metrics = match config.metrics_addr()? {
+        Some(addr) => Some(crate::metrics::install(addr, config.advertised()).await?),
+        None => None,
+    };
+    let listener = TcpListener::bind(config.bind_addr())
         .await
         .map_err(|source| Error::IoAt {
             what: format!("cannot listen on {}", config.bind_addr()),
             source,
-        })
+        })?;
+    Ok((listener, metrics))
 }
 
 /// Runs a node until `shutdown` completes (or a leave ends it): opens the data directory,
@@ -534,25 +540,27 @@ async fn bind(config: &Config) -> Result<TcpListener> {
 /// on shutdown lets in-flight requests finish and flushes.
 pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
     config.validate()?;
+    let me = config.advertised();
     // A directory of a node that may be running is locked before binding, so that a second
     // process fails naming the directory even on the same port; a new one is created only once
-    // we can listen, so that a failed start leaves nothing behind. Connections wait in the
-    // backlog until we serve (PROTOCOL.md 6, Readiness).
+    // we can listen (the protocol's port and the metrics endpoint), so that a failed start
+    // leaves nothing behind. Connections wait in the backlog until we serve (PROTOCOL.md 6,
+    // Readiness).
     let existing = crate::storage::holds_database(&config.data);
-    let (storage, listener) = if existing {
+    let (storage, (listener, metrics)) = if existing {
         let storage = Storage::open(&config.data, &config.storage())?;
         (storage, bind(&config).await?)
     } else {
-        let listener = bind(&config).await?;
-        (Storage::open(&config.data, &config.storage())?, listener)
+        let bound = bind(&config).await?;
+        (Storage::open(&config.data, &config.storage())?, bound)
     };
-    let me = config.advertised();
     let initial = storage.load_ring()?.filter(|r| r.me.addr == me);
     let node = Arc::new(Node::new(
         config,
         storage,
         initial.unwrap_or_else(|| RingState::alone(me)),
     ));
+    let metrics = metrics.map(|m| m.start(&node.storage));
     handoff::recover(&node).await?;
     let resumed = match start_mode(&node.config, &node.storage, existing)? {
         Start::Resume(state) => {
@@ -613,6 +621,9 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
         t.abort();
     }
     admin.close();
+    if let Some(m) = metrics {
+        m.close();
+    }
     node.storage.flush()?;
     info!("flushed {}; stopped", node.storage.dir().display());
     Ok(())

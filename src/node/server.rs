@@ -124,6 +124,7 @@ impl Listener {
                 .peer_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| "?".into());
+            let open = crate::metrics::connection_accepted();
             let mut handler = Handler {
                 node: self.node.clone(),
                 connection: Connection::new(
@@ -137,6 +138,7 @@ impl Listener {
             };
             tokio::spawn(async move {
                 handler.run().await;
+                drop(open);
                 drop(permit);
             });
         }
@@ -177,7 +179,12 @@ impl Handler {
                     return;
                 }
             };
-            if let Err(e) = commands::execute(&self.node, &mut self.connection, req).await {
+            let timer = crate::metrics::request(&req);
+            let result = commands::execute(&self.node, &mut self.connection, req).await;
+            if let Some(t) = timer {
+                t.done(self.connection.take_last_status(), result.is_err());
+            }
+            if let Err(e) = result {
                 self.log_end(&e);
                 return;
             }
@@ -185,6 +192,7 @@ impl Handler {
     }
 
     fn log_end(&self, e: &Error) {
+        crate::metrics::connection_dropped(e);
         match e {
             Error::Io(_) | Error::Timeout => {
                 debug!(peer = %self.peer, "connection ended: {e}")

@@ -50,6 +50,9 @@ pub struct Connection<S> {
     encoding: AddressEncoding,
     /// Size and time limits applied to everything read.
     limits: Limits,
+    /// The last status byte written, until [`Connection::take_last_status`]: a server's answer
+    /// to a request, for the node's metrics.
+    last_status: Option<Status>,
 }
 
 impl<S: AsyncRead + AsyncWrite> Connection<S> {
@@ -72,6 +75,7 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
             stream: BufStream::with_capacity(buffer, buffer, Box::pin(timed)),
             encoding,
             limits,
+            last_status: None,
         }
     }
 
@@ -244,7 +248,14 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
     }
 
     pub async fn write_status(&mut self, s: Status) -> Result<()> {
+        self.last_status = Some(s);
         self.write_all(&[s.byte()]).await
+    }
+
+    /// The last status written since the previous call, if any (an INS's final answer, not its
+    /// first `T`).
+    pub fn take_last_status(&mut self) -> Option<Status> {
+        self.last_status.take()
     }
 
     pub async fn write_int(&mut self, n: u64) -> Result<()> {

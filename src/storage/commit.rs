@@ -14,6 +14,18 @@ use super::kv::FlushHandle;
 use super::Storage;
 use crate::error::{Error, Result};
 
+/// Names of what the storage reports through the `metrics` facade. Recording is a no-op
+/// unless the process installed a recorder (`crate::metrics` installs one and describes these):
+/// storage/ knows the facade only, never an exporter.
+pub mod metric {
+    /// Histogram: changes made durable by one group-commit flush.
+    pub const FLUSH_CHANGES: &str = "dht_store_group_commit_changes";
+    /// Histogram: seconds one group-commit flush took (sled's flush, fdatasync, syncfs).
+    pub const FLUSH_SECONDS: &str = "dht_store_group_commit_flush_seconds";
+    /// Gauge: 1 once a write failed and the storage stopped taking writes (`kv`), else 0.
+    pub const WRITE_FAILED: &str = "dht_store_write_failed";
+}
+
 /// Proof that a change was applied; [`Storage::sync`] waits until it is durable.
 #[must_use = "a change is durable only after Storage::sync"]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -89,7 +101,16 @@ impl GroupCommit {
             d.error = Some(why);
         });
         self.wake.notify_one();
+        metrics::gauge!(metric::WRITE_FAILED).set(1.0);
         true
+    }
+
+    /// Changes applied so far (every write, of any tree, takes a ticket).
+    pub(super) fn written(&self) -> u64 {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .written
     }
 
     pub(super) fn note_write(&self) -> Ticket {
@@ -130,13 +151,19 @@ impl GroupCommit {
                 }
                 p.written
             };
+            let started = std::time::Instant::now();
             match db
                 .flush()
                 .map_err(Error::from)
                 .and_then(|_| Ok(log.sync_data()?))
                 .and_then(|_| Ok(blobs.sync(&log).map(drop)?))
             {
-                Ok(()) => self.durable.send_modify(|d| d.seq = target),
+                Ok(()) => {
+                    self.durable.send_modify(|d| d.seq = target);
+                    metrics::histogram!(metric::FLUSH_CHANGES).record((target - done) as f64);
+                    metrics::histogram!(metric::FLUSH_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
+                }
                 Err(e) => {
                     error!(
                         "flush failed: {e}; {} change(s) not acknowledged",
@@ -239,6 +266,12 @@ impl Storage {
                 d.error.as_deref().unwrap_or("unknown error").to_string(),
             ))
         }
+    }
+
+    /// Changes applied since the storage was opened (writes of entries and of the node's
+    /// records alike): a reader of [`Storage::totals`] rescans only when this moved.
+    pub fn changes(&self) -> u64 {
+        self.commit.written()
     }
 
     /// Starts the flush that [`Storage::sync`] of `ticket` would wait for, without waiting:

@@ -80,7 +80,7 @@ use crate::protocol::HashKey;
 
 pub use arc::reclaim;
 pub use bulk::{BatchWrite, Batcher, Import, BATCH_ENTRIES, IMPORT_QUEUE};
-pub use commit::Ticket;
+pub use commit::{metric, Ticket};
 pub use cut::CutEntries;
 pub use dir::{forget_lock, holds_database};
 pub use meta::{Change, HandoffRecord, Phase, RingRecord};

@@ -126,6 +126,7 @@ async fn stream_arc<S: AsyncRead + AsyncWrite>(
             conn.write_value(&v).await?;
             sent += 1;
             progress.add(1, v.len() as u64);
+            crate::metrics::handoff(crate::metrics::Direction::Sent, 1, v.len() as u64);
             if sent == n / 2 && n > 1 {
                 conn.flush().await?;
                 fault::point(&format!("{step}:mid-stream")).await;
@@ -207,6 +208,7 @@ async fn read_entries<S: AsyncRead + AsyncWrite>(
         };
         let value = conn.read_value_bytes(len).await?;
         progress.add(1, len);
+        crate::metrics::handoff(crate::metrics::Direction::Received, 1, len);
         if let Some(full) = batcher.push(key, value) {
             import.send(full).await?;
         }
