@@ -200,34 +200,64 @@ fn request_frames_corpus() {
     replay(
         "frames",
         frame_seeds(),
-        150,
+        100,
         wire_check(fuzzing::request_frames),
     );
 }
 
 #[test]
 fn answers_corpus() {
-    replay("answers", answer_seeds(), 150, wire_check(fuzzing::answers));
+    replay("answers", answer_seeds(), 100, wire_check(fuzzing::answers));
+}
+
+/// The archive check: `verify` within its allocation bound, then the `archive` harness.
+fn archive_check(scratch: &Path, bytes: &[u8]) -> Result<(), String> {
+    let largest = largest_allocation(|| {
+        fuzzing::verify_only(bytes, scratch);
+    });
+    let bound = fuzzing::archive_allocation_bound(bytes.len());
+    if largest > bound {
+        return Err(format!(
+            "verify allocated {largest} bytes at once from {} bytes (bound {bound})",
+            bytes.len()
+        ));
+    }
+    fuzzing::archive(bytes, scratch);
+    Ok(())
 }
 
 #[test]
 fn archive_corpus() {
     let scratch = tempfile::tempdir().unwrap();
     let seeds = archive_seeds(scratch.path());
-    replay("archive", seeds, 15, |bytes| {
-        let largest = largest_allocation(|| {
-            fuzzing::verify_only(bytes, scratch.path());
-        });
-        let bound = fuzzing::archive_allocation_bound(bytes.len());
-        if largest > bound {
-            return Err(format!(
-                "verify allocated {largest} bytes at once from {} bytes (bound {bound})",
-                bytes.len()
-            ));
-        }
-        fuzzing::archive(bytes, scratch.path());
-        Ok(())
+    replay("archive", seeds, 10, |bytes| {
+        archive_check(scratch.path(), bytes)
     });
+}
+
+#[test]
+fn archive_sealed_corpus() {
+    let scratch = tempfile::tempdir().unwrap();
+    let seeds = sealed_seeds(scratch.path());
+    replay("archive_sealed", seeds, 6, |bytes| {
+        archive_check(scratch.path(), &fuzzing::seal(bytes))
+    });
+}
+
+/// The sealing target makes real archives out of their inputs: a real archive, unsealed and
+/// sealed again, is itself (else that target would only test its own mistakes).
+#[test]
+fn sealing_a_real_archive_gives_it_back() {
+    let scratch = tempfile::tempdir().unwrap();
+    for (name, archive) in archive_seeds(scratch.path()) {
+        if name.contains("bad-checksum") {
+            continue;
+        }
+        assert!(
+            fuzzing::seal(&fuzzing::unseal(&archive)) == archive,
+            "{name}"
+        );
+    }
 }
 
 /// The replay is a real check: an input whose harness panics fails it, and so does an
@@ -630,6 +660,14 @@ fn archive_seeds(scratch: &Path) -> Vec<(String, Vec<u8>)> {
     seeds
 }
 
+/// The archive seeds as inputs of the sealing target.
+fn sealed_seeds(scratch: &Path) -> Vec<(String, Vec<u8>)> {
+    archive_seeds(scratch)
+        .into_iter()
+        .map(|(name, a)| (name, fuzzing::unseal(&a)))
+        .collect()
+}
+
 /// Writes the seeds into `fuzz/corpus/<target>/seed-<name>`: run after changing a seed
 /// (`cargo test --test fuzz -- --ignored write_seed_corpus`). Not a check.
 #[test]
@@ -640,6 +678,7 @@ fn write_seed_corpus() {
         ("frames", frame_seeds()),
         ("answers", answer_seeds()),
         ("archive", archive_seeds(scratch.path())),
+        ("archive_sealed", sealed_seeds(scratch.path())),
     ] {
         let dir = corpus_dir(target);
         std::fs::create_dir_all(&dir).unwrap();
