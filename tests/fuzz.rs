@@ -200,14 +200,14 @@ fn request_frames_corpus() {
     replay(
         "frames",
         frame_seeds(),
-        100,
+        40,
         wire_check(fuzzing::request_frames),
     );
 }
 
 #[test]
 fn answers_corpus() {
-    replay("answers", answer_seeds(), 100, wire_check(fuzzing::answers));
+    replay("answers", answer_seeds(), 40, wire_check(fuzzing::answers));
 }
 
 /// The archive check: `verify` within its allocation bound, then the `archive` harness.
@@ -230,7 +230,7 @@ fn archive_check(scratch: &Path, bytes: &[u8]) -> Result<(), String> {
 fn archive_corpus() {
     let scratch = tempfile::tempdir().unwrap();
     let seeds = archive_seeds(scratch.path());
-    replay("archive", seeds, 10, |bytes| {
+    replay("archive", seeds, 2, |bytes| {
         archive_check(scratch.path(), bytes)
     });
 }
