@@ -239,7 +239,7 @@ fn archive_corpus() {
 fn archive_sealed_corpus() {
     let scratch = tempfile::tempdir().unwrap();
     let seeds = sealed_seeds(scratch.path());
-    replay("archive_sealed", seeds, 6, |bytes| {
+    replay("archive_sealed", seeds, 2, |bytes| {
         archive_check(scratch.path(), &fuzzing::seal(bytes))
     });
 }
