@@ -10,7 +10,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 secs=${FUZZ_SECS:-900}
 run=${FUZZ_RUN_DIR:-target/fuzz-run}
-targets=${FUZZ_TARGETS:-"frames answers archive_verify archive"}
+targets=${FUZZ_TARGETS:-"frames answers archive_verify archive archive_sealed"}
 # Archives are written to files: a tmpfs is faster.
 [ -d /dev/shm ] && export TMPDIR=/dev/shm
 for t in $targets; do
