@@ -71,6 +71,17 @@ fn config() -> impl bincode::config::Config {
         .with_fixed_int_encoding()
 }
 
+/// [`config`] for reading a header: bincode allocates a `Vec` at the length it reads before
+/// reading its elements unless a limit is set, so a damaged fingers count (`RingRecord`) asked
+/// for petabytes and aborted `verify` and `restore` (found by fuzzing, BENCHMARKS.md). With the
+/// limit a count is refused unless its elements could fit in a header.
+fn decode_config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_big_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<{ MAX_HEADER as usize }>()
+}
+
 /// Totals of an archive written, verified or restored.
 #[derive(Clone, Debug)]
 pub struct Summary {
@@ -426,7 +437,7 @@ impl Reader {
         let mut header_bytes = vec![0u8; len as usize];
         read_exact(&mut r, &mut header_bytes, path, "it ends inside its header")?;
         let (header, used): (Header, usize) =
-            bincode::decode_from_slice(&header_bytes, config())
+            bincode::decode_from_slice(&header_bytes, decode_config())
                 .map_err(|e| corrupt(path, format!("its header is unreadable ({e})")))?;
         if used != header_bytes.len() {
             return Err(corrupt(path, "its header has trailing bytes"));
@@ -693,4 +704,37 @@ fn restore_into(archive: &Path, dir: &Path, tick: Tick) -> Result<Summary> {
     // The restored directory must not carry the lock file's old pid or a stale socket.
     crate::storage::forget_lock(dir);
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A header whose fingers count claims 2^48 entries: refused as damaged, where reading it
+    /// used to abort the process on an allocation of 1.7 PB.
+    #[test]
+    fn a_header_with_a_huge_count_is_refused_without_allocating_it() {
+        let me: PeerAddr = "127.0.0.1:5000".parse().unwrap();
+        let header = Header {
+            address: Some(me),
+            id: None,
+            ring: Some(RingRecord::from(&RingState::alone(me))),
+            entries: 0,
+            created_unix_secs: 0,
+        };
+        let mut head = bincode::encode_to_vec(&header, config()).unwrap();
+        // No fingers: their count is the u64 before `entries` and `created_unix_secs`.
+        let at = head.len() - 24;
+        assert_eq!(head[at..at + 8], [0; 8]);
+        head[at..at + 8].copy_from_slice(&(1u64 << 48).to_be_bytes());
+        let mut file = MAGIC.to_vec();
+        file.extend(VERSION.to_be_bytes());
+        file.extend((head.len() as u32).to_be_bytes());
+        file.extend(&head);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.backup");
+        std::fs::write(&path, &file).unwrap();
+        let err = verify(&path, &|_, _| {}).unwrap_err();
+        assert!(err.to_string().contains("header is unreadable"), "{err}");
+    }
 }

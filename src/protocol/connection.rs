@@ -386,4 +386,266 @@ mod tests {
             }
         }
     }
+
+    /// Round trips of every request and every answer, in both encodings, over arbitrary keys,
+    /// addresses and values: written with the real writer, read back with the reader its
+    /// receiver uses (`node/server.rs`, `client.rs`, `node/handoff/`), equal, and nothing left.
+    mod round_trips {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn arb_key() -> impl Strategy<Value = HashKey> {
+            proptest::array::uniform20(any::<u8>()).prop_map(HashKey)
+        }
+
+        fn arb_addr() -> impl Strategy<Value = PeerAddr> {
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| PeerAddr::new(ip.into(), port))
+        }
+
+        fn arb_encoding() -> impl Strategy<Value = AddressEncoding> {
+            prop_oneof![Just(AddressEncoding::Compact), Just(AddressEncoding::Text)]
+        }
+
+        fn arb_status() -> impl Strategy<Value = Status> {
+            prop_oneof![Just(Status::T), Just(Status::F), Just(Status::N)]
+        }
+
+        fn arb_request() -> impl Strategy<Value = Request> {
+            prop_oneof![
+                arb_key().prop_map(Request::Ins),
+                arb_key().prop_map(Request::Rem),
+                arb_key().prop_map(Request::Get),
+                arb_key().prop_map(Request::Exi),
+                arb_key().prop_map(Request::Own),
+                arb_addr().prop_map(Request::Con),
+                arb_addr().prop_map(Request::Dis),
+                Just(Request::Pul),
+                Just(Request::Inf),
+                Just(Request::Abd),
+            ]
+        }
+
+        /// Mostly short values, some on either side of the reader's two switches (64 KiB: exact
+        /// read or growing; 1 MiB: its growth step).
+        fn arb_value() -> impl Strategy<Value = Vec<u8>> {
+            let sized = |lo: usize, hi: usize| {
+                (lo..hi, any::<u8>()).prop_map(|(n, b)| (0..n).map(|i| b ^ i as u8).collect())
+            };
+            prop_oneof![
+                8 => proptest::collection::vec(any::<u8>(), 0..300),
+                2 => sized(SMALL_VALUE - 2, SMALL_VALUE + 3),
+                1 => sized(READ_CHUNK - 1, READ_CHUNK + 2),
+            ]
+        }
+
+        /// Every answer of PROTOCOL.md, as one unit each: what a peer sends back after a
+        /// request, read as its asker reads it.
+        #[derive(Clone, Debug, PartialEq)]
+        enum Answer {
+            /// PUL, EXI, REM, either status of INS, CON's and DIS's first and last.
+            Status(Status),
+            /// OWN, ABD.
+            Addr(PeerAddr),
+            /// GET: `N`, `F`, or `T` and the value.
+            Get(Option<Vec<u8>>, Status),
+            /// INF.
+            Inf(Vec<u8>),
+            /// What follows CON's or DIS's `T`: two successors, the count, the entries.
+            Range {
+                s1: PeerAddr,
+                s2: PeerAddr,
+                entries: Vec<(HashKey, Vec<u8>)>,
+            },
+        }
+
+        fn arb_answer() -> impl Strategy<Value = Answer> {
+            prop_oneof![
+                arb_status().prop_map(Answer::Status),
+                arb_addr().prop_map(Answer::Addr),
+                arb_value().prop_map(|v| Answer::Get(Some(v), Status::T)),
+                prop_oneof![Just(Status::F), Just(Status::N)].prop_map(|s| Answer::Get(None, s)),
+                arb_value().prop_map(Answer::Inf),
+                (
+                    arb_addr(),
+                    arb_addr(),
+                    proptest::collection::vec((arb_key(), arb_value()), 0..4)
+                )
+                    .prop_map(|(s1, s2, entries)| Answer::Range {
+                        s1,
+                        s2,
+                        entries
+                    }),
+            ]
+        }
+
+        async fn write_answer<S: AsyncRead + AsyncWrite>(c: &mut Connection<S>, a: &Answer) {
+            match a {
+                Answer::Status(s) => c.write_status(*s).await.unwrap(),
+                Answer::Addr(addr) => c.write_addr(addr).await.unwrap(),
+                Answer::Get(v, s) => {
+                    c.write_status(*s).await.unwrap();
+                    if let Some(v) = v {
+                        c.write_value(v).await.unwrap();
+                    }
+                }
+                Answer::Inf(v) => c.write_value(v).await.unwrap(),
+                Answer::Range { s1, s2, entries } => {
+                    c.write_addr(s1).await.unwrap();
+                    c.write_addr(s2).await.unwrap();
+                    c.write_int(entries.len() as u64).await.unwrap();
+                    for (k, v) in entries {
+                        c.write_key(k).await.unwrap();
+                        c.write_value(v).await.unwrap();
+                    }
+                }
+            }
+        }
+
+        /// Reads an answer of the same kind as `like`, as its asker does.
+        async fn read_answer<S: AsyncRead + AsyncWrite>(
+            c: &mut Connection<S>,
+            like: &Answer,
+        ) -> Result<Answer> {
+            Ok(match like {
+                Answer::Status(_) => Answer::Status(c.read_status().await?),
+                Answer::Addr(_) => Answer::Addr(c.read_addr().await?),
+                Answer::Get(..) => match c.read_status().await? {
+                    Status::T => Answer::Get(Some(c.read_value().await?), Status::T),
+                    other => Answer::Get(None, other),
+                },
+                Answer::Inf(_) => Answer::Inf(c.read_value().await?),
+                Answer::Range { .. } => {
+                    let s1 = c.read_addr().await?;
+                    let s2 = c.read_addr().await?;
+                    let n = c.read_int().await?;
+                    let mut entries = Vec::new();
+                    for _ in 0..n {
+                        let k = c.read_key().await?;
+                        let len = c.read_value_len().await?;
+                        entries.push((k, c.read_value_bytes(len).await?));
+                    }
+                    Answer::Range { s1, s2, entries }
+                }
+            })
+        }
+
+        fn runtime() -> tokio::runtime::Runtime {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        }
+
+        /// The bytes PROTOCOL.md section 1 gives for `req`, built by hand, not by the writer.
+        fn spec_bytes(req: &Request, enc: AddressEncoding) -> Vec<u8> {
+            let mut out = req.command().to_vec();
+            match req {
+                Request::Ins(k)
+                | Request::Rem(k)
+                | Request::Get(k)
+                | Request::Exi(k)
+                | Request::Own(k) => out.extend(k.0),
+                Request::Con(a) | Request::Dis(a) => match enc {
+                    AddressEncoding::Compact => {
+                        out.extend(a.ip().octets());
+                        out.extend(a.port().to_be_bytes());
+                    }
+                    AddressEncoding::Text => {
+                        let text = format!("{}:{}", a.ip(), a.port());
+                        out.extend((text.len() as u64).to_be_bytes());
+                        out.extend(text.as_bytes());
+                    }
+                },
+                Request::Pul | Request::Inf | Request::Abd => {}
+            }
+            out
+        }
+
+        proptest! {
+            #[test]
+            fn requests_read_back_as_written(
+                reqs in proptest::collection::vec(arb_request(), 1..12),
+                enc in arb_encoding(),
+            ) {
+                runtime().block_on(async {
+                    let (a, b) = tokio::io::duplex(1 << 16);
+                    let mut w = Connection::new(a, enc, Limits::default());
+                    let mut r = Connection::new(b, enc, Limits::default());
+                    for req in &reqs {
+                        w.write_request(req).await.unwrap();
+                        prop_assert_eq!(r.read_request().await.unwrap(), Some(*req));
+                    }
+                    drop(w);
+                    prop_assert!(r.read_request().await.unwrap().is_none());
+                    Ok(())
+                })?;
+            }
+
+            #[test]
+            fn requests_are_the_bytes_of_the_protocol(req in arb_request(), enc in arb_encoding()) {
+                runtime().block_on(async {
+                    let (a, mut b) = tokio::io::duplex(1 << 16);
+                    let mut w = Connection::new(a, enc, Limits::default());
+                    w.write_request(&req).await.unwrap();
+                    drop(w);
+                    let mut raw = Vec::new();
+                    b.read_to_end(&mut raw).await.unwrap();
+                    prop_assert_eq!(raw, spec_bytes(&req, enc));
+                    Ok(())
+                })?;
+            }
+
+            #[test]
+            fn answers_read_back_as_written(
+                answers in proptest::collection::vec(arb_answer(), 1..6),
+                enc in arb_encoding(),
+            ) {
+                runtime().block_on(async {
+                    let (a, b) = tokio::io::duplex(1 << 16);
+                    let mut w = Connection::new(a, enc, Limits::default());
+                    let mut r = Connection::new(b, enc, Limits::default());
+                    // Side by side: a value over the pipe's 64 KiB waits for its reader.
+                    let writer = async {
+                        for ans in &answers {
+                            write_answer(&mut w, ans).await;
+                        }
+                        w.flush().await.unwrap();
+                        drop(w);
+                    };
+                    let reader = async {
+                        let mut back = Vec::new();
+                        for ans in &answers {
+                            back.push(read_answer(&mut r, ans).await.unwrap());
+                        }
+                        // Nothing left over: the stream ends where the answers do.
+                        let rest = r.read_request().await.unwrap();
+                        (back, rest)
+                    };
+                    let ((), (back, rest)) = tokio::join!(writer, reader);
+                    prop_assert_eq!(&back, &answers);
+                    prop_assert!(rest.is_none());
+                    Ok(())
+                })?;
+            }
+
+            /// A value over the limit is refused from its length alone, whatever follows.
+            #[test]
+            fn a_value_over_the_limit_is_refused(limit in 0u64..100_000, over in 1u64..u64::MAX / 2) {
+                runtime().block_on(async {
+                    let (a, b) = tokio::io::duplex(1 << 16);
+                    let limits = Limits { max_value: limit, ..Limits::default() };
+                    let mut w = Connection::new(a, AddressEncoding::Compact, limits);
+                    let mut r = Connection::new(b, AddressEncoding::Compact, limits);
+                    w.write_int(limit + over).await.unwrap();
+                    w.flush().await.unwrap();
+                    let got = r.read_value().await;
+                    prop_assert!(
+                        matches!(got, Err(Error::ValueTooLarge { size, .. }) if size == limit + over),
+                        "{:?}", got
+                    );
+                    Ok(())
+                })?;
+            }
+        }
+    }
 }
