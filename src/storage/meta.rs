@@ -123,32 +123,6 @@ pub(super) fn bincode_config() -> impl bincode::config::Config {
         .with_limit::<{ 64 << 10 }>()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_damaged_length_in_a_record_is_an_error_not_an_allocation() {
-        let a: PeerAddr = "127.0.0.1:5000".parse().unwrap();
-        let rec = RingRecord {
-            version: RING_RECORD_VERSION,
-            me: a,
-            successor: a,
-            second_successor: a,
-            predecessor: None,
-            fingers: vec![a; 3],
-        };
-        let mut bytes = bincode::encode_to_vec(&rec, bincode_config()).unwrap();
-        let back: (RingRecord, usize) =
-            bincode::decode_from_slice(&bytes, bincode_config()).unwrap();
-        assert_eq!(back.0, rec);
-        // The fingers count is the 8 bytes before the 3 addresses at the end.
-        let at = bytes.len() - 3 * 6 - 8;
-        bytes[at..at + 8].copy_from_slice(&(1u64 << 48).to_be_bytes());
-        assert!(bincode::decode_from_slice::<RingRecord, _>(&bytes, bincode_config()).is_err());
-    }
-}
-
 /// Key of the in-progress handoff in the "ring" tree.
 pub(super) const HANDOFF_KEY: &[u8] = b"handoff";
 
@@ -245,5 +219,31 @@ impl Storage {
         };
         let (rec, _): (HandoffRecord, usize) = bincode::decode_from_slice(&raw, bincode_config())?;
         Ok(Some(rec))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_damaged_length_in_a_record_is_an_error_not_an_allocation() {
+        let a: PeerAddr = "127.0.0.1:5000".parse().unwrap();
+        let rec = RingRecord {
+            version: RING_RECORD_VERSION,
+            me: a,
+            successor: a,
+            second_successor: a,
+            predecessor: None,
+            fingers: vec![a; 3],
+        };
+        let mut bytes = bincode::encode_to_vec(&rec, bincode_config()).unwrap();
+        let back: (RingRecord, usize) =
+            bincode::decode_from_slice(&bytes, bincode_config()).unwrap();
+        assert_eq!(back.0, rec);
+        // The fingers count is the 8 bytes before the 3 addresses at the end.
+        let at = bytes.len() - 3 * 6 - 8;
+        bytes[at..at + 8].copy_from_slice(&(1u64 << 48).to_be_bytes());
+        assert!(bincode::decode_from_slice::<RingRecord, _>(&bytes, bincode_config()).is_err());
     }
 }
