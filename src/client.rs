@@ -68,9 +68,10 @@ impl Client {
         timeout: Duration,
     ) -> Result<Client> {
         let limits = Limits {
+            // Any value a node of ours may hold (its reads grow with what arrives).
+            max_value: crate::config::MAX_VALUE_SIZE_MAX,
             idle_timeout: Some(timeout),
             io_timeout: Some(timeout),
-            ..Limits::default()
         };
         Client::connect_within(peer, encoding, limits, timeout).await
     }
@@ -84,11 +85,9 @@ impl Client {
     ) -> Result<Client> {
         let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(peer))
             .await
-            .map_err(|_| {
-                Error::Peer(format!(
-                    "{peer} did not accept a connection within {} s",
-                    connect_timeout.as_secs_f64()
-                ))
+            .map_err(|_| Error::NoAnswer {
+                peer,
+                after: connect_timeout,
             })?
             .map_err(|e| Error::Peer(format!("cannot connect to {peer}: {e}")))?;
         stream.set_nodelay(true)?;
@@ -134,6 +133,10 @@ impl Client {
                 Err(e) => Err(e),
             };
             if let Err(e) = sent {
+                if matches!(e, Error::Timeout) {
+                    // It stopped reading: no answer will come.
+                    return named(self.peer, self.conn.limits(), Err(e));
+                }
                 // The peer answered and closed: its answer may still be readable.
                 return match self.conn.read_status().await {
                     Ok(s) => Ok(s),
@@ -147,7 +150,15 @@ impl Client {
             }
         }
         self.conn.flush().await?;
-        named(self.peer, self.conn.limits(), self.conn.read_status().await)
+        // The answer comes once the value is durable: longer for a longer value (a timeout
+        // per started MiB).
+        let base = self.conn.limits().io_timeout;
+        let steps = 1 + (value.len() >> 20) as u32;
+        self.conn
+            .set_io_timeout(base.map(|t| t.saturating_mul(steps)));
+        let answer = named(self.peer, self.conn.limits(), self.conn.read_status().await);
+        self.conn.set_io_timeout(base);
+        answer
     }
 
     /// A status byte the peer sent while we were still writing, if any.
@@ -225,9 +236,11 @@ pub struct Router {
     max_hops: usize,
     /// Times a request is routed again after an `N` or a lost connection.
     attempts: usize,
-    /// Longest wait for a peer to accept, and for each answer: a silent peer ends the request
-    /// with [`Error::NoAnswer`] instead of holding it for ever (and is not asked again).
+    /// Longest wait for each answer: a silent peer ends the request with [`Error::NoAnswer`]
+    /// instead of holding it for ever (and is not asked again).
     timeout: Duration,
+    /// Longest wait for a peer to accept a connection (the same [`Error::NoAnswer`]).
+    connect_timeout: Duration,
     /// One open connection per peer talked to.
     conns: HashMap<PeerAddr, Client>,
 }
@@ -240,6 +253,7 @@ impl Router {
             max_hops: 64,
             attempts: 5,
             timeout: Limits::default().io_timeout.unwrap_or(CONNECT_TIMEOUT),
+            connect_timeout: CONNECT_TIMEOUT,
             conns: HashMap::new(),
         }
     }
@@ -249,16 +263,24 @@ impl Router {
         self
     }
 
-    /// Waits at most `timeout` for a connection and for each answer (default 30 s).
+    /// Waits at most `timeout` for a connection and for each answer (default 5 s for a
+    /// connection, 30 s for an answer).
     pub fn with_timeout(mut self, timeout: Duration) -> Router {
         self.timeout = timeout;
+        self.connect_timeout = timeout;
         self
     }
 
     /// A connection to `peer`, opened if needed.
     pub async fn client(&mut self, peer: PeerAddr) -> Result<&mut Client> {
         if !self.conns.contains_key(&peer) {
-            let c = Client::connect_timed(peer, self.encoding, self.timeout).await?;
+            let limits = Limits {
+                max_value: crate::config::MAX_VALUE_SIZE_MAX,
+                idle_timeout: Some(self.timeout),
+                io_timeout: Some(self.timeout),
+            };
+            let c =
+                Client::connect_within(peer, self.encoding, limits, self.connect_timeout).await?;
             self.conns.insert(peer, c);
         }
         self.conns

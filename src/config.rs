@@ -125,6 +125,9 @@ pub const SETTINGS: &[&str] = &[
     "metrics_listen",
 ];
 
+/// The largest `max_value_size` accepted (and the largest value a CLI client reads).
+pub const MAX_VALUE_SIZE_MAX: u64 = 1 << 30;
+
 /// Longest successor list accepted: each entry costs an ABD per maintenance round.
 pub const MAX_SUCCESSORS: usize = 32;
 
@@ -166,7 +169,7 @@ pub const RANGES: &[Range] = &[
         "max_value_size",
         Some("--max-value-size"),
         1,
-        1 << 30,
+        MAX_VALUE_SIZE_MAX,
         " bytes",
     ),
     range("max_connections", Some("--max-connections"), 1, 1 << 20, ""),

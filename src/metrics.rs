@@ -1,8 +1,8 @@
 //! The node's metrics, served in Prometheus text at `http://<metrics_listen>/metrics` (README.md,
 //! "Metrics", lists them all).
 //!
-//! Off unless `metrics_listen` is set. Then [`install`] binds the endpoint (before the node opens
-//! its data directory, so that an address in use fails at once) and installs the recorder of
+//! Off unless `metrics_listen` is set. Then [`install`] binds the endpoint (with the node's
+//! port, before a new data directory is created, so that an address in use fails at once) and installs the recorder of
 //! `metrics-exporter-prometheus` as the `metrics` facade's global recorder; that crate keeps
 //! the registry and writes the text format. The node serves the scrapes itself, as it serves
 //! its other sockets: a few at once, each under a timeout, so that nobody can hold the endpoint
@@ -90,6 +90,9 @@ const TOTALS_MIN_GAP: Duration = Duration::from_secs(5);
 /// ...nor sooner than this many times the last scan's duration (a scan of millions of entries
 /// takes seconds; this keeps it under 5% of one core).
 const TOTALS_GAP_FACTOR: u32 = 20;
+
+/// Longest totals scan: past it the gauges show what was counted (lower bounds).
+const TOTALS_SCAN_LIMIT: Duration = Duration::from_secs(20);
 
 /// Every handle of the node's own metrics.
 struct Handles {
@@ -604,12 +607,14 @@ async fn keep_totals(storage: Weak<Storage>, h: &'static Handles) {
         let changes = s.changes();
         if scanned_at != Some(changes) && Instant::now() >= next {
             let started = Instant::now();
-            let totals = tokio::task::spawn_blocking(move || s.totals()).await;
+            // Bounded, so that a shutdown never waits long for it (it holds the storage).
+            let deadline = std::time::Instant::now() + TOTALS_SCAN_LIMIT;
+            let totals = tokio::task::spawn_blocking(move || s.tally(deadline)).await;
             let took = started.elapsed();
             match totals {
-                Ok(Ok((keys, bytes))) => {
-                    h.keys.set(keys as f64);
-                    h.value_bytes.set(bytes as f64);
+                Ok(Ok(t)) => {
+                    h.keys.set(t.keys as f64);
+                    h.value_bytes.set(t.value_bytes as f64);
                     scanned_at = Some(changes);
                 }
                 Ok(Err(e)) => warn!("metrics: cannot count the entries held: {e}"),

@@ -22,8 +22,7 @@ fn print_header(h: &dht_store::backup::Header) {
             println!("predecessor {p}");
         }
     }
-    let created = std::time::UNIX_EPOCH + std::time::Duration::from_secs(h.created_unix_secs);
-    println!("created {}", humantime::format_rfc3339_seconds(created));
+    println!("created {}", super::json::rfc3339(h.created_unix_secs));
 }
 
 pub async fn backup(data: &Path, out: &Path, force: bool) -> Result<u8, Error> {

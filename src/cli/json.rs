@@ -92,26 +92,18 @@ impl Verified {
 }
 
 /// Seconds since the Unix epoch as RFC 3339 in UTC ("2023-11-14T22:13:20Z"), by the
-/// proleptic Gregorian calendar (Howard Hinnant's `civil_from_days`).
+/// proleptic Gregorian calendar.
 pub fn rfc3339(unix_secs: u64) -> String {
-    let days = (unix_secs / 86_400) as i64;
-    let rem = unix_secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    // humantime writes four-digit years only (and its Display fails past them).
+    if unix_secs > LAST_RFC3339_SECOND {
+        return format!("{unix_secs} s after the Unix epoch (past the year 9999)");
+    }
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_secs);
+    humantime::format_rfc3339_seconds(at).to_string()
 }
+
+/// 9999-12-31T23:59:59Z.
+const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
 
 /// `info --json`: a peer's INF text, parsed into fields when it is a dht-store node's (its
 /// first line "dht-store VERSION"), and always the text itself.
@@ -251,6 +243,9 @@ mod tests {
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z", "a leap day");
         assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+        assert_eq!(rfc3339(LAST_RFC3339_SECOND), "9999-12-31T23:59:59Z");
+        // A damaged or hostile archive's time is printed, not a panic.
+        assert!(rfc3339(u64::MAX).contains("past the year 9999"));
     }
 
     #[test]

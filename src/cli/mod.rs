@@ -169,10 +169,10 @@ impl PeerArgs {
     fn timeout(&self) -> Result<Duration, Error> {
         Duration::try_from_secs_f64(self.timeout)
             .ok()
-            .filter(|d| !d.is_zero())
+            .filter(|d| !d.is_zero() && d.as_secs() <= 86_400)
             .ok_or_else(|| {
                 Error::Usage(format!(
-                    "--timeout must be a positive number of seconds; got {}",
+                    "--timeout must be a number of seconds above 0 and at most 86400; got {}",
                     self.timeout
                 ))
             })

@@ -264,7 +264,17 @@ pub async fn request_status(dir: &Path) -> Result<NodeStatus> {
     let (r, mut w) = stream.into_split();
     w.write_all(b"STATUS\n").await?;
     let mut line = String::new();
-    BufReader::new(r).read_line(&mut line).await?;
+    // The node's count stops after 5 s (node::status): a node silent for longer is wedged.
+    let wait = std::time::Duration::from_secs(30);
+    tokio::time::timeout(wait, BufReader::new(r).read_line(&mut line))
+        .await
+        .map_err(|_| {
+            Error::Peer(format!(
+                "the node on {} did not answer STATUS within {} s",
+                dir.display(),
+                wait.as_secs()
+            ))
+        })??;
     if let Some(json) = line.trim_end().strip_prefix("OK ") {
         return serde_json::from_str(json).map_err(|e| {
             Error::Peer(format!(

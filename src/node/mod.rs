@@ -497,9 +497,13 @@ fn start_mode(config: &Config, storage: &Storage, existing: bool) -> Result<Star
                     "{dir} held the ring state of {}, but this node is {me}, so its id changes, \
                      and no --join was given: STARTING A NEW RING OF ONE, apart from the ring that directory was \
                      in. To rejoin it, stop this node and start it with --join HOST:PORT of a \
-                     member (e.g. --join {}), or as --host {} --port {} to resume that node",
+                     member{}, or as --host {} --port {} to resume that node",
                     state.me.addr,
-                    state.successor().addr,
+                    // Its successor, unless the directory was a ring of one (itself).
+                    match state.successor().addr {
+                        s if s == state.me.addr => String::new(),
+                        s => format!(" (e.g. --join {s})"),
+                    },
                     state.me.addr.ip(),
                     state.me.addr.port()
                 ),

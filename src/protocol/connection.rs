@@ -92,6 +92,15 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
         self.stream.get_ref().as_ref().get_ref().get_ref()
     }
 
+    /// Changes how long a read or a write may stall from now on: a client waiting for an
+    /// answer that takes long to prepare (the durable write of a large INS).
+    pub fn set_io_timeout(&mut self, t: Option<Duration>) {
+        self.limits.io_timeout = t;
+        let s = self.stream.get_mut().as_mut();
+        s.set_read_timeout_pinned(t);
+        self.stream.get_mut().as_mut().set_write_timeout_pinned(t);
+    }
+
     fn set_read_timeout(&mut self, t: Option<Duration>) {
         self.stream.get_mut().as_mut().set_read_timeout_pinned(t);
     }
