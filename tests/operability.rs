@@ -282,6 +282,17 @@ async fn the_command_line_takes_what_people_type() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(!stderr(&out).contains("Broken pipe"), "{}", stderr(&out));
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                "{} info -p {port} | true; exit ${{PIPESTATUS[0]}}",
+                common::BIN
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
     // info has no OWN walk, so no --max-hops; short flags exist.
     let help = String::from_utf8(run(&["info", "--help"]).stdout).unwrap();

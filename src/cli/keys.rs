@@ -173,6 +173,7 @@ pub async fn info(peer: PeerArgs, json: bool) -> Result<u8, Error> {
         super::json::print(&super::json::Info::parse(&peer.peer, &text))?;
         return Ok(FOUND);
     }
-    print!("{text}");
+    // As a value: `info | head` is not an error (print! would panic on the closed pipe).
+    write_value(text.as_bytes())?;
     Ok(FOUND)
 }
