@@ -131,6 +131,115 @@ async fn a_client_ends_within_its_timeout_naming_the_peer_and_what_to_try() {
     );
 }
 
+/// A listening socket whose accept queue is full and never served: further connections get no
+/// answer to their SYN (Linux drops it), as from a host that drops packets.
+fn full_listener() -> (std::os::fd::OwnedFd, u16, Vec<std::net::TcpStream>) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor we own; every result is checked.
+    let (fd, port) = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(
+            libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len),
+            0
+        );
+        assert_eq!(libc::listen(fd, 0), 0);
+        let mut got: libc::sockaddr_in = std::mem::zeroed();
+        let mut got_len = len;
+        assert_eq!(
+            libc::getsockname(fd, &mut got as *mut _ as *mut libc::sockaddr, &mut got_len),
+            0
+        );
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fd),
+            u16::from_be(got.sin_port),
+        )
+    };
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            held.push(s);
+        }
+    }
+    (fd, port, held)
+}
+
+/// A peer that answers OWN with itself and INS with `T`, then reads nothing more.
+fn peer_that_stops_reading() -> (TcpListener, std::thread::JoinHandle<()>) {
+    use std::io::Read;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let me = match l.local_addr().unwrap() {
+        std::net::SocketAddr::V4(a) => a,
+        _ => unreachable!(),
+    };
+    let accepting = l.try_clone().unwrap();
+    let t = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = accepting.accept() {
+            let mut req = [0u8; 23];
+            while s.read_exact(&mut req).is_ok() {
+                let answered = match &req[..3] {
+                    b"OWN" => {
+                        let mut a = me.ip().octets().to_vec();
+                        a.extend(me.port().to_be_bytes());
+                        s.write_all(&a)
+                    }
+                    b"INS" => {
+                        let _ = s.write_all(b"T");
+                        break;
+                    }
+                    _ => break,
+                };
+                if answered.is_err() {
+                    break;
+                }
+            }
+            held.push(s);
+        }
+    });
+    (l, t)
+}
+
+#[tokio::test]
+async fn a_peer_that_does_not_accept_or_stops_reading_is_not_asked_again() {
+    // Connecting: before, each attempt waited its timeout and the request was routed again
+    // five times.
+    let (_fd, port, _held) = full_listener();
+    let addr = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    let out = run(&["get", "apple", "--peer", &addr, "--timeout", "1"]);
+    let took = started.elapsed();
+    fails_saying(&out, &[&addr, "did not answer within 1 s"]);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    // Writing a value the peer no longer reads: before, the write's timeout was followed by a
+    // wait for an answer and five more attempts.
+    let (l, _t) = peer_that_stops_reading();
+    let addr = l.local_addr().unwrap().to_string();
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("v");
+    std::fs::write(&file, vec![3u8; 32 << 20]).unwrap();
+    let started = Instant::now();
+    let out = run(&[
+        "put",
+        "k",
+        "--file",
+        file.to_str().unwrap(),
+        "--peer",
+        &addr,
+        "-t",
+        "1",
+    ]);
+    let took = started.elapsed();
+    fails_saying(&out, &[&addr, "did not answer within 1 s"]);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
 #[tokio::test]
 async fn a_value_over_the_nodes_limit_is_sent_once_and_refused_with_both_sizes() {
     let root = tempfile::tempdir().unwrap();
