@@ -33,18 +33,15 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
-use crate::protocol::{PeerAddr, Request, Status};
+use crate::protocol::{PeerAddr, Request, Status, COMMANDS};
 use crate::ring::Peer;
 use crate::storage::{metric as storage_metric, Storage};
 
 /// The handles, set once by [`install`]; unset (metrics off) every report is a no-op.
 static HANDLES: OnceLock<Handles> = OnceLock::new();
 
-/// The `command` label, in the order of [`command_index`].
-const COMMANDS: [&str; 10] = [
-    "INS", "REM", "GET", "EXI", "OWN", "CON", "DIS", "PUL", "INF", "ABD",
-];
-/// Index of INF in [`COMMANDS`]: it answers with a value, not a status or an address.
+/// Index of INF in [`COMMANDS`] (the `command` label): it answers with a value, not a status or
+/// an address.
 const INF: usize = 8;
 /// The `answer` label: the last status byte the request wrote, else what it wrote instead
 /// (`addr`: OWN, ABD; `value`: INF), or `closed` when the request ended the connection (a
@@ -221,22 +218,6 @@ pub fn enabled() -> bool {
     HANDLES.get().is_some()
 }
 
-/// The position of `req`'s command in [`COMMANDS`].
-fn command_index(req: &Request) -> usize {
-    match req {
-        Request::Ins(_) => 0,
-        Request::Rem(_) => 1,
-        Request::Get(_) => 2,
-        Request::Exi(_) => 3,
-        Request::Own(_) => 4,
-        Request::Con(_) => 5,
-        Request::Dis(_) => 6,
-        Request::Pul => 7,
-        Request::Inf => 8,
-        Request::Abd => 9,
-    }
-}
-
 /// A request being served, timed from [`request`] to [`RequestTimer::done`].
 pub struct RequestTimer {
     /// The handles (metrics are on).
@@ -252,7 +233,7 @@ pub fn request(req: &Request) -> Option<RequestTimer> {
     let handles = HANDLES.get()?;
     Some(RequestTimer {
         handles,
-        command: command_index(req),
+        command: req.index(),
         started: Instant::now(),
     })
 }
@@ -680,23 +661,11 @@ mod tests {
     #[test]
     fn every_command_has_its_label() {
         use crate::protocol::HashKey;
-        let k = HashKey::ZERO;
         let a = PeerAddr::new([127, 0, 0, 1].into(), 1);
-        let requests = [
-            Request::Ins(k),
-            Request::Rem(k),
-            Request::Get(k),
-            Request::Exi(k),
-            Request::Own(k),
-            Request::Con(a),
-            Request::Dis(a),
-            Request::Pul,
-            Request::Inf,
-            Request::Abd,
-        ];
-        for r in &requests {
-            let label = COMMANDS[command_index(r)];
+        for r in &Request::one_of_each(HashKey::ZERO, a) {
+            let label = COMMANDS[r.index()];
             assert_eq!(label.as_bytes(), r.command(), "{r:?}");
         }
+        assert_eq!(COMMANDS[INF], "INF");
     }
 }

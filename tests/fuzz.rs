@@ -367,20 +367,7 @@ fn request_with_rest(req: Request) -> Vec<Part> {
 }
 
 fn every_request() -> Vec<Request> {
-    let k = HashKey::of(b"apple");
-    let a = addr("127.0.0.1:5000");
-    vec![
-        Request::Ins(k),
-        Request::Rem(k),
-        Request::Get(k),
-        Request::Exi(k),
-        Request::Own(k),
-        Request::Con(a),
-        Request::Dis(a),
-        Request::Pul,
-        Request::Inf,
-        Request::Abd,
-    ]
+    Request::one_of_each(HashKey::of(b"apple"), addr("127.0.0.1:5000")).to_vec()
 }
 
 fn frame_seeds() -> Vec<(String, Vec<u8>)> {

@@ -375,18 +375,10 @@ mod tests {
     async fn every_request_written_reads_back_as_itself_in_both_encodings() {
         let key = HashKey::of(b"apple");
         let addr: PeerAddr = "127.0.0.1:5000".parse().unwrap();
-        let all = [
-            Request::Ins(key),
-            Request::Rem(key),
-            Request::Get(key),
-            Request::Exi(key),
-            Request::Own(key),
-            Request::Con(addr),
-            Request::Dis(addr),
-            Request::Pul,
-            Request::Inf,
-            Request::Abd,
-        ];
+        let all = Request::one_of_each(key, addr);
+        for (i, r) in all.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}: its place in the command table");
+        }
         for enc in [AddressEncoding::Compact, AddressEncoding::Text] {
             let (mut a, mut b) = pair(enc);
             for req in &all {

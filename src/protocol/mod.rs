@@ -216,27 +216,53 @@ pub enum Request {
     Abd,
 }
 
+/// Every command as it travels (PROTOCOL.md section 1), in the order of [`Request::index`]:
+/// the command table, which `read_request` reads the other way and tables indexed by command
+/// (the metrics) size themselves by.
+pub const COMMANDS: [&str; 10] = [
+    "INS", "REM", "GET", "EXI", "OWN", "CON", "DIS", "PUL", "INF", "ABD",
+];
+
 impl Request {
-    /// The command's three ASCII bytes on the wire (PROTOCOL.md section 1); `read_request`
-    /// is the other half of this table.
-    pub fn command(&self) -> &'static [u8; 3] {
+    /// The command's place in [`COMMANDS`].
+    pub fn index(&self) -> usize {
         match self {
-            Request::Ins(_) => b"INS",
-            Request::Rem(_) => b"REM",
-            Request::Get(_) => b"GET",
-            Request::Exi(_) => b"EXI",
-            Request::Own(_) => b"OWN",
-            Request::Con(_) => b"CON",
-            Request::Dis(_) => b"DIS",
-            Request::Pul => b"PUL",
-            Request::Inf => b"INF",
-            Request::Abd => b"ABD",
+            Request::Ins(_) => 0,
+            Request::Rem(_) => 1,
+            Request::Get(_) => 2,
+            Request::Exi(_) => 3,
+            Request::Own(_) => 4,
+            Request::Con(_) => 5,
+            Request::Dis(_) => 6,
+            Request::Pul => 7,
+            Request::Inf => 8,
+            Request::Abd => 9,
         }
     }
 
-    /// The command, for logs.
+    /// The command's three ASCII bytes on the wire.
+    pub fn command(&self) -> &'static [u8] {
+        self.name().as_bytes()
+    }
+
+    /// The command, for logs and labels.
     pub fn name(&self) -> &'static str {
-        // The table holds ASCII only.
-        std::str::from_utf8(self.command()).unwrap_or("???")
+        COMMANDS[self.index()]
+    }
+
+    /// One request of each command, in [`COMMANDS`] order (for tests and seeds).
+    pub fn one_of_each(key: HashKey, addr: PeerAddr) -> [Request; 10] {
+        [
+            Request::Ins(key),
+            Request::Rem(key),
+            Request::Get(key),
+            Request::Exi(key),
+            Request::Own(key),
+            Request::Con(addr),
+            Request::Dis(addr),
+            Request::Pul,
+            Request::Inf,
+            Request::Abd,
+        ]
     }
 }
