@@ -4,7 +4,6 @@
 use super::bulk::SINGLE_INSERTS_BELOW;
 use super::commit::Ticket;
 use super::kv::Tree;
-use super::pieces::PieceHeader;
 use super::value::{ReadFor, Value};
 use super::Storage;
 use crate::error::{Error, Result};
@@ -60,34 +59,7 @@ impl Storage {
 
     /// Entries in the arc `[from, to)` (a scan, bounded in memory like every scan).
     pub fn count_arc(&self, from: &HashKey, to: &HashKey) -> Result<u64> {
-        Ok(self.tally_arc(from, to)?.0)
-    }
-
-    /// Entries in the arc `[from, to)` and the sum of their values' lengths.
-    fn tally_arc(&self, from: &HashKey, to: &HashKey) -> Result<(u64, u64)> {
-        let (mut n, mut bytes) = (0u64, 0u64);
-        let mut last: Option<HashKey> = None;
-        for (i, r) in self.raw_arc(from, to).enumerate() {
-            let (k, _) = r?;
-            let key = stored_key(&k)?;
-            // Touch every piece too: the scan loaded its page (see `touched`). An entry is a
-            // whole value or a piece 0 (see `delete_arc` for pieces without one).
-            let now = self.touch_raw(&k)?;
-            let whole = k.len() == 20;
-            let first = whole || k[20..] == [0, 0, 0, 0];
-            if let Some(v) = now.filter(|_| first && last != Some(key)) {
-                n += 1;
-                bytes += match whole {
-                    true => v.len() as u64,
-                    false => PieceHeader::parse(&v).map_or(0, |h| h.len),
-                };
-                last = Some(key);
-            }
-            if (i as u64 + 1).is_multiple_of(RECLAIM_EVERY) {
-                reclaim();
-            }
-        }
-        Ok((n, bytes))
+        Ok(self.tally_arc(from, to, None)?.keys)
     }
 
     /// The raw entries of the arc `[from, to)`: whole values and pieces, in key order.

@@ -1,7 +1,7 @@
-//! What the data tree holds, counted for `dht-store status`: keys and value bytes. The node
-//! keeps no running counters (every write would pay for them, and a crash would leave them
-//! wrong), so this is a scan, bounded in time and run by the caller off the runtime's workers
-//! (`node::status` runs it on a blocking thread). Like every scan it registers its pages with
+//! What the data tree (or an arc of it) holds, counted: keys and value bytes, for `status`, the
+//! metrics, INF and a handoff's announced count. The node keeps no running counters (every
+//! write would pay for them, and a crash would leave them wrong), so this is a scan, bounded in
+//! time when asked and run by the caller off the runtime's workers. Like every scan it registers its pages with
 //! sled's cache and runs sled's deferred frees as it goes (`arc::touch_raw`, [`reclaim`]).
 
 use std::time::Instant;
@@ -32,19 +32,30 @@ impl Storage {
     /// interrupted change (pieces without their piece 0, a piece 0 beside a whole value) are
     /// not counted, as no reader sees them.
     pub fn tally(&self, deadline: Instant) -> Result<Tally> {
+        self.tally_arc(&HashKey::ZERO, &HashKey::ZERO, Some(deadline))
+    }
+
+    /// [`Storage::tally`] of the arc `[from, to)`, to its end unless `deadline` comes first
+    /// (the one counting scan: `count_arc` is its key count).
+    pub(super) fn tally_arc(
+        &self,
+        from: &HashKey,
+        to: &HashKey,
+        deadline: Option<Instant>,
+    ) -> Result<Tally> {
         let mut t = Tally {
             complete: true,
             ..Tally::default()
         };
         let mut last: Option<HashKey> = None;
-        for (i, r) in self.raw_arc(&HashKey::ZERO, &HashKey::ZERO).enumerate() {
+        for (i, r) in self.raw_arc(from, to).enumerate() {
             let (k, _) = r?;
             let key = stored_key(&k)?;
             let i = i as u64 + 1;
             if i.is_multiple_of(RECLAIM_EVERY) {
                 reclaim();
             }
-            if i.is_multiple_of(CLOCK_EVERY) && Instant::now() >= deadline {
+            if i.is_multiple_of(CLOCK_EVERY) && deadline.is_some_and(|d| Instant::now() >= d) {
                 t.complete = false;
                 return Ok(t);
             }
