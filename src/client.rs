@@ -10,7 +10,9 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
-use crate::protocol::{AddressEncoding, Connection, HashKey, Limits, PeerAddr, Request, Status};
+use crate::protocol::{
+    AddressEncoding, Connection, HashKey, Kind, Limits, PeerAddr, Request, Status,
+};
 
 /// How long a client waits for a peer to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -203,6 +205,28 @@ impl Client {
     /// REM: `N`, `T` removed, `F` was absent.
     pub async fn rem(&mut self, key: &HashKey) -> Result<Status> {
         self.conn.write_request(&Request::Rem(*key)).await?;
+        named(self.peer, self.conn.limits(), self.conn.read_status().await)
+    }
+
+    /// VIN (extension `versions/1`, docs/EXTENSIONS.md; only to a peer whose INF advertised
+    /// it): a versioned value, or a tombstone for `None`. `N` not mine, `T` held (this version
+    /// or a newer one), `F` not stored.
+    pub async fn vin(&mut self, key: &HashKey, version: u64, value: Option<&[u8]>) -> Result<Status> {
+        self.conn.write_request(&Request::Vin(*key)).await?;
+        self.conn.flush().await?;
+        match named(self.peer, self.conn.limits(), self.conn.read_status().await)? {
+            Status::T => {}
+            other => return Ok(other),
+        }
+        self.conn.write_int(version).await?;
+        match value {
+            Some(v) => {
+                self.conn.write_kind(Kind::Value).await?;
+                self.conn.write_value(v).await?;
+            }
+            None => self.conn.write_kind(Kind::Tombstone).await?,
+        }
+        self.conn.flush().await?;
         named(self.peer, self.conn.limits(), self.conn.read_status().await)
     }
 

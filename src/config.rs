@@ -65,6 +65,10 @@ pub struct Config {
     /// Seconds between two repair passes (misplaced entries to their owners); passes also run
     /// at start and after every handoff.
     pub repair_interval_secs: u64,
+    /// Seconds a tombstone (what a REM leaves, with its version) is kept before it is
+    /// collected. Until then a copy of the key that was away (a node down, a ring apart) cannot
+    /// bring the key back; a node away for longer may.
+    pub tombstone_retention_secs: u64,
     /// Address and port ("127.0.0.1:9100") of an HTTP endpoint serving the node's metrics in
     /// Prometheus text at /metrics (`crate::metrics`); none: no metrics are kept. The endpoint
     /// has no authentication: bind it where only the scraper reaches it.
@@ -94,6 +98,7 @@ impl Default for Config {
             handoff_ack_timeout_secs: 300,
             progress_interval_secs: 5,
             repair_interval_secs: 60,
+            tombstone_retention_secs: 7 * 86400,
             metrics_listen: None,
         }
     }
@@ -122,6 +127,7 @@ pub const SETTINGS: &[&str] = &[
     "handoff_ack_timeout_secs",
     "progress_interval_secs",
     "repair_interval_secs",
+    "tombstone_retention_secs",
     "metrics_listen",
 ];
 
@@ -204,6 +210,7 @@ pub const RANGES: &[Range] = &[
     range("handoff_ack_timeout_secs", None, 1, 86400, " s"),
     range("progress_interval_secs", None, 1, 3600, " s"),
     range("repair_interval_secs", None, 1, 86400, " s"),
+    range("tombstone_retention_secs", None, 1, 10 * 366 * 86400, " s"),
 ];
 
 fn secs(n: u64) -> Option<Duration> {
@@ -292,7 +299,7 @@ impl Config {
     }
 
     /// Every numeric setting with its value, for [`Config::validate`].
-    fn numbers(&self) -> [(&'static str, u64); 15] {
+    fn numbers(&self) -> [(&'static str, u64); 16] {
         [
             ("port", self.port.into()),
             ("max_value_size", self.max_value_size),
@@ -309,6 +316,7 @@ impl Config {
             ("handoff_ack_timeout_secs", self.handoff_ack_timeout_secs),
             ("progress_interval_secs", self.progress_interval_secs),
             ("repair_interval_secs", self.repair_interval_secs),
+            ("tombstone_retention_secs", self.tombstone_retention_secs),
         ]
     }
 

@@ -9,7 +9,8 @@ use tracing::{debug, warn};
 
 use super::{handoff, Node, Written};
 use crate::error::{Error, Result};
-use crate::protocol::{Connection, HashKey, Request, Status};
+use crate::protocol::{Connection, HashKey, Kind, Request, Status};
+use crate::storage::{Version, Versioned};
 
 /// Runs one request to its end and flushes the answer.
 pub async fn execute<S: AsyncRead + AsyncWrite>(
@@ -27,8 +28,20 @@ pub async fn execute<S: AsyncRead + AsyncWrite>(
             conn.write_addr(&answer).await?
         }
         // CON and DIS are whole exchanges of their own: see `handoff`.
-        Request::Con(joiner) => handoff::serve_con(node, conn, joiner).await?,
-        Request::Dis(leaver) => handoff::serve_dis(node, conn, leaver).await?,
+        Request::Con(joiner) => {
+            handoff::serve_con(node, conn, joiner, handoff::Entries::Plain).await?
+        }
+        Request::Dis(leaver) => {
+            handoff::serve_dis(node, conn, leaver, handoff::Entries::Plain).await?
+        }
+        // The versioned forms (docs/EXTENSIONS.md): the same exchanges, entries with versions.
+        Request::Vcn(joiner) => {
+            handoff::serve_con(node, conn, joiner, handoff::Entries::Versioned).await?
+        }
+        Request::Vds(leaver) => {
+            handoff::serve_dis(node, conn, leaver, handoff::Entries::Versioned).await?
+        }
+        Request::Vin(key) => vin(node, conn, key).await?,
         Request::Pul => conn.write_status(Status::T).await?,
         // INF counts the keys with a full scan (seconds for millions): inline, it stalled the
         // tasks queued on this worker, and a predecessor whose PULs went unanswered took us
@@ -74,6 +87,42 @@ async fn ins<S: AsyncRead + AsyncWrite>(
         }
         Err(e) => {
             warn!(%key, "INS not stored: {e}");
+            Status::F
+        }
+    };
+    conn.write_status(status).await
+}
+
+/// VIN (docs/EXTENSIONS.md): as INS, but the entry carries its version and may be a
+/// tombstone; it is stored only if newer than ours, and `T` says we hold it or a newer one.
+async fn vin<S: AsyncRead + AsyncWrite>(
+    node: &Node,
+    conn: &mut Connection<S>,
+    key: HashKey,
+) -> Result<()> {
+    let Some(accepted) = node.gate.begin_insert(&key, || node.owns(&key)).await else {
+        return conn.write_status(Status::N).await;
+    };
+    conn.write_status(Status::T).await?;
+    conn.flush().await?;
+    let version = Version(conn.read_int().await?);
+    let value = match conn.read_kind().await? {
+        Kind::Tombstone => None,
+        Kind::Value => match conn.read_value().await {
+            Ok(v) => Some(v),
+            Err(e @ Error::ValueTooLarge { .. }) => {
+                conn.write_status(Status::F).await?;
+                conn.flush().await?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    let status = match node.finish_apply(accepted, Versioned { version, value }).await {
+        Ok(Written::Done) => Status::T,
+        Ok(_) => Status::F,
+        Err(e) => {
+            warn!(%key, "VIN not stored: {e}");
             Status::F
         }
     };

@@ -13,7 +13,8 @@ use super::handoff::{self, Place};
 use super::{walk, Node};
 use crate::client::Router;
 use crate::error::Result;
-use crate::protocol::{HashKey, PeerAddr};
+use crate::protocol::{HashKey, PeerAddr, Status};
+use crate::storage::{Value, Versioned};
 use crate::ring::{distance, finger_targets, successor_list, Peer, RingState};
 
 /// CONs a place check tries when it finds another peer owning our id.
@@ -470,16 +471,78 @@ pub async fn repair_loop(node: Arc<Node>) {
     }
 }
 
+/// Collects tombstones older than `tombstone_retention_secs`, every quarter of it (at most
+/// hourly), on a blocking thread.
+pub async fn tombstone_loop(node: Arc<Node>) {
+    let retention = node.config.tombstone_retention_secs.max(1);
+    let every = Duration::from_secs((retention / 4).clamp(1, 3600));
+    loop {
+        tokio::time::sleep(every).await;
+        if node.departed() {
+            return;
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let before = crate::storage::Version(now_ms.saturating_sub(retention * 1000) << 16);
+        let storage = node.storage.clone();
+        match tokio::task::spawn_blocking(move || storage.collect_tombstones(before, None)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => info!("collected {n} tombstones older than {retention} s"),
+            Ok(Err(e)) => warn!("collecting tombstones: {e}"),
+            Err(e) => warn!("collecting tombstones: {e}"),
+        }
+    }
+}
+
+/// Gives one misplaced entry to the owner of its key; whether the owner now holds it (or
+/// something newer, or, for a plain owner, any value of the key).
+async fn hand_over(node: &Node, router: &mut Router, k: &HashKey, e: &Versioned<Value>) -> bool {
+    let owner = match router.owner(k).await {
+        Ok((owner, _)) => owner,
+        Err(err) => {
+            debug!(key = %k, "repair: owner not reached: {err}");
+            return false;
+        }
+    };
+    let answer = if node.speaks_versions(owner).await {
+        let value = e.value.as_deref();
+        match router.client(owner).await {
+            Ok(c) => c.vin(k, e.version.0, value).await.map(|s| s == Status::T),
+            Err(err) => Err(err),
+        }
+    } else {
+        match &e.value {
+            // A plain peer has no tombstones: there is nothing to tell it.
+            None => Ok(true),
+            Some(v) => match router.exists(k).await {
+                Ok(true) => Ok(true),
+                Ok(false) => router.put(k, v).await,
+                Err(err) => Err(err),
+            },
+        }
+    };
+    match answer {
+        Ok(handed) => handed,
+        Err(err) => {
+            node.extensions.forget(owner);
+            debug!(key = %k, "repair: {owner} did not take it: {err}");
+            false
+        }
+    }
+}
+
 /// Most value bytes the repair pass holds at once.
 const REPAIR_CHUNK_BYTES: usize = 8 << 20;
 /// Most entries the repair pass holds at once.
 const REPAIR_CHUNK_ENTRIES: usize = 64;
 
-/// Hands every entry we hold but do not own (the arc `[id(successor), id(me))`) to its owner:
-/// if the owner already holds the key its copy wins (it is the newer: it came through a write or
-/// a handoff there); otherwise we INS ours. Ours is deleted only after the owner's `T`, only
-/// if it is still unchanged and still not ours (checked under the write gate), and never while
-/// a handoff runs.
+/// Hands every entry we hold but do not own (the arc `[id(successor), id(me))`) to its owner.
+/// An owner that speaks versions gets it with VIN, tombstones included, and keeps the newer of
+/// its copy and ours. A plain owner that already holds the key keeps its copy (it came through
+/// a write or a handoff there); otherwise we INS ours; a tombstone has nothing to tell it.
+/// Ours is deleted only after the owner's `T`, only if its version is unchanged and the key
+/// is still not ours (checked under the write gate), and never while a handoff runs.
 async fn repair(node: &Node) -> Result<(u64, u64)> {
     let (mut moved, mut kept) = (0u64, 0u64);
     let ring = node.ring().clone();
@@ -495,31 +558,23 @@ async fn repair(node: &Node) -> Result<(u64, u64)> {
         if node.departed() || node.ring().successor() != succ {
             break; // the ring changed: the next pass starts from the new bounds
         }
-        let mut chunk: Vec<(HashKey, crate::storage::Value)> = Vec::new();
+        let mut chunk: Vec<(HashKey, Versioned<Value>)> = Vec::new();
         let mut bytes = 0;
-        for entry in node.storage.iter_arc(&cursor, &me.id) {
-            let (k, v) = entry?;
-            bytes += v.len();
-            chunk.push((k, v));
+        for entry in node.storage.iter_arc_versioned(&cursor, &me.id) {
+            let (k, e) = entry?;
+            bytes += e.value.as_ref().map_or(0, |v| v.len());
+            chunk.push((k, e));
             if chunk.len() >= REPAIR_CHUNK_ENTRIES || bytes >= REPAIR_CHUNK_BYTES {
                 break;
             }
         }
         let Some((last, _)) = chunk.last() else { break };
         let next = last.wrapping_add(&HashKey::pow2(0));
-        for (k, v) in chunk {
+        for (k, e) in chunk {
             if node.owns(&k) {
                 continue;
             }
-            let handed = match router.exists(&k).await {
-                Ok(true) => true,
-                Ok(false) => matches!(router.put(&k, &v).await, Ok(true)),
-                Err(e) => {
-                    debug!(key = %k, "repair: owner not reached: {e}");
-                    false
-                }
-            };
-            if !handed {
+            if !hand_over(node, &mut router, &k, &e).await {
                 kept += 1;
                 continue;
             }
@@ -535,7 +590,7 @@ async fn repair(node: &Node) -> Result<(u64, u64)> {
                         if node.owns(&k) {
                             return Ok(None);
                         }
-                        let remove = || node.storage.remove_if_unchanged(&k, &v);
+                        let remove = || node.storage.remove_if_version(&k, e.version);
                         Ok(Some(super::blocking(remove)?))
                     })
                     .await?

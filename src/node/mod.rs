@@ -5,6 +5,7 @@
 
 mod admin;
 mod commands;
+mod extensions;
 mod gate;
 mod handoff;
 mod maintenance;
@@ -81,6 +82,8 @@ pub struct Node {
     repair: Notify,
     /// When the node started serving, for INF.
     started: Instant,
+    /// Which peers advertised the `versions/1` extension: only those are sent its commands.
+    pub extensions: extensions::Extensions,
 }
 
 /// How long a peer counts as alive after it last answered.
@@ -107,7 +110,15 @@ impl Node {
             stop: Notify::new(),
             repair: Notify::new(),
             started: Instant::now(),
+            extensions: extensions::Extensions::default(),
         }
+    }
+
+    /// Whether `peer` speaks the `versions/1` extension (asked once, then remembered).
+    pub async fn speaks_versions(&self, peer: PeerAddr) -> bool {
+        self.extensions
+            .versions(peer, self.config.address_encoding)
+            .await
     }
 
     pub fn ring(&self) -> RwLockReadGuard<'_, RingState> {
@@ -209,14 +220,41 @@ impl Node {
         value: Vec<u8>,
     ) -> Result<Written> {
         let key = accepted.key;
+        let len = value.len();
+        self.finish_accepted(accepted, len, || self.storage.insert(&key, value))
+            .await
+    }
+
+    /// Applies a VIN registered with [`WriteGate::begin_insert`]: the entry is stored if it is
+    /// newer than what we hold (`Written::Done` either way: we hold it or something newer).
+    pub async fn finish_apply(
+        &self,
+        accepted: gate::Accepted<'_>,
+        entry: crate::storage::Versioned<Vec<u8>>,
+    ) -> Result<Written> {
+        let key = accepted.key;
+        let len = entry.value.as_ref().map_or(0, Vec::len);
+        self.finish_accepted(accepted, len, || {
+            self.storage.apply(&key, entry).map(|(_, t)| t)
+        })
+        .await
+    }
+
+    /// Runs `store` for a write that passed the gate's first step, if the key is still ours,
+    /// and returns once it is durable.
+    async fn finish_accepted(
+        &self,
+        accepted: gate::Accepted<'_>,
+        len: usize,
+        store: impl FnOnce() -> Result<crate::storage::Ticket>,
+    ) -> Result<Written> {
+        let key = accepted.key;
         let applied = self
             .gate
             .finish_insert(accepted, || -> Result<Option<_>> {
                 if !self.owns(&key) {
                     return Ok(None);
                 }
-                let len = value.len();
-                let store = || self.storage.insert(&key, value);
                 Ok(Some(self.storage_work(&key, len, store)?))
             })
             .await;
@@ -419,7 +457,7 @@ impl Node {
         format!(
             "dht-store {}\naddress {}\nid {}\nsuccessor {}\nsecond successor {}\nsuccessors {}\n\
              predecessor {}\nfingers {}\nknown peers {}\nkeys {}\naddress encoding {}\nhandoff {}\n\
-             state {}\nuptime {}s\nmax value size {}\n",
+             state {}\nuptime {}s\nmax value size {}\n{} {}\n",
             env!("CARGO_PKG_VERSION"),
             ring.me.addr,
             ring.me.id,
@@ -449,6 +487,8 @@ impl Node {
             },
             self.started.elapsed().as_secs(),
             self.config.max_value_size,
+            crate::protocol::EXTENSIONS_LINE,
+            crate::protocol::VERSIONS_EXTENSION,
         )
     }
 }
@@ -610,6 +650,7 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
         tokio::spawn(maintenance::run(node.clone())),
         tokio::spawn(places),
         tokio::spawn(maintenance::repair_loop(node.clone())),
+        tokio::spawn(maintenance::tombstone_loop(node.clone())),
     ];
     let stop = {
         let node = node.clone();

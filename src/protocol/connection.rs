@@ -6,7 +6,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufStream};
 use tokio_io_timeout::TimeoutStream;
 
-use super::{parse_addr, AddressEncoding, HashKey, PeerAddr, Request, Status, MAX_TEXT_ADDRESS};
+use super::{
+    parse_addr, AddressEncoding, HashKey, Kind, PeerAddr, Request, Status, MAX_TEXT_ADDRESS,
+};
 use crate::error::{Error, Result};
 
 /// What a connection refuses or gives up on, so that no peer can make us allocate, or wait,
@@ -127,6 +129,9 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
             b"PUL" => Request::Pul,
             b"INF" => Request::Inf,
             b"ABD" => Request::Abd,
+            b"VCN" => Request::Vcn(self.read_addr().await?),
+            b"VDS" => Request::Vds(self.read_addr().await?),
+            b"VIN" => Request::Vin(self.read_key().await?),
             other => {
                 return Err(Error::UnknownCommand(
                     String::from_utf8_lossy(other).escape_debug().to_string(),
@@ -146,8 +151,11 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
             | Request::Rem(k)
             | Request::Get(k)
             | Request::Exi(k)
-            | Request::Own(k) => self.write_key(k).await?,
-            Request::Con(a) | Request::Dis(a) => self.write_addr(a).await?,
+            | Request::Own(k)
+            | Request::Vin(k) => self.write_key(k).await?,
+            Request::Con(a) | Request::Dis(a) | Request::Vcn(a) | Request::Vds(a) => {
+                self.write_addr(a).await?
+            }
             Request::Pul | Request::Inf | Request::Abd => {}
         }
         self.flush().await
@@ -174,6 +182,13 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
         let mut b = [0u8; 1];
         self.read_exact(&mut b).await?;
         Status::from_byte(b[0])
+    }
+
+    /// The kind byte of a versioned entry (extension `versions/1`).
+    pub async fn read_kind(&mut self) -> Result<Kind> {
+        let mut b = [0u8; 1];
+        self.read_exact(&mut b).await?;
+        Kind::from_byte(b[0])
     }
 
     /// A PeerAddress in this connection's encoding.
@@ -259,6 +274,10 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
     pub async fn write_status(&mut self, s: Status) -> Result<()> {
         self.last_status = Some(s);
         self.write_all(&[s.byte()]).await
+    }
+
+    pub async fn write_kind(&mut self, k: Kind) -> Result<()> {
+        self.write_all(&[k.byte()]).await
     }
 
     /// The last status written since the previous call, if any (an INS's final answer, not its
@@ -423,6 +442,9 @@ mod tests {
                 Just(Request::Pul),
                 Just(Request::Inf),
                 Just(Request::Abd),
+                arb_addr().prop_map(Request::Vcn),
+                arb_addr().prop_map(Request::Vds),
+                arb_key().prop_map(Request::Vin),
             ]
         }
 
@@ -545,8 +567,9 @@ mod tests {
                 | Request::Rem(k)
                 | Request::Get(k)
                 | Request::Exi(k)
-                | Request::Own(k) => out.extend(k.0),
-                Request::Con(a) | Request::Dis(a) => match enc {
+                | Request::Own(k)
+                | Request::Vin(k) => out.extend(k.0),
+                Request::Con(a) | Request::Dis(a) | Request::Vcn(a) | Request::Vds(a) => match enc {
                     AddressEncoding::Compact => {
                         out.extend(a.ip().octets());
                         out.extend(a.port().to_be_bytes());

@@ -214,14 +214,66 @@ pub enum Request {
     Pul,
     Inf,
     Abd,
+    /// Extension `versions/1` (docs/EXTENSIONS.md): CON whose entries carry versions and
+    /// tombstones. Sent only to a peer whose INF advertised the extension.
+    Vcn(PeerAddr),
+    /// Extension `versions/1`: DIS whose entries carry versions and tombstones.
+    Vds(PeerAddr),
+    /// Extension `versions/1`: a write that carries its version (a value or a tombstone),
+    /// applied only if newer than what the owner holds.
+    Vin(HashKey),
 }
 
 /// Every command as it travels (PROTOCOL.md section 1), in the order of [`Request::index`]:
 /// the command table, which `read_request` reads the other way and tables indexed by command
 /// (the metrics) size themselves by.
-pub const COMMANDS: [&str; 10] = [
-    "INS", "REM", "GET", "EXI", "OWN", "CON", "DIS", "PUL", "INF", "ABD",
+pub const COMMANDS: [&str; 13] = [
+    "INS", "REM", "GET", "EXI", "OWN", "CON", "DIS", "PUL", "INF", "ABD", "VCN", "VDS", "VIN",
 ];
+
+/// The extension a node advertises in its INF answer, on a line of its own
+/// (`extensions: versions/1`): versioned entries, tombstones and the commands `VCN`, `VDS`
+/// and `VIN` (docs/EXTENSIONS.md).
+pub const VERSIONS_EXTENSION: &str = "versions/1";
+
+/// The start of the INF line that lists a node's extensions.
+pub const EXTENSIONS_LINE: &str = "extensions:";
+
+/// Whether an INF text advertises the `versions/1` extension.
+pub fn advertises_versions(inf: &str) -> bool {
+    inf.lines().any(|l| {
+        l.trim()
+            .strip_prefix(EXTENSIONS_LINE)
+            .is_some_and(|rest| rest.split_whitespace().any(|e| e == VERSIONS_EXTENSION))
+    })
+}
+
+/// What a versioned entry holds (extension `versions/1`): a value, or a tombstone (the key was
+/// removed). One byte on the wire: `V` or `X`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Value,
+    Tombstone,
+}
+
+impl Kind {
+    pub fn byte(self) -> u8 {
+        match self {
+            Kind::Value => b'V',
+            Kind::Tombstone => b'X',
+        }
+    }
+
+    pub fn from_byte(b: u8) -> Result<Kind> {
+        match b {
+            b'V' => Ok(Kind::Value),
+            b'X' => Ok(Kind::Tombstone),
+            other => Err(Error::Peer(format!(
+                "a versioned entry's kind is {other:#04x}, not V or X"
+            ))),
+        }
+    }
+}
 
 impl Request {
     /// The command's place in [`COMMANDS`].
@@ -237,6 +289,9 @@ impl Request {
             Request::Pul => 7,
             Request::Inf => 8,
             Request::Abd => 9,
+            Request::Vcn(_) => 10,
+            Request::Vds(_) => 11,
+            Request::Vin(_) => 12,
         }
     }
 
@@ -251,7 +306,7 @@ impl Request {
     }
 
     /// One request of each command, in [`COMMANDS`] order (for tests and seeds).
-    pub fn one_of_each(key: HashKey, addr: PeerAddr) -> [Request; 10] {
+    pub fn one_of_each(key: HashKey, addr: PeerAddr) -> [Request; 13] {
         [
             Request::Ins(key),
             Request::Rem(key),
@@ -263,6 +318,15 @@ impl Request {
             Request::Pul,
             Request::Inf,
             Request::Abd,
+            Request::Vcn(addr),
+            Request::Vds(addr),
+            Request::Vin(key),
         ]
+    }
+
+    /// Whether this is a command of an extension (never sent to a peer that did not
+    /// advertise it).
+    pub fn is_extension(&self) -> bool {
+        matches!(self, Request::Vcn(_) | Request::Vds(_) | Request::Vin(_))
     }
 }

@@ -64,6 +64,11 @@ pub enum HandoffRecord {
         leaver: PeerAddr,
         successor: PeerAddr,
     },
+    /// We joined through `from`: the arc and our ring state are durable (written with this
+    /// record), our `T` may or may not have reached `from`. Cleared once the `T` is sent; a
+    /// restart that finds it asks `from` whether the join completed. Last, so that records of
+    /// older builds decode as before.
+    JoinedCon { from: PeerAddr, fresh: bool },
 }
 
 /// Version byte in front of a stored RingRecord.

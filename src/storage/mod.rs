@@ -54,6 +54,7 @@ mod dir;
 mod kv;
 mod meta;
 mod pieces;
+mod shim16;
 mod tally;
 #[cfg(test)]
 mod testing;
@@ -85,6 +86,7 @@ pub use cut::CutEntries;
 pub use dir::{forget_lock, holds_database};
 pub use meta::{Change, HandoffRecord, Phase, RingRecord};
 pub use pieces::INLINE_MAX;
+pub use shim16::{shim_values, Version, Versioned};
 pub use tally::Tally;
 pub use value::Value;
 

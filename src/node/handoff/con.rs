@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
-use super::stream::{receive_arc, send_arc, Incoming};
+use super::stream::{receive_arc, send_arc, Entries, Incoming};
 use super::{connect, read_ack, LOCK_WAIT};
 use crate::error::{Error, Result};
 use crate::fault;
@@ -19,11 +19,13 @@ use crate::storage::{BatchWrite, Change, HandoffRecord, Phase};
 /// Attempts of a join (CON answered `N` or failed) before giving up.
 pub(super) const JOIN_ATTEMPTS: usize = 20;
 
-/// Serves a CON from `joiner` (we are the current owner of its id), PROTOCOL.md section 4.
+/// Serves a CON from `joiner` (we are the current owner of its id), PROTOCOL.md section 4;
+/// or its versioned form VCN (`entries`: docs/EXTENSIONS.md).
 pub async fn serve_con<S: AsyncRead + AsyncWrite>(
     node: &Node,
     conn: &mut Connection<S>,
     joiner: PeerAddr,
+    entries: Entries,
 ) -> Result<()> {
     let Ok(_one) = tokio::time::timeout(LOCK_WAIT, node.handoff.lock()).await else {
         info!(%joiner, "CON answered N: another handoff is in progress");
@@ -44,7 +46,7 @@ pub async fn serve_con<S: AsyncRead + AsyncWrite>(
     if !node.gate.fence(j.id, s1.id) {
         return conn.write_status(Status::N).await;
     }
-    let result = serve_con_fenced(node, conn, &ring, j, s1, s2).await;
+    let result = serve_con_fenced(node, conn, &ring, j, (s1, s2), entries).await;
     node.gate.lift();
     if let Err(e) = &result {
         warn!(%joiner, "CON aborted, we keep the range and its entries: {e}");
@@ -60,8 +62,8 @@ async fn serve_con_fenced<S: AsyncRead + AsyncWrite>(
     conn: &mut Connection<S>,
     ring: &RingState,
     j: Peer,
-    s1: Peer,
-    s2: Peer,
+    (s1, s2): (Peer, Peer),
+    entries: Entries,
 ) -> Result<()> {
     let cut = node
         .gate
@@ -87,7 +89,7 @@ async fn serve_con_fenced<S: AsyncRead + AsyncWrite>(
     conn.write_status(Status::T).await?;
     conn.write_addr(&s1.addr).await?;
     conn.write_addr(&s2.addr).await?;
-    send_arc(node, conn, &j.id, &s1.id, &progress, "con-serve").await?;
+    send_arc(node, conn, &j.id, &s1.id, &progress, "con-serve", entries).await?;
     match read_ack(node, conn).await? {
         Status::T => {}
         other => {
@@ -212,7 +214,12 @@ pub(super) async fn join_locked(
         } else {
             BatchWrite::InPlace
         };
-        match con_exchange(node, owner, me, how).await {
+        let entries = if node.speaks_versions(owner).await {
+            Entries::Versioned
+        } else {
+            Entries::Plain
+        };
+        match con_exchange(node, owner, me, (how, fresh), entries).await {
             Ok(true) => return Ok(true),
             Ok(false) => {
                 last = format!("{owner} answered N");
@@ -220,6 +227,9 @@ pub(super) async fn join_locked(
             }
             Err(e) => {
                 last = e.to_string();
+                if entries == Entries::Versioned {
+                    node.extensions.forget(owner);
+                }
                 warn!("join: CON with {owner} failed: {e}");
                 if fresh {
                     node.delete_arc(&HashKey::ZERO, &HashKey::ZERO).await?;
@@ -233,10 +243,21 @@ pub(super) async fn join_locked(
     )))
 }
 
-/// One CON exchange as the joiner. `Ok(false)`: answered `N`.
-async fn con_exchange(node: &Node, owner: PeerAddr, me: PeerAddr, how: BatchWrite) -> Result<bool> {
+/// One CON exchange as the joiner (VCN with a peer that speaks versions). `Ok(false)`:
+/// answered `N`.
+async fn con_exchange(
+    node: &Node,
+    owner: PeerAddr,
+    me: PeerAddr,
+    (how, fresh): (BatchWrite, bool),
+    entries: Entries,
+) -> Result<bool> {
     let mut conn = connect(node, owner).await?;
-    conn.write_request(&Request::Con(me)).await?;
+    let request = match entries {
+        Entries::Plain => Request::Con(me),
+        Entries::Versioned => Request::Vcn(me),
+    };
+    conn.write_request(&request).await?;
     match conn.read_status().await? {
         Status::T => {}
         Status::N => return Ok(false),
@@ -264,6 +285,7 @@ async fn con_exchange(node: &Node, owner: PeerAddr, me: PeerAddr, how: BatchWrit
         to: &s1.id,
         step: "con-join",
         how,
+        entries,
     };
     receive_arc(node, &mut conn, &arc, &progress).await?;
     node.meet([owner, s1.addr, s2.addr]);
@@ -276,10 +298,14 @@ async fn con_exchange(node: &Node, owner: PeerAddr, me: PeerAddr, how: BatchWrit
     );
     state.predecessor = Some(p);
     state.fingers = vec![my; node.config.fingers];
-    node.switch_ring(Some(state), Change::Clear).await?;
+    // The record stays until our T is out: killed before that, a restart asks the owner
+    // whether it took the T (`recover`), instead of keeping a join the owner aborted.
+    let joined = HandoffRecord::JoinedCon { from: owner, fresh };
+    node.switch_ring(Some(state), Change::Set(&joined)).await?;
     fault::point("con-join:before-ack").await;
     conn.write_status(Status::T).await?;
     conn.flush().await?;
+    node.set_handoff(None).await?;
     node.mark_alive(owner);
     progress.finish(&format!("done, joined after {owner}"));
     Ok(true)

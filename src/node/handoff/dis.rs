@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, warn};
 
-use super::stream::{receive_arc, send_arc, Incoming};
+use super::stream::{receive_arc, send_arc, Entries, Incoming};
 use super::{connect, read_ack, LOCK_WAIT};
 use crate::error::{Error, Result};
 use crate::fault;
@@ -19,11 +19,13 @@ use crate::storage::{BatchWrite, Change, HandoffRecord, Phase};
 /// Attempts of a leave (DIS answered `N` or failed) before giving up.
 const LEAVE_ATTEMPTS: usize = 5;
 
-/// Serves a DIS from `leaver` (it must be our successor), PROTOCOL.md section 4.
+/// Serves a DIS from `leaver` (it must be our successor), PROTOCOL.md section 4; or its
+/// versioned form VDS (`entries`: docs/EXTENSIONS.md).
 pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
     node: &Node,
     conn: &mut Connection<S>,
     leaver: PeerAddr,
+    entries: Entries,
 ) -> Result<()> {
     let Ok(_one) = tokio::time::timeout(LOCK_WAIT, node.handoff.lock()).await else {
         info!(%leaver, "DIS answered N: another handoff is in progress");
@@ -62,6 +64,7 @@ pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
         to: &s1.id,
         step: "dis-recv",
         how: BatchWrite::KeysFirst,
+        entries,
     };
     let received = receive_arc(node, conn, &arc, &progress).await;
     if let Err(e) = received {
@@ -185,7 +188,12 @@ async fn leave_fenced(node: &Node, ring: &RingState) -> Result<String> {
             from: me.id,
             to: ring.successor().id,
         });
-        match dis_exchange(node, ring, pred, &progress).await {
+        let entries = if node.speaks_versions(pred).await {
+            Entries::Versioned
+        } else {
+            Entries::Plain
+        };
+        match dis_exchange(node, ring, pred, &progress, entries).await {
             Ok(Some(n)) => {
                 progress.finish("done");
                 // Our range is the predecessor's: own nothing from here on, then empty the dir.
@@ -206,6 +214,9 @@ async fn leave_fenced(node: &Node, ring: &RingState) -> Result<String> {
             }
             Err(e) => {
                 last = e.to_string();
+                if entries == Entries::Versioned {
+                    node.extensions.forget(pred);
+                }
                 warn!("leave: DIS with {pred} failed: {e}");
             }
         }
@@ -222,9 +233,14 @@ async fn dis_exchange(
     ring: &RingState,
     pred: PeerAddr,
     progress: &Progress,
+    entries: Entries,
 ) -> Result<Option<u64>> {
     let mut conn = connect(node, pred).await?;
-    conn.write_request(&Request::Dis(ring.me.addr)).await?;
+    let request = match entries {
+        Entries::Plain => Request::Dis(ring.me.addr),
+        Entries::Versioned => Request::Vds(ring.me.addr),
+    };
+    conn.write_request(&request).await?;
     match conn.read_status().await? {
         Status::T => {}
         Status::N => return Ok(None),
@@ -239,6 +255,7 @@ async fn dis_exchange(
         &ring.successor().id,
         progress,
         "dis-leave",
+        entries,
     )
     .await?;
     match read_ack(node, &mut conn).await? {

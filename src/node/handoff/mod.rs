@@ -29,6 +29,7 @@ pub use con::{join, serve_con};
 pub use dis::{finish_departure, leave, serve_dis};
 pub use place::{check_place, check_place_after_restart, rejoin_locked, Place};
 pub use recover::recover;
+pub(crate) use stream::Entries;
 
 /// A receiver writes a batch once it holds this many value bytes (so 8 MiB values go one by one).
 pub const BATCH_BYTES: usize = 4 << 20;

@@ -10,7 +10,7 @@ use super::con::finish_handed_arc;
 use super::dis::finish_departure;
 use crate::error::{Error, Result};
 use crate::node::{walk, Node};
-use crate::protocol::HashKey;
+use crate::protocol::{HashKey, PeerAddr};
 use crate::ring::{id_of, Peer};
 use crate::storage::{Change, HandoffRecord, Phase};
 
@@ -112,6 +112,7 @@ pub async fn recover(node: &Arc<Node>) -> Result<()> {
                 info!("the leave to {to} did not complete before the crash: resuming as a member");
             }
         }
+        HandoffRecord::JoinedCon { from, fresh } => joined_con(node, from, fresh).await?,
         HandoffRecord::ReceivingDis { leaver, successor } => {
             let n = node.delete_arc(&id_of(&leaver), &id_of(&successor)).await?;
             node.set_handoff(None).await?;
@@ -119,4 +120,72 @@ pub async fn recover(node: &Arc<Node>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// After a crash between storing a joined arc and sending the `T` (or just after it): did
+/// `from` take our `T`? If it names us as the owner of our id, yes. If it names itself, it
+/// did not, or it did and has given us up since (then our copy is the only one): a peer that
+/// speaks versions resolves both when we join again (its stream carries its deletions, and
+/// nothing of ours is dropped), so we keep the arc; with a plain peer a fresh joiner drops it
+/// only if `from` still holds what it sent us (a completed handoff deleted it there), and
+/// joins again.
+async fn joined_con(node: &Arc<Node>, from: PeerAddr, fresh: bool) -> Result<()> {
+    let enc = node.config.address_encoding;
+    let me = node.me();
+    let my_id = id_of(&me);
+    let mut answer = Err(Error::Peer("not asked".into()));
+    for _ in 0..3 {
+        answer = walk::own(from, &my_id, enc).await;
+        if answer.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    match answer {
+        Ok(a) if a == me => info!("the join through {from} completed before the crash"),
+        Ok(a) if a == from => {
+            if node.speaks_versions(from).await {
+                info!(
+                    "{from} owns our id: it did not take our T, or gave us up since; keeping \
+                     the arc, the join again brings its newer versions and its deletions"
+                );
+            } else if fresh && still_holds_our_arc(node, from).await {
+                let n = node.delete_arc(&HashKey::ZERO, &HashKey::ZERO).await?;
+                let t = node.storage.save_state(Change::Clear, Change::Clear)?;
+                node.storage.sync(t).await?;
+                info!("the join through {from} did not complete: dropped the {n} entries received; joining again");
+                return super::con::join(node, from, false).await;
+            } else {
+                info!("{from} owns our id; keeping the arc (it may be the only copy)");
+            }
+        }
+        Ok(a) => info!("the ring routes our id to {a} now: keeping the arc"),
+        Err(e) => warn!("{from} cannot be asked whether our join completed ({e}): keeping the arc"),
+    }
+    node.set_handoff(None).await
+}
+
+/// Whether `from` still holds the first entries of our arc (up to 4): after a completed
+/// handoff it deleted them all.
+async fn still_holds_our_arc(node: &Node, from: PeerAddr) -> bool {
+    let ring = node.ring().clone();
+    let keys: Vec<HashKey> = node
+        .storage
+        .iter_arc(&ring.me.id, &ring.successor().id)
+        .take(4)
+        .filter_map(|r| r.ok().map(|(k, _)| k))
+        .collect();
+    if keys.is_empty() {
+        return false;
+    }
+    let Ok(mut c) = crate::client::Client::connect(from, node.config.address_encoding).await else {
+        return false;
+    };
+    for k in &keys {
+        match tokio::time::timeout(walk::ASK_TIMEOUT, c.exi(k)).await {
+            Ok(Ok(crate::protocol::Status::T)) => {}
+            _ => return false,
+        }
+    }
+    true
 }

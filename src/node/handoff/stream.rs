@@ -9,11 +9,13 @@ use super::BATCH_BYTES;
 use crate::error::{Error, Result};
 use crate::fault;
 use crate::node::{Node, Progress};
-use crate::protocol::{Connection, HashKey, Status};
+use crate::protocol::{Connection, HashKey, Kind, Status};
 use crate::ring::in_arc;
 #[cfg(doc)]
 use crate::storage::BATCH_ENTRIES;
-use crate::storage::{BatchWrite, Batcher, Import, Storage, IMPORT_QUEUE};
+use crate::storage::{
+    BatchWrite, Batcher, Import, Storage, Value, Version, Versioned, IMPORT_QUEUE,
+};
 
 /// A receiver makes each window of this many bytes durable as it goes (see [`Import`]):
 /// smaller windows made it wait for the flusher too often (BENCHMARKS.md, "Handoff").
@@ -23,8 +25,17 @@ const SYNC_EVERY: u64 = 256 << 20;
 enum Outgoing {
     /// The number of entries in the arc: the Int sent first.
     Count(u64),
-    /// The next entries in ring order.
-    Entries(Vec<(HashKey, crate::storage::Value)>),
+    /// The next entries in ring order (a plain stream carries values only).
+    Entries(Vec<(HashKey, Versioned<Value>)>),
+}
+
+/// How a handoff's entries travel: as PROTOCOL.md section 4 says (`HashKey Value`, live
+/// entries only), or with their versions and tombstones (extension `versions/1`, between peers
+/// that advertised it: docs/EXTENSIONS.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Entries {
+    Plain,
+    Versioned,
 }
 
 /// Streams the entries of `[from, to)` out of sled: the Int count, then each HashKey and Value.
@@ -41,14 +52,15 @@ pub(super) async fn send_arc<S: AsyncRead + AsyncWrite>(
     to: &HashKey,
     progress: &Progress,
     step: &str,
+    entries: Entries,
 ) -> Result<u64> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Outgoing>>(IMPORT_QUEUE);
     let reader = {
         let storage = node.storage.clone();
         let (from, to) = (*from, *to);
-        tokio::task::spawn_blocking(move || read_arc(&storage, &from, &to, &tx))
+        tokio::task::spawn_blocking(move || read_arc(&storage, &from, &to, entries, &tx))
     };
-    let result = stream_arc(conn, &mut rx, progress, step).await;
+    let result = stream_arc(conn, &mut rx, progress, step, entries).await;
     // Stops the reader if we stopped first; it ends at its next send.
     drop(rx);
     let _ = reader.await;
@@ -61,9 +73,14 @@ fn read_arc(
     storage: &Storage,
     from: &HashKey,
     to: &HashKey,
+    entries: Entries,
     tx: &tokio::sync::mpsc::Sender<Result<Outgoing>>,
 ) {
-    let n = match storage.count_arc(from, to) {
+    let count = match entries {
+        Entries::Plain => storage.count_arc(from, to),
+        Entries::Versioned => storage.count_arc_versioned(from, to),
+    };
+    let n = match count {
         Ok(n) => n,
         Err(e) => {
             let _ = tx.blocking_send(Err(e));
@@ -74,7 +91,22 @@ fn read_arc(
         return;
     }
     let mut batcher = Batcher::new(BATCH_BYTES);
-    for entry in storage.iter_arc(from, to) {
+    let iter: Box<dyn Iterator<Item = Result<(HashKey, Versioned<Value>)>>> = match entries {
+        // Live entries only, as plain values: the count above counted those.
+        Entries::Plain => Box::new(storage.iter_arc(from, to).map(|r| {
+            r.map(|(k, v)| {
+                (
+                    k,
+                    Versioned {
+                        version: Version::ZERO,
+                        value: Some(v),
+                    },
+                )
+            })
+        })),
+        Entries::Versioned => Box::new(storage.iter_arc_versioned(from, to)),
+    };
+    for entry in iter {
         match entry {
             Ok((k, v)) => {
                 if let Some(full) = batcher.push(k, v) {
@@ -100,6 +132,7 @@ async fn stream_arc<S: AsyncRead + AsyncWrite>(
     rx: &mut tokio::sync::mpsc::Receiver<Result<Outgoing>>,
     progress: &Progress,
     step: &str,
+    entries: Entries,
 ) -> Result<u64> {
     let lost = || Error::Flush("the thread reading the arc stopped".into());
     let n = match rx.recv().await.ok_or_else(lost)?? {
@@ -123,10 +156,10 @@ async fn stream_arc<S: AsyncRead + AsyncWrite>(
                 )));
             }
             conn.write_key(&k).await?;
-            conn.write_value(&v).await?;
+            let len = write_entry(conn, &v, entries).await?;
             sent += 1;
-            progress.add(1, v.len() as u64);
-            crate::metrics::handoff(crate::metrics::Direction::Sent, 1, v.len() as u64);
+            progress.add(1, len);
+            crate::metrics::handoff(crate::metrics::Direction::Sent, 1, len);
             if sent == n / 2 && n > 1 {
                 conn.flush().await?;
                 fault::point(&format!("{step}:mid-stream")).await;
@@ -143,6 +176,33 @@ async fn stream_arc<S: AsyncRead + AsyncWrite>(
     Ok(n)
 }
 
+/// Writes one entry after its key; returns its value bytes.
+async fn write_entry<S: AsyncRead + AsyncWrite>(
+    conn: &mut Connection<S>,
+    e: &Versioned<Value>,
+    entries: Entries,
+) -> Result<u64> {
+    match (entries, &e.value) {
+        (Entries::Plain, Some(v)) => conn.write_value(v).await?,
+        (Entries::Plain, None) => {
+            return Err(Error::Flush(
+                "a tombstone in a plain stream (the reader skips them)".into(),
+            ))
+        }
+        (Entries::Versioned, value) => {
+            conn.write_int(e.version.0).await?;
+            match value {
+                Some(v) => {
+                    conn.write_kind(Kind::Value).await?;
+                    conn.write_value(v).await?;
+                }
+                None => conn.write_kind(Kind::Tombstone).await?,
+            }
+        }
+    }
+    Ok(e.value.as_ref().map_or(0, |v| v.len() as u64))
+}
+
 /// Receives `n` entries of the arc `[from, to)` into sled in bounded batches, and returns once
 /// they are all durable. An entry outside the arc or over the value limit aborts (`F`).
 ///
@@ -155,8 +215,14 @@ pub(super) async fn receive_arc<S: AsyncRead + AsyncWrite>(
     arc: &Incoming<'_>,
     progress: &Progress,
 ) -> Result<()> {
+    // A plain stream comes from the arc's owner (PROTOCOL.md 6: its entries overwrite older
+    // copies): they take one version of ours, newer than anything we hold.
+    let stamp = match arc.entries {
+        Entries::Plain => Some(node.storage.next_version()?),
+        Entries::Versioned => None,
+    };
     let import = Import::start(node.storage.clone(), arc.how, Some(SYNC_EVERY))?;
-    let read = read_entries(conn, arc, progress, &import).await;
+    let read = read_entries(conn, arc, progress, &import, stamp).await;
     // A write error explains a read side that stopped early because the writer went away.
     import.finish_async().await?;
     read
@@ -174,6 +240,8 @@ pub(super) struct Incoming<'a> {
     /// Keys first only when an interrupted receive drops everything it received (see
     /// [`BatchWrite::KeysFirst`]).
     pub(super) how: BatchWrite,
+    /// How the entries travel.
+    pub(super) entries: Entries,
 }
 
 /// The socket side of [`receive_arc`].
@@ -182,6 +250,7 @@ async fn read_entries<S: AsyncRead + AsyncWrite>(
     arc: &Incoming<'_>,
     progress: &Progress,
     import: &Import,
+    stamp: Option<Version>,
 ) -> Result<()> {
     let Incoming {
         n, from, to, step, ..
@@ -196,28 +265,38 @@ async fn read_entries<S: AsyncRead + AsyncWrite>(
                 "entry {key} lies outside the arc [{from}, {to}) being handed over"
             )));
         }
-        let len = match conn.read_value_len().await {
-            Ok(len) => len,
-            Err(e) => {
-                if matches!(e, Error::ValueTooLarge { .. }) {
-                    conn.write_status(Status::F).await?;
-                    conn.flush().await?;
-                }
-                return Err(e);
+        let (version, kind) = match stamp {
+            Some(v) => (v, Kind::Value),
+            None => (Version(conn.read_int().await?), conn.read_kind().await?),
+        };
+        let value = match kind {
+            Kind::Tombstone => None,
+            Kind::Value => {
+                let len = match conn.read_value_len().await {
+                    Ok(len) => len,
+                    Err(e) => {
+                        if matches!(e, Error::ValueTooLarge { .. }) {
+                            conn.write_status(Status::F).await?;
+                            conn.flush().await?;
+                        }
+                        return Err(e);
+                    }
+                };
+                Some(conn.read_value_bytes(len).await?)
             }
         };
-        let value = conn.read_value_bytes(len).await?;
+        let len = value.as_ref().map_or(0, |v| v.len() as u64);
         progress.add(1, len);
         crate::metrics::handoff(crate::metrics::Direction::Received, 1, len);
-        if let Some(full) = batcher.push(key, value) {
-            import.send(full).await?;
+        if let Some(full) = batcher.push(key, Versioned { version, value }) {
+            import.send(crate::storage::shim_values(full)).await?;
         }
         if i + 1 == n / 2 && n > 1 {
             fault::point(&format!("{step}:mid-stream")).await;
         }
     }
     if let Some(last) = batcher.finish() {
-        import.send(last).await?;
+        import.send(crate::storage::shim_values(last)).await?;
     }
     Ok(())
 }
