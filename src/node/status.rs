@@ -243,6 +243,7 @@ pub async fn status(node: &Node, backups: &Backups) -> NodeStatus {
             Ok(Some(HandoffRecord::ReceivingCon { .. } | HandoffRecord::ReceivingDis { .. })) => {
                 Some("receiving")
             }
+            Ok(Some(HandoffRecord::JoinedCon { .. })) => Some("acknowledging"),
             _ => None,
         };
         HandoffStatus {
