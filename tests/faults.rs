@@ -1,16 +1,18 @@
 //! Seeded, bounded, randomised fault runs with real processes. A ring of 5 or 6 nodes (up to
 //! 8 as nodes join) under two writers that insert, overwrite and remove, while a driver kills
 //! nodes (one, or two neighbours at once) with SIGKILL or SIGTERM and restarts them, a moment
-//! or seconds later (given up by then); joins new nodes, some killed mid-join and restarted;
-//! and makes nodes leave. At the end every node is restarted and the ring must settle (every
-//! ABD the true successor, every OWN walk at the owner), and then every key is read at its
-//! owner: no acknowledged entry may be missing, and no value may be one nobody wrote.
-//!
-//! What this build cannot do yet is counted and printed, not asserted: an older copy of a key
-//! (kept by a node given up and back, or by a neighbour that held the arc meanwhile) may undo
-//! a later acknowledged REM or overwrite, since nothing orders the writes of one key across
-//! owners. Issue 16 (versions and tombstones) makes those counts zero and this test strict;
-//! seed 3 undoes an overwrite that way (two neighbours killed and restarted together).
+//! or seconds later (given up by then); joins new nodes, some killed mid-join (after a random
+//! delay, or stopped dead at `con-join:before-ack`, after storing the arc and its ring state and
+//! before the CON's final `T`) and restarted; and makes nodes leave. At the end every node is
+//! restarted and the ring must settle (every ABD the true successor, every OWN walk at the
+//! owner), and then every key is read at its owner: no acknowledged entry may be missing, no
+//! value may be one nobody wrote, and no acknowledged REM or overwrite may be undone by an older
+//! copy of the key (issue 16: before versions and tombstones, a node given up and back, or a
+//! joiner killed before its `T`, brought removed keys back). Then no node may hold a key it does
+//! not own: each node's INF `keys` (every entry it holds, owned or not) must equal the number of
+//! keys it serves as their owner; and once the nodes are stopped, no data directory may hold any
+//! key of the run that its node does not own (read from the directory itself, which names the
+//! key: a running node answers `N` for a key it does not own, whether it holds it or not).
 //!
 //! Each run prints its seed and what it did. `FAULT_SEEDS=7,8 cargo test --test faults --
 //! --nocapture` replays or explores other seeds; a seed that once failed joins [`SEEDS`].
@@ -23,7 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    loopback_addrs, owner_of, ring_check, settle, start_ring, wait_serving, Rng, TestNode,
+    held_on_disk, keys_held_at, loopback_addrs, owner_of, ring_check, settle, start_ring,
+    wait_serving, Rng, TestNode,
 };
 use dht_store::client::{Client, Lookup, Router};
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr};
@@ -156,6 +159,19 @@ async fn writer(
     tally
 }
 
+/// Where a joiner is SIGKILLed in its first join.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MidJoin {
+    /// This long after its start, wherever it is.
+    After(Duration),
+    /// Stopped dead at [`JOIN_FAULT`] first.
+    BeforeAck,
+}
+
+/// The joiner's fault point for [`MidJoin::BeforeAck`]: the arc and the ring state stored, the
+/// CON's final `T` not sent.
+const JOIN_FAULT: &str = "con-join:before-ack";
+
 /// A node of the run and what the driver did to it.
 struct Member {
     node: TestNode,
@@ -282,7 +298,7 @@ impl Run {
         self.publish_up();
     }
 
-    async fn new_node(&mut self, kill_after: Option<Duration>) {
+    async fn new_node(&mut self, kill: Option<MidJoin>) {
         let up = self.up_in_ring_order();
         let seed_node = self.members[up[self.rng.below(up.len() as u64) as usize]]
             .node
@@ -298,14 +314,37 @@ impl Run {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        if kill == Some(MidJoin::BeforeAck) {
+            node.env.push(("DHT_STORE_FAULT".into(), JOIN_FAULT.into()));
+        }
         node.launch();
-        match kill_after {
-            Some(d) => {
-                tokio::time::sleep(d).await;
+        match kill {
+            Some(how) => {
+                let when = match how {
+                    MidJoin::After(d) => {
+                        tokio::time::sleep(d).await;
+                        format!("after {d:?}")
+                    }
+                    MidJoin::BeforeAck => {
+                        let started = Instant::now();
+                        let reached = format!("fault point {JOIN_FAULT} reached");
+                        while !node.log_text().contains(&reached)
+                            && started.elapsed() < Duration::from_secs(30)
+                        {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        node.env.retain(|(k, _)| k != "DHT_STORE_FAULT");
+                        if node.log_text().contains(&reached) {
+                            format!("stopped dead at {JOIN_FAULT} ({:?})", started.elapsed())
+                        } else {
+                            format!("{JOIN_FAULT} not reached within 30 s")
+                        }
+                    }
+                };
                 node.stop(libc::SIGKILL);
                 let back = self.delay();
                 self.note(format!(
-                    "{addr} joining through {seed_node}: SIGKILL after {d:?}, back in {back:?}"
+                    "{addr} joining through {seed_node}: SIGKILL {when}, back in {back:?}"
                 ));
                 self.members.push(Member {
                     node,
@@ -385,8 +424,14 @@ impl Run {
         } else if roll < 70 && total < MAX_NODES {
             self.new_node(None).await;
         } else if roll < 80 && total < MAX_NODES {
-            let d = Duration::from_millis(30 + self.rng.below(400));
-            self.new_node(Some(d)).await;
+            // Killed mid-join: after a random delay, or in the window between storing the arc
+            // (and the ring state) and the final T, the serving side then aborting the CON.
+            let how = if self.rng.chance(0.5) {
+                MidJoin::BeforeAck
+            } else {
+                MidJoin::After(Duration::from_millis(30 + self.rng.below(400)))
+            };
+            self.new_node(Some(how)).await;
         } else if roll < 90 && up.len() > MIN_UP {
             let i = up[self.rng.below(up.len() as u64) as usize];
             self.leave(i).await;
@@ -396,22 +441,14 @@ impl Run {
     }
 }
 
-/// Acknowledged operations that an older copy of the key undid: the ordering of writes across
-/// owners that issue 16 (versions and tombstones) puts right.
-#[derive(Clone, Copy, Debug, Default)]
-struct Undone {
-    /// A removed key back with a value it had before.
-    removes: u64,
-    /// A key back at a value it had before the last acknowledged INS.
-    overwrites: u64,
-    /// A few of the keys, for the report.
-    examples: [Option<HashKey>; 3],
-}
-
 /// Reads every key at its owner among `live`. `Err` if an acknowledged operation is lost (a
-/// key missing, or a value nobody wrote) or the ring does not answer yet; `Ok` with the
-/// operations an older copy undid (see [`Undone`]).
-async fn verify(live: &[PeerAddr], model: &HashMap<HashKey, KeyLog>) -> Result<Undone, String> {
+/// key missing, or a value nobody wrote), undone (a key back at a value from before its last
+/// acknowledged REM or INS: an older copy won, issue 16), or the ring does not answer yet;
+/// `Ok` with how many keys each owner serves.
+async fn verify(
+    live: &[PeerAddr],
+    model: &HashMap<HashKey, KeyLog>,
+) -> Result<HashMap<PeerAddr, u64>, String> {
     let mut clients = HashMap::new();
     for a in live {
         let c = Client::connect(*a, AddressEncoding::Compact)
@@ -419,7 +456,8 @@ async fn verify(live: &[PeerAddr], model: &HashMap<HashKey, KeyLog>) -> Result<U
             .map_err(|e| e.to_string())?;
         clients.insert(*a, c);
     }
-    let (mut lost, mut undone) = (Vec::new(), Undone::default());
+    let (mut lost, mut undone) = (Vec::new(), Vec::new());
+    let mut served: HashMap<PeerAddr, u64> = HashMap::new();
     for (k, log) in model {
         let owner = owner_of(live, k);
         let seen = match clients
@@ -433,40 +471,109 @@ async fn verify(live: &[PeerAddr], model: &HashMap<HashKey, KeyLog>) -> Result<U
             Lookup::Absent => State::Absent,
             Lookup::NotMine => return Err(format!("{owner} says it does not own {k}")),
         };
+        if seen != State::Absent {
+            *served.entry(owner).or_default() += 1;
+        }
         let acked = log.acked.clone().unwrap_or(State::Absent);
         let fine: Vec<&State> = std::iter::once(&acked).chain(log.unsure.as_ref()).collect();
         if fine.contains(&&seen) {
             continue;
         }
+        let expected = fine
+            .iter()
+            .map(|s| show(s))
+            .collect::<Vec<_>>()
+            .join(" or ");
         match &seen {
-            State::Present(v) if log.values.contains(v) => {
-                if fine.contains(&&State::Absent) {
-                    undone.removes += 1;
-                } else {
-                    undone.overwrites += 1;
-                }
-                if let Some(slot) = undone.examples.iter_mut().find(|e| e.is_none()) {
-                    *slot = Some(*k);
-                }
-            }
-            _ => lost.push(format!(
-                "{k} at {owner}: {}, expected {}",
+            State::Present(v) if log.values.contains(v) => undone.push(format!(
+                "{k} at {owner}: {} again after {} answered T; expected {expected}",
                 show(&seen),
-                fine.iter()
-                    .map(|s| show(s))
-                    .collect::<Vec<_>>()
-                    .join(" or ")
+                if acked == State::Absent {
+                    "a REM"
+                } else {
+                    "a later INS"
+                },
+            )),
+            _ => lost.push(format!(
+                "{k} at {owner}: {}, expected {expected}",
+                show(&seen),
             )),
         }
     }
+    let mut wrong = Vec::new();
     if !lost.is_empty() {
-        return Err(format!(
+        wrong.push(format!(
             "{} acknowledged operations lost, e.g. {}",
             lost.len(),
             lost[..lost.len().min(3)].join("; ")
         ));
     }
-    Ok(undone)
+    if !undone.is_empty() {
+        let removes = undone.iter().filter(|u| u.contains("after a REM")).count();
+        wrong.push(format!(
+            "{} acknowledged operations undone by an older copy ({removes} REMs, {} overwrites): {}",
+            undone.len(),
+            undone.len() - removes,
+            undone[..undone.len().min(8)].join("; ")
+        ));
+    }
+    if !wrong.is_empty() {
+        return Err(wrong.join("\n"));
+    }
+    Ok(served)
+}
+
+/// Every node in `live` holds (INF `keys`: every entry, owned or not) just the keys it serves as
+/// their owner (`served`, from [`verify`]): an entry more is a key at a node that does not own
+/// it (no key outside the model is ever written). INF does not say which: the directories do,
+/// once the nodes are stopped ([`misplaced_on_disk`]).
+async fn only_owners_hold(
+    live: &[PeerAddr],
+    served: &HashMap<PeerAddr, u64>,
+) -> Result<(), String> {
+    let mut wrong = Vec::new();
+    for a in live {
+        let held = keys_held_at(*a).await?;
+        let owns = served.get(a).copied().unwrap_or(0);
+        if held != owns {
+            wrong.push(format!(
+                "{a} holds {held} entries (INF keys) and serves {owns} keys it owns"
+            ));
+        }
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("keys at a non-owner: {}", wrong.join("; ")))
+    }
+}
+
+/// Keys of `model` that a stopped node's directory holds although another node of `live` owns
+/// them, named (the run's nodes, including those that left: they must hold nothing).
+fn misplaced_on_disk(
+    members: &[Member],
+    live: &[PeerAddr],
+    model: &HashMap<HashKey, KeyLog>,
+) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for m in members {
+        match held_on_disk(&m.node.data, model.keys()) {
+            Ok(held) => {
+                for (k, v) in held {
+                    let owner = owner_of(live, &k);
+                    if owner != m.node.addr {
+                        wrong.push(format!(
+                            "{k} in the directory of {} (owner {owner}): {}",
+                            m.node.addr,
+                            show(&State::Present(v))
+                        ));
+                    }
+                }
+            }
+            Err(e) => wrong.push(e),
+        }
+    }
+    wrong
 }
 
 fn show(s: &State) -> String {
@@ -554,31 +661,59 @@ async fn run(seed: u64) {
     .await;
     println!("[seed {seed}] ring settled {took:?} after the last restart");
     let model = std::mem::take(&mut *model.lock().unwrap());
-    let undone = Arc::new(Mutex::new(Undone::default()));
-    let took = settle(
-        &format!("every acknowledged operation seen, {context}"),
-        Duration::from_secs(60),
-        &logs,
-        || {
-            let undone = undone.clone();
-            let (live, model) = (&live, &model);
-            async move {
-                *undone.lock().unwrap() = verify(live, model).await?;
-                Ok(())
-            }
-        },
-    )
-    .await;
-    let undone = *undone.lock().unwrap();
-    println!(
-        "[seed {seed}] all {} keys checked {took:?} later: none lost; undone by an older copy \
-         (issue 16): {} REMs, {} overwrites",
-        model.len(),
-        undone.removes,
-        undone.overwrites
+    // Every acknowledged operation seen, none undone, and no key at a non-owner, within 60 s.
+    let checked = Instant::now();
+    let served = loop {
+        let look = match verify(&live, &model).await {
+            Ok(served) => only_owners_hold(&live, &served).await.map(|()| served),
+            Err(e) => Err(e),
+        };
+        match look {
+            Ok(served) => break Ok(served),
+            Err(e) if checked.elapsed() > Duration::from_secs(60) => break Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    };
+    let took = checked.elapsed();
+    // What the directories hold, the nodes stopped: no key of the run at a non-owner.
+    for m in run.members.iter_mut() {
+        if m.node.child.is_some() {
+            m.node.stop(libc::SIGTERM);
+        }
+    }
+    let misplaced = misplaced_on_disk(&run.members, &live, &model);
+    let misplaced_text = format!(
+        "{} keys in the directory of a node that does not own them{}{}",
+        misplaced.len(),
+        if misplaced.is_empty() { "" } else { ": " },
+        misplaced[..misplaced.len().min(8)].join("; ")
     );
-    if undone.removes + undone.overwrites > 0 {
-        println!("[seed {seed}] e.g. {:?}", undone.examples);
+    let logs: Vec<String> = run
+        .members
+        .iter()
+        .map(|m| format!("== {}\n{}", m.node.addr, m.node.log_text()))
+        .collect();
+    match served {
+        Err(e) => {
+            println!("[seed {seed}] FAILED: {e}\n[seed {seed}] {misplaced_text}");
+            panic!(
+                "seed {seed}: not within 60 s of the settled ring: {e}\n{misplaced_text}\n\
+                 {context}\n--- logs ---\n{}",
+                logs.join("\n")
+            );
+        }
+        Ok(_) if !misplaced.is_empty() => {
+            println!("[seed {seed}] FAILED: {misplaced_text}");
+            panic!(
+                "seed {seed}: {misplaced_text}\n{context}\n--- logs ---\n{}",
+                logs.join("\n")
+            );
+        }
+        Ok(_) => println!(
+            "[seed {seed}] all {} keys checked {took:?} later: none lost, no REM or overwrite \
+             undone, none at a non-owner (INF, then the directories)",
+            model.len()
+        ),
     }
     if std::env::var_os("FAULT_KEEP").is_some() {
         let _ = dir.keep();

@@ -495,3 +495,42 @@ impl Rng {
         ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
     }
 }
+
+/// The entries a node holds, owned or not, as its INF `keys` line counts them (live entries:
+/// what GET would return at that node if it owned the key).
+pub async fn keys_held_at(addr: PeerAddr) -> Result<u64, String> {
+    let text = async {
+        Client::connect(addr, AddressEncoding::Compact)
+            .await?
+            .inf()
+            .await
+    }
+    .await
+    .map_err(|e| format!("INF at {addr}: {e}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("keys "))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| format!("INF at {addr} has no keys line: {text}"))
+}
+
+/// Which of `keys` the data directory `data` holds, with their values, read from the directory
+/// itself (the node on it must be stopped: the directory is locked while a node runs). This sees
+/// what a node holds whether or not it owns the key, which no request to a running node shows
+/// (a non-owner answers `N` to GET and EXI).
+pub fn held_on_disk<'a>(
+    data: &Path,
+    keys: impl IntoIterator<Item = &'a dht_store::protocol::HashKey>,
+) -> Result<std::collections::HashMap<dht_store::protocol::HashKey, Vec<u8>>, String> {
+    let storage = dht_store::storage::Storage::open(data, &Default::default())
+        .map_err(|e| format!("opening {}: {e}", data.display()))?;
+    let mut held = std::collections::HashMap::new();
+    for k in keys {
+        if let Some(v) = storage
+            .get(k)
+            .map_err(|e| format!("reading {k} in {}: {e}", data.display()))?
+        {
+            held.insert(*k, v.to_vec());
+        }
+    }
+    Ok(held)
+}
