@@ -13,7 +13,7 @@ use crate::protocol::{Connection, HashKey, Status};
 use crate::ring::in_arc;
 #[cfg(doc)]
 use crate::storage::BATCH_ENTRIES;
-use crate::storage::{BatchWrite, Batcher, Import, Storage, IMPORT_QUEUE};
+use crate::storage::{BatchWrite, Batcher, Import, Storage, Versioned, IMPORT_QUEUE};
 
 /// A receiver makes each window of this many bytes durable as it goes (see [`Import`]):
 /// smaller windows made it wait for the flusher too often (BENCHMARKS.md, "Handoff").
@@ -156,7 +156,7 @@ pub(super) async fn receive_arc<S: AsyncRead + AsyncWrite>(
     progress: &Progress,
 ) -> Result<()> {
     let import = Import::start(node.storage.clone(), arc.how, Some(SYNC_EVERY))?;
-    let read = read_entries(conn, arc, progress, &import).await;
+    let read = read_entries(conn, arc, progress, &import, &node.storage).await;
     // A write error explains a read side that stopped early because the writer went away.
     import.finish_async().await?;
     read
@@ -182,6 +182,7 @@ async fn read_entries<S: AsyncRead + AsyncWrite>(
     arc: &Incoming<'_>,
     progress: &Progress,
     import: &Import,
+    storage: &Storage,
 ) -> Result<()> {
     let Incoming {
         n, from, to, step, ..
@@ -209,7 +210,9 @@ async fn read_entries<S: AsyncRead + AsyncWrite>(
         let value = conn.read_value_bytes(len).await?;
         progress.add(1, len);
         crate::metrics::handoff(crate::metrics::Direction::Received, 1, len);
-        if let Some(full) = batcher.push(key, value) {
+        // A plain entry comes from its owner: ours from now on, as a write of ours.
+        let entry = Versioned::value(storage.next_version()?, value);
+        if let Some(full) = batcher.push(key, entry) {
             import.send(full).await?;
         }
         if i + 1 == n / 2 && n > 1 {
