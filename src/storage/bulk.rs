@@ -384,7 +384,7 @@ mod tests {
     use crate::protocol::test_key as k;
     use crate::storage::pieces::PIECE_BYTES;
     use crate::storage::testing::*;
-    use crate::storage::StorageOptions;
+    use crate::storage::{StorageOptions, Version};
 
     /// Keys first or in place, small values or large, batches under or over `KEYS_FIRST_MIN`,
     /// over existing keys or not: the same entries come out.
@@ -427,6 +427,105 @@ mod tests {
             assert_eq!(s.count().unwrap(), 40);
             let raw = raw_keys(&s);
             assert_eq!(raw.len(), 39 * 2 + 1, "{how:?}: stray pieces of k(5)");
+        }
+    }
+
+    /// An import in place meets what the range holds, entry by entry, as `apply` does: the
+    /// newer wins (a value or a tombstone), unversioned meeting unversioned lets the incoming
+    /// win, an equal version stays; whether the batch goes as single inserts (small values),
+    /// as one sled batch (large ones) or entry by entry (out of order). Keys first writes as
+    /// given. Both observe the batch's newest version.
+    #[test]
+    pub(super) fn an_import_in_place_lets_the_newer_win_and_keys_first_writes_as_given() {
+        let size = |big: bool| if big { 3 * PIECE_BYTES + 1 } else { 100 };
+        for big in [false, true] {
+            for shuffled in [false, true] {
+                let dir = tempfile::tempdir().unwrap();
+                let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+                let base = s.next_version().unwrap();
+                let v = |n: u64| Version(base.0 + n);
+                let value = |n: u8, b: u8| vec![b; size(big) + n as usize];
+                // Key n: (what it holds, what arrives, whether that wins).
+                let local = |n: u8| -> Option<Versioned<Vec<u8>>> {
+                    match n % 8 {
+                        0 => None,
+                        1 | 2 => Some(Versioned::value(v(5), value(n, 1))),
+                        3 | 4 => Some(Versioned::tombstone(v(5))),
+                        5 => Some(Versioned::value(Version::ZERO, value(n, 1))),
+                        6 => Some(Versioned::tombstone(v(5))),
+                        _ => Some(Versioned::value(v(5), value(n, 1))),
+                    }
+                };
+                let incoming = |n: u8| -> (Versioned<Vec<u8>>, bool) {
+                    match n % 8 {
+                        0 => (Versioned::value(v(1), value(n, 2)), true),
+                        1 => (Versioned::tombstone(v(6)), true),
+                        2 => (Versioned::tombstone(v(4)), false),
+                        3 => (Versioned::value(v(6), value(n, 2)), true),
+                        4 => (Versioned::value(v(4), value(n, 2)), false),
+                        5 => (Versioned::value(Version::ZERO, value(n, 2)), true),
+                        6 => (Versioned::value(v(5), value(n, 2)), false),
+                        _ => (Versioned::value(Version::ZERO, value(n, 2)), false),
+                    }
+                };
+                let keys: Vec<u8> = (0..64).collect();
+                for &n in &keys {
+                    if let Some(l) = local(n) {
+                        let _ = s.apply(&k(n), l).unwrap();
+                    }
+                }
+                let mut batch: Vec<_> = keys.iter().map(|&n| (k(n), incoming(n).0)).collect();
+                if shuffled {
+                    batch.swap(3, 40);
+                }
+                let _ = s.insert_batch(&mut batch, BatchWrite::InPlace).unwrap();
+                for &n in &keys {
+                    let (inc, wins) = incoming(n);
+                    let want = if wins { Some(inc) } else { local(n) };
+                    let got = s.entry(&k(n)).unwrap().map(|e| Versioned {
+                        version: e.version,
+                        value: e.value.map(Vec::from),
+                    });
+                    assert_eq!(got, want, "key {n}, big {big}, shuffled {shuffled}");
+                }
+            }
+        }
+        // Keys first, into an empty range: every entry as given, tombstones too; the clock
+        // moves past the newest.
+        for big in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+            let ahead = Version(s.next_version().unwrap().0 + (60_000 << 16));
+            let given: Vec<_> = (0..64u8)
+                .map(|n| {
+                    let e = match n % 3 {
+                        0 => Versioned::tombstone(Version(ahead.0 - u64::from(n))),
+                        1 => Versioned::value(Version::ZERO, vec![n; size(big)]),
+                        _ => Versioned::value(Version(ahead.0 - u64::from(n)), vec![n; size(big)]),
+                    };
+                    (k(n), e)
+                })
+                .collect();
+            let _ = s
+                .insert_batch(&mut given.clone(), BatchWrite::KeysFirst)
+                .unwrap();
+            let got: Vec<_> = s
+                .iter_arc_versioned(&HashKey::ZERO, &HashKey::ZERO)
+                .map(|r| r.unwrap())
+                .map(|(k, e)| {
+                    let value = e.value.map(Vec::from);
+                    (
+                        k,
+                        Versioned {
+                            version: e.version,
+                            value,
+                        },
+                    )
+                })
+                .collect();
+            assert_eq!(got, given, "big {big}");
+            assert_eq!(s.count().unwrap(), 64 - 22);
+            assert!(s.next_version().unwrap() > ahead);
         }
     }
 
