@@ -487,7 +487,9 @@ mod tests {
         let base = s.next_version().unwrap();
         let v = |n: u64| Version(base.0 + n);
         let big = vec![7u8; 3 * 6144 + 1];
-        let cases: Vec<(Option<Versioned<Vec<u8>>>, Versioned<Vec<u8>>, bool)> = vec![
+        // What the key holds, what arrives, whether that wins.
+        type Case = (Option<Versioned<Vec<u8>>>, Versioned<Vec<u8>>, bool);
+        let cases: Vec<Case> = vec![
             (None, Versioned::value(v(1), b"a".to_vec()), true),
             (None, Versioned::tombstone(v(1)), true),
             (None, Versioned::value(Version::ZERO, b"a".to_vec()), true),
