@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use dht_store::protocol::{HashKey, PeerAddr};
 use dht_store::ring::RingState;
-use dht_store::storage::{BatchWrite, Storage, StorageOptions};
+use dht_store::storage::{BatchWrite, Storage, StorageOptions, Version, Versioned};
 
 use common::dht_store_command;
 use common::process::Reaped;
@@ -124,7 +124,8 @@ async fn main() {
             .collect();
         keys.sort();
         for (i, k) in keys.into_iter().enumerate() {
-            batch.push((k, vec![(i % 251) as u8; VALUE]));
+            let value = vec![(i % 251) as u8; VALUE];
+            batch.push((k, Versioned::value(Version::ZERO, value)));
             if batch.len() == 400 {
                 let _ = s
                     .insert_batch(&mut batch, BatchWrite::InPlace)

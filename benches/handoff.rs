@@ -70,7 +70,7 @@ use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr, Status};
 use dht_store::ring::{id_of, in_arc};
 // The batch bounds a node's receiver uses.
 use dht_store::node::BATCH_BYTES;
-use dht_store::storage::{BatchWrite, Storage, StorageOptions, BATCH_ENTRIES};
+use dht_store::storage::{BatchWrite, Storage, StorageOptions, Version, Versioned, BATCH_ENTRIES};
 
 use common::process::{die_with_parent, install_signal_handler, temp_dir, Reaped};
 use common::sample::{print_machine, proc_cpu, proc_kib, proc_wchar, reset_hwm, self_cpu};
@@ -302,7 +302,15 @@ fn batches(keys: &[HashKey], size: usize) -> Vec<Vec<(HashKey, Vec<u8>)>> {
 /// way the storage imports large values, and the way a DIS receiver and a fresh joiner write),
 /// then one sync. Leaves the directory filled (it becomes P's).
 fn import_batches(dir: &Path, keys: &[HashKey], size: usize, cache: u64) -> (Duration, f64, u64) {
-    let mut all = batches(keys, size);
+    // Unversioned, as a restore of an archive of before versions writes them.
+    let mut all: Vec<Vec<_>> = batches(keys, size)
+        .into_iter()
+        .map(|b| {
+            b.into_iter()
+                .map(|(k, v)| (k, Versioned::value(Version::ZERO, v)))
+                .collect()
+        })
+        .collect();
     let cpu = self_cpu();
     let wchar = proc_wchar("self").unwrap_or(0);
     let start = Instant::now();

@@ -51,7 +51,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use dht_store::client::{Client, Lookup};
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr};
 use dht_store::ring::RingState;
-use dht_store::storage::{BatchWrite, Storage, StorageOptions};
+use dht_store::storage::{BatchWrite, Storage, StorageOptions, Version, Versioned};
 
 use common::dht_store_command;
 use common::process::{die_with_parent, Reaped};
@@ -407,7 +407,11 @@ async fn preload(dir: &Path, n: usize, addr: PeerAddr) -> Vec<HashKey> {
     let mut last = None;
     let mut batch = Vec::with_capacity(BATCH);
     for chunk in keys.chunks(BATCH) {
-        batch.extend(chunk.iter().map(|k| (*k, value_of(k))));
+        batch.extend(
+            chunk
+                .iter()
+                .map(|k| (*k, Versioned::value(Version::ZERO, value_of(k)))),
+        );
         last = Some(
             s.insert_batch(&mut batch, BatchWrite::InPlace)
                 .expect("insert_batch"),

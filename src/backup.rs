@@ -37,7 +37,9 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::protocol::{HashKey, PeerAddr};
 use crate::ring::RingState;
-use crate::storage::{BatchWrite, Batcher, Import, RingRecord, Storage, StorageOptions};
+use crate::storage::{
+    BatchWrite, Batcher, Import, RingRecord, Storage, StorageOptions, Version, Versioned,
+};
 
 pub const MAGIC: &[u8; 16] = b"DHTSTORE-BACKUP\n";
 /// The format version written (see the module doc; versions 1 and 2 are read).
@@ -677,7 +679,8 @@ fn restore_into(archive: &Path, dir: &Path, tick: Tick) -> Result<Summary> {
         while let Some((k, v)) = reader.next_entry()? {
             n += 1;
             bytes += v.len() as u64;
-            if let Some(full) = batcher.push(k, v) {
+            // Archives of versions 1 and 2 carry no versions: unversioned, older than any write.
+            if let Some(full) = batcher.push(k, Versioned::value(Version::ZERO, v)) {
                 // A failed writer: its error is reported below.
                 import.send_blocking(full)?;
             }

@@ -4,7 +4,8 @@
 use super::bulk::SINGLE_INSERTS_BELOW;
 use super::commit::Ticket;
 use super::kv::Tree;
-use super::value::{ReadFor, Value};
+use super::value::{parse_whole, Head, ReadFor, Value};
+use super::version::Versioned;
 use super::Storage;
 use crate::error::{Error, Result};
 use crate::protocol::HashKey;
@@ -57,9 +58,17 @@ impl Storage {
         self.count_arc(&HashKey::ZERO, &HashKey::ZERO)
     }
 
-    /// Entries in the arc `[from, to)` (a scan, bounded in memory like every scan).
+    /// Entries in the arc `[from, to)` (a scan, bounded in memory like every scan); values
+    /// only, as INF and a plain handoff count them.
     pub fn count_arc(&self, from: &HashKey, to: &HashKey) -> Result<u64> {
         Ok(self.tally_arc(from, to, None)?.keys)
+    }
+
+    /// Entries in the arc `[from, to)`, values and tombstones: what
+    /// [`Storage::iter_arc_versioned`] streams.
+    pub fn count_arc_versioned(&self, from: &HashKey, to: &HashKey) -> Result<u64> {
+        let t = self.tally_arc(from, to, None)?;
+        Ok(t.keys + t.tombstones)
     }
 
     /// The raw entries of the arc `[from, to)`: whole values and pieces, in key order.
@@ -76,8 +85,9 @@ impl Storage {
             })
     }
 
-    /// Deletes every entry of the arc `[from, to)`, streaming the keys (never collecting them
-    /// all). Returns how many were deleted; durable after [`Storage::sync`]. Single removes in
+    /// Deletes every entry of the arc `[from, to)`, tombstones too, streaming the keys (never
+    /// collecting them all). Returns how many values were deleted (tombstones and leftovers
+    /// are not counted); durable after [`Storage::sync`]. Single removes in
     /// key order: on sled 0.34 they were faster than 1000-key batches and held far less memory
     /// (BENCHMARKS.md, "Figures behind the code"). So the pieces of a value go one by one too (not in one
     /// batch like other changes of pieces): an arc is deleted only once nobody serves it, and
@@ -86,25 +96,43 @@ impl Storage {
     pub fn delete_arc(&self, from: &HashKey, to: &HashKey) -> Result<(u64, Ticket)> {
         self.writable()?;
         let mut deleted = 0u64;
-        // The key whose raw entries are being removed, with its stripe held.
+        // The key whose raw entries are being removed, with its stripe held, and whether what
+        // it held is known (its whole entry or piece 0 went).
         let mut current: Option<(HashKey, std::sync::MutexGuard<'_, ()>)> = None;
+        let mut decided = false;
         for entry in self.raw_arc(from, to) {
             let (k, _) = entry?;
             let key = stored_key(&k)?;
-            let first = current.as_ref().is_none_or(|(c, _)| *c != key);
-            if first {
+            if current.as_ref().is_none_or(|(c, _)| *c != key) {
                 // Released before `preserve`, which may take a stripe itself.
                 drop(current.take());
                 self.preserve(&key)?;
                 current = Some((key, self.stripe(&key)));
+                decided = false;
             }
             // One raw entry at a time, piece 0 first: the moment it goes, readers (under the
             // stripe) find the value absent. Registers the page with the cache (`touched`).
-            self.touch_raw(&k)?;
-            let was = self.kv.remove(Tree::Data, &k)?.is_some();
-            // An entry is a whole value or a piece 0 (pieces without piece 0 are what an
-            // earlier deletion left when it was interrupted: readers never see them).
-            if first && was && (k.len() == 20 || k[20..] == [0, 0, 0, 0]) {
+            let Some(v) = self.touch_raw(&k)? else {
+                continue;
+            };
+            self.kv.remove(Tree::Data, &k)?;
+            // A value: a whole entry of kind value, or else a piece 0. Not one: a tombstone, a
+            // placeholder, pieces after a whole entry or without their piece 0 (what an
+            // interrupted deletion left). A damaged entry goes uncounted: the arc goes anyway.
+            let value = if k.len() == 20 {
+                match Head::parse(&key, &v) {
+                    Ok(Head::Placeholder) => false,
+                    Ok(Head::Value(_)) => true,
+                    Ok(Head::Tombstone(_)) | Err(_) => {
+                        decided = true;
+                        false
+                    }
+                }
+            } else {
+                !decided && k[20..] == [0, 0, 0, 0] && !v.is_empty()
+            };
+            if value {
+                decided = true;
                 deleted += 1;
                 if deleted.is_multiple_of(RECLAIM_EVERY) {
                     reclaim();
@@ -117,11 +145,25 @@ impl Storage {
     /// The entries of the arc `[from, to)` in ring order, streamed from sled (one or two range
     /// scans; nothing is collected). sled iterators are not snapshots: writes to the arc made
     /// during the scan may or may not be seen, so callers fence the arc first.
+    /// Values only: tombstones are skipped.
     pub fn iter_arc(
         &self,
         from: &HashKey,
         to: &HashKey,
     ) -> impl Iterator<Item = Result<(HashKey, Value)>> + '_ {
+        self.iter_arc_versioned(from, to).filter_map(|r| match r {
+            Ok((k, e)) => e.value.map(|v| Ok((k, v))),
+            Err(e) => Some(Err(e)),
+        })
+    }
+
+    /// [`Storage::iter_arc`] with every entry's version, tombstones included (for a handoff
+    /// that carries versions, and the repair pass).
+    pub fn iter_arc_versioned(
+        &self,
+        from: &HashKey,
+        to: &HashKey,
+    ) -> impl Iterator<Item = Result<(HashKey, Versioned<Value>)>> + '_ {
         let mut seen = 0u64;
         let mut last: Option<HashKey> = None;
         self.raw_arc(from, to).filter_map(move |r| {
@@ -140,26 +182,35 @@ impl Storage {
     /// access per entry a scan still runs far past the capacity; [`TOUCHES`] accesses per entry
     /// make the blocks fill that much sooner and keep a scan near the capacity (BENCHMARKS.md,
     /// "Figures behind the code"). The page is already in memory, so the
-    /// extra reads are cheap. `None`: the entry went away meanwhile, or it is a piece of the
-    /// value read just before (`last`: the pieces are read, and touched, as a whole at the
-    /// first one).
+    /// extra reads are cheap. `None`: the entry went away meanwhile, it is a placeholder, or
+    /// it is a piece of the value read just before (`last`: the pieces are read, and touched,
+    /// as a whole at the first one).
     pub(super) fn touched(
         &self,
         r: sled::Result<(sled::IVec, sled::IVec)>,
         last: &mut Option<HashKey>,
-    ) -> Result<Option<(HashKey, Value)>> {
+    ) -> Result<Option<(HashKey, Versioned<Value>)>> {
         let (k, _) = r?;
         let key = stored_key(&k)?;
         if *last == Some(key) {
             return Ok(None);
         }
-        *last = Some(key);
         if k.len() == 20 {
-            return Ok(self.touch(&k)?.map(|v| (key, Value::Stored(v))));
+            let Some(e) = self.touch(&k)? else {
+                *last = Some(key);
+                return Ok(None);
+            };
+            // A placeholder is no whole entry: the key's pieces, if any, are read next.
+            let e = parse_whole(&key, e)?;
+            if e.is_some() {
+                *last = Some(key);
+            }
+            return Ok(e.map(|e| (key, e)));
         }
+        *last = Some(key);
         Ok(self
-            .read_value(&key, ReadFor::ScanPieces)?
-            .map(|v| (key, v)))
+            .read_entry(&key, ReadFor::ScanPieces)?
+            .map(|e| (key, e)))
     }
 
     /// `get` once, and [`TOUCHES`] times in all for values of 1 KiB and more (see
@@ -284,12 +335,12 @@ mod tests {
         assert_eq!(s.get(&k(1)).unwrap().unwrap(), vec![9; PIECE_BYTES + 1][..]);
         assert!(s.remove(&k(1)).unwrap().0);
         assert_eq!(s.get(&k(1)).unwrap(), None);
-        // The removal took every piece it found, the stray ones too.
-        assert!(
-            raw_keys(&s).iter().all(|r| r[..20] != k(1).0),
-            "{:?}",
-            raw_keys(&s)
-        );
+        // The removal took every piece it found, the stray ones too: its tombstone is left.
+        let left: Vec<_> = raw_keys(&s)
+            .into_iter()
+            .filter(|r| r[..20] == k(1).0)
+            .collect();
+        assert_eq!(left, vec![k(1).0.to_vec()]);
         let _ = s.insert(&k(1), vec![1; 4 * PIECE_BYTES]).unwrap();
         s.kv.remove(Tree::Data, RawKey::piece(&k(1), 0)).unwrap();
         let (deleted, _) = s.delete_arc(&HashKey::ZERO, &HashKey::ZERO).unwrap();

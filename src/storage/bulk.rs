@@ -1,11 +1,15 @@
 //! Batch imports: a range arriving in ring order (a handoff's receiver, a restore) written in
-//! batches, in place or keys first ([`BatchWrite`]).
+//! batches, in place or keys first ([`BatchWrite`]), each entry with its version: in place, an
+//! entry meets what the key holds and the newer wins ([`super::Version::supersedes`]); keys first
+//! (into a range that holds nothing) writes them as they come.
 
 use super::arc::{reclaim, RECLAIM_EVERY};
 use super::commit::Ticket;
 use super::kv::Tree;
 use super::pieces::INLINE_MAX;
 use super::pieces::{RawKey, ONE_BATCH_MAX};
+use super::value::whole_entry;
+use super::version::Versioned;
 use super::Storage;
 use crate::error::{Error, Result};
 use crate::protocol::HashKey;
@@ -60,13 +64,17 @@ impl<V: AsRef<[u8]>> Batcher<V> {
     }
 }
 
-/// How [`Storage::insert_batch`] writes a batch of large values (a mean of 1 KiB or more;
-/// smaller ones always go in as single inserts).
+/// How [`Storage::insert_batch`] writes a batch: whether entries meet what the keys hold, and
+/// for large values (a mean of 1 KiB or more; smaller ones always go in as single inserts)
+/// how they are laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BatchWrite {
     /// Each entry once, with its value: an interrupted batch leaves entries that are whole.
+    /// An entry is written only if it supersedes what its key holds (the newer wins, see
+    /// [`super::Version::supersedes`]): the range may hold entries of its own.
     InPlace,
-    /// The keys first, with empty values, then the values over them.
+    /// The keys first, with empty values (placeholders), then the values over them; every
+    /// entry as given, since the range holds nothing.
     ///
     /// sled 0.34 splits a leaf when it holds more than 16 entries, whatever their size, and
     /// rewrites a page whole every 10 updates; pages over 128 KiB become blob files. Written
@@ -124,18 +132,23 @@ impl Span {
 }
 
 impl Storage {
-    /// Writes a group of entries (in key order, as ranges arrive); durable after
-    /// [`Storage::sync`]. Small values go in as single inserts, larger ones as one sled batch
-    /// (or two, keys first: see [`BatchWrite`]): measured on sled 0.34 (BENCHMARKS.md), sorted
-    /// single inserts import 100-byte values about twice as fast as batches, while batches win
-    /// from a few KiB up.
+    /// Writes a group of entries, values and tombstones with their versions (in key order, as
+    /// ranges arrive); durable after [`Storage::sync`]. In place, an entry older than what its
+    /// key holds is left out ([`BatchWrite::InPlace`]); the clock observes the batch's newest
+    /// version. Small values go in as single inserts, larger ones as one sled batch (or two,
+    /// keys first: see [`BatchWrite`]): measured on sled 0.34 (BENCHMARKS.md), sorted single
+    /// inserts import 100-byte values about twice as fast as batches, while batches win from
+    /// a few KiB up.
     pub fn insert_batch(
         &self,
-        entries: &mut Vec<(HashKey, Vec<u8>)>,
+        entries: &mut Vec<(HashKey, Versioned<Vec<u8>>)>,
         how: BatchWrite,
     ) -> Result<Ticket> {
         self.writable()?;
-        let bytes: usize = entries.iter().map(|(_, v)| v.len()).sum();
+        if let Some(newest) = entries.iter().map(|(_, e)| e.version).max() {
+            self.clock.observe(&self.kv, newest)?;
+        }
+        let bytes: usize = entries.iter().map(|(_, e)| e.as_ref().len()).sum();
         let small = bytes < entries.len() * SINGLE_INSERTS_BELOW;
         let keys_first = how == BatchWrite::KeysFirst && !small && entries.len() >= KEYS_FIRST_MIN;
         // Both passes under the shared lock: no cut begins between them.
@@ -151,31 +164,59 @@ impl Storage {
             Some(span) => (span, true),
             None => (Span::ANYTHING, false),
         };
+        // In place over entries of the range's own: each entry meets what its key holds (for
+        // a batch out of order, as it is when the entry's turn comes, below).
+        let merge = how == BatchWrite::InPlace && (span.whole || span.pieces);
         let mut written: Vec<RawKey> = Vec::new();
         // A value written in several batches of its own (see `write_staged`).
-        let staged = entries.iter().any(|(_, v)| v.len() > ONE_BATCH_MAX);
+        let staged = entries
+            .iter()
+            .any(|(_, e)| e.as_ref().len() > ONE_BATCH_MAX);
         if small || !ordered || staged {
-            for (i, (k, v)) in entries.drain(..).enumerate() {
-                written.extend(self.write_locked(&k, v, span)?);
+            for (i, (k, e)) in entries.drain(..).enumerate() {
+                if merge && !e.version.supersedes(self.version_locked(&k)?) {
+                    continue;
+                }
+                written.extend(self.write_locked(&k, e, span)?);
                 if (i as u64 + 1).is_multiple_of(RECLAIM_EVERY) {
                     reclaim();
                 }
             }
             drop(stripes);
         } else {
+            if merge {
+                // Keys strictly rising: what each holds is what the tree holds now.
+                let mut kept = Vec::with_capacity(entries.len());
+                for (k, e) in entries.drain(..) {
+                    if e.version.supersedes(self.version_locked(&k)?) {
+                        kept.push((k, e));
+                    }
+                }
+                *entries = kept;
+            }
             let mut batch = sled::Batch::default();
             // Pieces of replaced values beyond what one batch removes (see `split_removal`).
             let mut leftovers = Vec::new();
-            for (k, v) in entries.iter_mut() {
-                if v.len() > INLINE_MAX {
-                    let look = span.whole || span.pieces;
-                    leftovers.extend(self.add_pieces(&mut batch, k, v, &mut written, look)?);
-                } else {
-                    if span.pieces {
-                        leftovers.extend(self.add_piece_removal(&mut batch, k)?);
+            for (k, e) in entries.iter() {
+                match &e.value {
+                    Some(v) if v.len() > INLINE_MAX => {
+                        let look = span.whole || span.pieces;
+                        leftovers.extend(self.add_pieces(
+                            &mut batch,
+                            k,
+                            e.version,
+                            v,
+                            &mut written,
+                            look,
+                        )?);
                     }
-                    written.push(RawKey::whole(k));
-                    batch.insert(&k.0[..], std::mem::take(v));
+                    value => {
+                        if span.pieces {
+                            leftovers.extend(self.add_piece_removal(&mut batch, k)?);
+                        }
+                        written.push(RawKey::whole(k));
+                        batch.insert(&k.0[..], whole_entry(e.version, value.as_deref()));
+                    }
                 }
             }
             entries.clear();
@@ -205,7 +246,7 @@ impl Storage {
     /// What the data tree holds where `entries` go: a scan of the span from their first key
     /// to their last (usually empty), or of two spans when they wrap past 2^160-1 (see
     /// [`ring_runs`]). `None`: the entries are not in ring order.
-    pub(super) fn batch_holds(&self, entries: &[(HashKey, Vec<u8>)]) -> Result<Option<Span>> {
+    pub(super) fn batch_holds<V>(&self, entries: &[(HashKey, V)]) -> Result<Option<Span>> {
         let Some(runs) = ring_runs(entries) else {
             return Ok(None);
         };
@@ -245,7 +286,7 @@ pub const IMPORT_QUEUE: usize = 2;
 /// that (the caller's). Without, making the import durable is the caller's to do.
 pub struct Import {
     /// Where the batches go.
-    tx: tokio::sync::mpsc::Sender<Vec<(HashKey, Vec<u8>)>>,
+    tx: tokio::sync::mpsc::Sender<Vec<(HashKey, Versioned<Vec<u8>>)>>,
     /// The writing thread: the last ticket it got, or why it stopped.
     writer: std::thread::JoinHandle<Result<Option<Ticket>>>,
 }
@@ -271,12 +312,12 @@ impl Import {
     }
 
     /// Hands over the next batch, waiting while [`IMPORT_QUEUE`] batches are queued.
-    pub async fn send(&self, batch: Vec<(HashKey, Vec<u8>)>) -> Result<()> {
+    pub async fn send(&self, batch: Vec<(HashKey, Versioned<Vec<u8>>)>) -> Result<()> {
         self.tx.send(batch).await.map_err(|_| stopped())
     }
 
     /// [`Import::send`] from a thread outside the runtime.
-    pub fn send_blocking(&self, batch: Vec<(HashKey, Vec<u8>)>) -> Result<()> {
+    pub fn send_blocking(&self, batch: Vec<(HashKey, Versioned<Vec<u8>>)>) -> Result<()> {
         self.tx.blocking_send(batch).map_err(|_| stopped())
     }
 
@@ -304,7 +345,7 @@ fn stopped() -> Error {
 /// The writing thread of an [`Import`].
 fn write_batches(
     storage: &Storage,
-    mut rx: tokio::sync::mpsc::Receiver<Vec<(HashKey, Vec<u8>)>>,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<(HashKey, Versioned<Vec<u8>>)>>,
     how: BatchWrite,
     sync: Option<(u64, tokio::runtime::Handle)>,
 ) -> Result<Option<Ticket>> {
@@ -312,7 +353,10 @@ fn write_batches(
     let mut ticket = None;
     let mut pending_sync = None;
     while let Some(mut batch) = rx.blocking_recv() {
-        since_sync += batch.iter().map(|(_, v)| v.len() as u64).sum::<u64>();
+        since_sync += batch
+            .iter()
+            .map(|(_, e)| e.as_ref().len() as u64)
+            .sum::<u64>();
         ticket = Some(storage.insert_batch(&mut batch, how)?);
         if let Some((every, runtime)) = &sync {
             if since_sync >= *every {
@@ -340,7 +384,7 @@ mod tests {
     use crate::protocol::test_key as k;
     use crate::storage::pieces::PIECE_BYTES;
     use crate::storage::testing::*;
-    use crate::storage::StorageOptions;
+    use crate::storage::{StorageOptions, Version};
 
     /// Keys first or in place, small values or large, batches under or over `KEYS_FIRST_MIN`,
     /// over existing keys or not: the same entries come out.
@@ -354,7 +398,8 @@ mod tests {
                     for n in (0..count).step_by(3) {
                         let _ = s.insert(&k(n), val(n, 0)).unwrap();
                     }
-                    let mut batch: Vec<_> = (0..count).map(|n| (k(n), big(n, 1, len))).collect();
+                    let batch: Vec<_> = (0..count).map(|n| (k(n), big(n, 1, len))).collect();
+                    let mut batch = stamped(&s, batch);
                     let _ = s.insert_batch(&mut batch, how).unwrap();
                     assert!(batch.is_empty());
                     let want: Vec<_> = (0..count).map(|n| (k(n), big(n, 1, len))).collect();
@@ -375,11 +420,112 @@ mod tests {
                 .map(|n| (k(n), vec![n; 2 * PIECE_BYTES]))
                 .collect();
             batch.push((k(5), vec![9; 10]));
+            // Unversioned, as from a peer without versions: the later one wins.
+            let mut batch = unversioned(batch);
             let _ = s.insert_batch(&mut batch, how).unwrap();
             assert_eq!(s.get(&k(5)).unwrap().unwrap(), vec![9; 10][..], "{how:?}");
             assert_eq!(s.count().unwrap(), 40);
             let raw = raw_keys(&s);
             assert_eq!(raw.len(), 39 * 2 + 1, "{how:?}: stray pieces of k(5)");
+        }
+    }
+
+    /// An import in place meets what the range holds, entry by entry, as `apply` does: the
+    /// newer wins (a value or a tombstone), unversioned meeting unversioned lets the incoming
+    /// win, an equal version stays; whether the batch goes as single inserts (small values),
+    /// as one sled batch (large ones) or entry by entry (out of order). Keys first writes as
+    /// given. Both observe the batch's newest version.
+    #[test]
+    pub(super) fn an_import_in_place_lets_the_newer_win_and_keys_first_writes_as_given() {
+        let size = |big: bool| if big { 3 * PIECE_BYTES + 1 } else { 100 };
+        for big in [false, true] {
+            for shuffled in [false, true] {
+                let dir = tempfile::tempdir().unwrap();
+                let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+                let base = s.next_version().unwrap();
+                let v = |n: u64| Version(base.0 + n);
+                let value = |n: u8, b: u8| vec![b; size(big) + n as usize];
+                // Key n: (what it holds, what arrives, whether that wins).
+                let local = |n: u8| -> Option<Versioned<Vec<u8>>> {
+                    match n % 8 {
+                        0 => None,
+                        1 | 2 => Some(Versioned::value(v(5), value(n, 1))),
+                        3 | 4 => Some(Versioned::tombstone(v(5))),
+                        5 => Some(Versioned::value(Version::ZERO, value(n, 1))),
+                        6 => Some(Versioned::tombstone(v(5))),
+                        _ => Some(Versioned::value(v(5), value(n, 1))),
+                    }
+                };
+                let incoming = |n: u8| -> (Versioned<Vec<u8>>, bool) {
+                    match n % 8 {
+                        0 => (Versioned::value(v(1), value(n, 2)), true),
+                        1 => (Versioned::tombstone(v(6)), true),
+                        2 => (Versioned::tombstone(v(4)), false),
+                        3 => (Versioned::value(v(6), value(n, 2)), true),
+                        4 => (Versioned::value(v(4), value(n, 2)), false),
+                        5 => (Versioned::value(Version::ZERO, value(n, 2)), true),
+                        6 => (Versioned::value(v(5), value(n, 2)), false),
+                        _ => (Versioned::value(Version::ZERO, value(n, 2)), false),
+                    }
+                };
+                let keys: Vec<u8> = (0..64).collect();
+                for &n in &keys {
+                    if let Some(l) = local(n) {
+                        let _ = s.apply(&k(n), l).unwrap();
+                    }
+                }
+                let mut batch: Vec<_> = keys.iter().map(|&n| (k(n), incoming(n).0)).collect();
+                if shuffled {
+                    batch.swap(3, 40);
+                }
+                let _ = s.insert_batch(&mut batch, BatchWrite::InPlace).unwrap();
+                for &n in &keys {
+                    let (inc, wins) = incoming(n);
+                    let want = if wins { Some(inc) } else { local(n) };
+                    let got = s.entry(&k(n)).unwrap().map(|e| Versioned {
+                        version: e.version,
+                        value: e.value.map(Vec::from),
+                    });
+                    assert_eq!(got, want, "key {n}, big {big}, shuffled {shuffled}");
+                }
+            }
+        }
+        // Keys first, into an empty range: every entry as given, tombstones too; the clock
+        // moves past the newest.
+        for big in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+            let ahead = Version(s.next_version().unwrap().0 + (60_000 << 16));
+            let given: Vec<_> = (0..64u8)
+                .map(|n| {
+                    let e = match n % 3 {
+                        0 => Versioned::tombstone(Version(ahead.0 - u64::from(n))),
+                        1 => Versioned::value(Version::ZERO, vec![n; size(big)]),
+                        _ => Versioned::value(Version(ahead.0 - u64::from(n)), vec![n; size(big)]),
+                    };
+                    (k(n), e)
+                })
+                .collect();
+            let _ = s
+                .insert_batch(&mut given.clone(), BatchWrite::KeysFirst)
+                .unwrap();
+            let got: Vec<_> = s
+                .iter_arc_versioned(&HashKey::ZERO, &HashKey::ZERO)
+                .map(|r| r.unwrap())
+                .map(|(k, e)| {
+                    let value = e.value.map(Vec::from);
+                    (
+                        k,
+                        Versioned {
+                            version: e.version,
+                            value,
+                        },
+                    )
+                })
+                .collect();
+            assert_eq!(got, given, "big {big}");
+            assert_eq!(s.count().unwrap(), 64 - 22);
+            assert!(s.next_version().unwrap() > ahead);
         }
     }
 
@@ -410,10 +556,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
         let _ = s.insert(&k(100), vec![1; 2 * PIECE_BYTES]).unwrap();
-        let mut batch: Vec<_> = (200..=255u8)
+        let batch: Vec<_> = (200..=255u8)
             .chain(0..40)
             .map(|n| (k(n), vec![n; 2 * PIECE_BYTES]))
             .collect();
+        let mut batch = unversioned(batch);
         let _ = s.insert_batch(&mut batch, BatchWrite::KeysFirst).unwrap();
         assert_eq!(s.count().unwrap(), 56 + 40 + 1);
         assert_eq!(s.get(&k(3)).unwrap().unwrap(), vec![3; 2 * PIECE_BYTES][..]);

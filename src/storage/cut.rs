@@ -358,7 +358,7 @@ mod tests {
         let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
         const KEYS: u8 = 64;
         let batch =
-            |version| -> Vec<_> { (0..KEYS).map(|n| (k(n), big(n, version, 2048))).collect() };
+            |version| unversioned((0..KEYS).map(|n| (k(n), big(n, version, 2048))).collect());
         let _ = s
             .insert_batch(&mut batch(0), BatchWrite::KeysFirst)
             .unwrap();

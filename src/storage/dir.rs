@@ -75,9 +75,20 @@ pub fn forget_lock(dir: &Path) {
 pub(super) const FORMAT_KEY: &[u8] = b"format";
 
 /// The layout this build writes and the newest it reads: 1, values whole or in pieces in one
-/// slot; 2, values over `ONE_BATCH_MAX` in either of two slots. Builds before this number
-/// existed do not look at it (README.md says which must not open which directories).
-pub(super) const FORMAT: u32 = 2;
+/// slot; 2, values over `ONE_BATCH_MAX` in either of two slots; 3, every entry with a version,
+/// tombstones, in the tree "entries" (1 and 2 are migrated at open: `migrate`). Builds before
+/// this number existed do not look at it (README.md says which must not open which
+/// directories).
+pub(super) const FORMAT: u32 = 3;
+
+/// What the directory needs before it serves (see [`check_format`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Layout {
+    /// It is in this build's layout.
+    Current,
+    /// Its entries are (still) to be migrated from an older layout.
+    Migrate,
+}
 
 /// The exclusive lock on a data directory, held for the life of the node.
 pub(super) struct DirLock {
@@ -167,8 +178,10 @@ pub(super) fn remove_unfinished_snapshots(db_dir: &Path) -> Result<()> {
 
 /// Refuses a directory whose layout is newer than this build reads; records this build's
 /// layout in one that has none or an older one (and flushes it, before anything is written
-/// in the new layout).
-pub(super) fn check_format(dir: &Path, kv: &Kv) -> Result<()> {
+/// in the new layout). A directory of an older layout gets, in the same batch, the mark of a
+/// migration under way (`migrate`), so an older build refuses it from then on: it would read
+/// and write the old tree and its writes would be lost.
+pub(super) fn check_format(dir: &Path, kv: &Kv) -> Result<Layout> {
     let stored = match kv.get(Tree::Meta, FORMAT_KEY)? {
         Some(v) => Some(
             <[u8; 4]>::try_from(&v[..])
@@ -188,14 +201,35 @@ pub(super) fn check_format(dir: &Path, kv: &Kv) -> Result<()> {
              use that build or a newer one",
             dir.display()
         ))),
-        Some(n) if n == FORMAT => Ok(()),
+        Some(n) if n == FORMAT => {
+            if kv.contains(Tree::Meta, MIGRATING_KEY)? {
+                return Ok(Layout::Migrate);
+            }
+            if kv.has_legacy() {
+                // A migration that ended just before it dropped the old tree.
+                kv.drop_legacy()?;
+            }
+            Ok(Layout::Current)
+        }
         _ => {
-            kv.insert(Tree::Meta, FORMAT_KEY, &FORMAT.to_be_bytes()[..])?;
+            let mut batch = sled::Batch::default();
+            batch.insert(FORMAT_KEY, &FORMAT.to_be_bytes()[..]);
+            let layout = if kv.has_legacy() {
+                batch.insert(MIGRATING_KEY, &[][..]);
+                Layout::Migrate
+            } else {
+                Layout::Current
+            };
+            kv.apply(Tree::Meta, batch)?;
             kv.flush()?;
-            Ok(())
+            Ok(layout)
         }
     }
 }
+
+/// Key, in the "ring" tree, of the migration's cursor: the last key of the old tree migrated
+/// (empty before the first), present while a migration is under way.
+pub(super) const MIGRATING_KEY: &[u8] = b"migrating";
 
 #[cfg(test)]
 mod tests {

@@ -20,7 +20,8 @@ use crate::error::{Error, Result};
 /// The trees of a data directory (module doc of `storage`, "Layout").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Tree {
-    /// The entries: whole values and values in pieces.
+    /// The entries: whole entries (values and tombstones) and values in pieces; sled's tree
+    /// "entries" (FORMAT 3).
     Data,
     /// The node's records (ring state, handoff record, known peers) and the directory's
     /// marks (layout version, values in pieces): sled's tree "ring", a name kept from when it
@@ -31,6 +32,9 @@ pub(super) enum Tree {
     /// Those old versions longer than `INLINE_MAX`, in pieces.
     CowPieces,
 }
+
+/// The tree of the entries in FORMAT 1 and 2.
+const LEGACY_TREE: &[u8] = b"data";
 
 /// The database of one data directory: reads of any tree, and writes that latch failure.
 pub(super) struct Kv {
@@ -43,6 +47,9 @@ pub(super) struct Kv {
     meta: sled::Tree,
     cow: sled::Tree,
     cow_pieces: sled::Tree,
+    /// The entries of an older layout (sled's tree "data"), if the database has that tree:
+    /// read by the migration, then dropped (`migrate`).
+    legacy: std::sync::Mutex<Option<sled::Tree>>,
     /// Told of the first failed write: it stops flushing and fails every waiting sync.
     commit: Arc<GroupCommit>,
 }
@@ -50,8 +57,14 @@ pub(super) struct Kv {
 impl Kv {
     /// Opens the trees of `db`.
     pub(super) fn open(dir: PathBuf, db: sled::Db, commit: Arc<GroupCommit>) -> Result<Kv> {
+        // Opened only if it is there: `open_tree` would create it.
+        let legacy = match db.tree_names().iter().any(|n| &n[..] == LEGACY_TREE) {
+            true => Some(db.open_tree(LEGACY_TREE)?),
+            false => None,
+        };
         Ok(Kv {
-            data: db.open_tree("data")?,
+            data: db.open_tree("entries")?,
+            legacy: std::sync::Mutex::new(legacy),
             meta: db.open_tree("ring")?,
             cow: db.open_tree("backup-cow")?,
             cow_pieces: db.open_tree("backup-cow-pieces")?,
@@ -97,6 +110,45 @@ impl Kv {
 
     pub(super) fn iter(&self, t: Tree) -> sled::Iter {
         self.tree(t).iter()
+    }
+
+    /// Whether the database holds the tree of an older layout.
+    pub(super) fn has_legacy(&self) -> bool {
+        self.legacy_tree().is_some()
+    }
+
+    fn legacy_tree(&self) -> Option<sled::Tree> {
+        self.legacy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The entries of the older layout's tree after `after` (from the first without).
+    pub(super) fn legacy_after(&self, after: Option<&[u8]>) -> Option<sled::Iter> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let t = self.legacy_tree()?;
+        Some(match after {
+            Some(a) => t.range::<&[u8], _>((Excluded(a), Unbounded)),
+            None => t.iter(),
+        })
+    }
+
+    /// A point read of the older layout's tree for sled's cache (see `get_latched`).
+    pub(super) fn legacy_get_latched(&self, key: &[u8]) -> Result<Option<sled::IVec>> {
+        match self.legacy_tree() {
+            Some(t) => self.wrote(t.get(key)),
+            None => Ok(None),
+        }
+    }
+
+    /// Drops the older layout's tree, once its entries are migrated and durable.
+    pub(super) fn drop_legacy(&self) -> Result<()> {
+        self.writable()?;
+        // Our handle goes first: sled frees the tree's pages.
+        let t = self.legacy.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(t);
+        self.wrote(self.db.drop_tree(LEGACY_TREE)).map(drop)
     }
 
     pub(super) fn is_empty(&self, t: Tree) -> bool {

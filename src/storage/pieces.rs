@@ -12,13 +12,15 @@
 //!
 //! ```text
 //! key:   the 20 bytes of the HashKey, then the piece's index (u32, big-endian): 24 bytes
-//! index 0:          u64 write id, u64 value length, u32 s·2^31 + number of pieces n,
-//!                   the first PIECE_BYTES
+//! index 0:          u64 write id, u64 version, u64 value length,
+//!                   u32 s·2^31 + number of pieces n, the first PIECE_BYTES
 //! index s·2^31 + i: u64 write id, the next PIECE_BYTES (the last piece: what is left),
 //!                   for i in 1..n; s (0 or 1) is the slot that piece 0 names
 //! ```
 //!
-//! All integers are big-endian. What a key holds is its whole value if there is one, else the
+//! All integers are big-endian. The version is the value's (see `version`); a value in pieces
+//! is always a value: a tombstone is a whole entry, and replaces a value in pieces as a short
+//! value does (one batch writes it and removes piece 0 and the others). What a key holds is its whole value if there is one, else the
 //! value that piece 0 describes: the pieces 1..n of the slot it names, all carrying its write
 //! id. Any other entry under the key is a leftover of an interrupted change, invisible to
 //! readers, and removed when the key's pieces are next rewritten or the key is deleted.
@@ -44,6 +46,7 @@ use super::kv::Tree;
 use tracing::info;
 
 use super::arc::reclaim;
+use super::version::Version;
 use super::Storage;
 use crate::error::Result;
 use crate::protocol::HashKey;
@@ -57,8 +60,9 @@ pub(super) const PIECE_BYTES: usize = 6 * 1024;
 /// Bytes before a piece's share of the value: its write id (u64).
 pub(super) const PIECE_HEAD: usize = 8;
 
-/// Bytes before piece 0's share: write id (u64), the value's length (u64), pieces (u32).
-pub(super) const PIECE0_HEAD: usize = 20;
+/// Bytes before piece 0's share: write id (u64), version (u64), the value's length (u64),
+/// pieces (u32).
+pub(super) const PIECE0_HEAD: usize = 28;
 
 /// The top bit of a piece's index, and of the count in piece 0: which of a key's two slots
 /// holds its pieces 1.. (see "Values in pieces").
@@ -79,9 +83,10 @@ pub(super) const ASSEMBLE_RESERVE_MAX: u64 = 64 << 20;
 pub(super) const PIECES_KEY: &[u8] = b"pieces";
 
 /// Piece 0 of a value in pieces (see "Values in pieces"); `count` carries the slot bit.
-pub(super) fn piece0(wid: u64, len: usize, count: u32, share: &[u8]) -> Vec<u8> {
+pub(super) fn piece0(wid: u64, version: Version, len: usize, count: u32, share: &[u8]) -> Vec<u8> {
     let mut p = Vec::with_capacity(PIECE0_HEAD + share.len());
     p.extend_from_slice(&wid.to_be_bytes());
+    p.extend_from_slice(&version.0.to_be_bytes());
     p.extend_from_slice(&(len as u64).to_be_bytes());
     p.extend_from_slice(&count.to_be_bytes());
     p.extend_from_slice(share);
@@ -148,6 +153,8 @@ impl AsRef<[u8]> for RawKey {
 pub(super) struct PieceHeader {
     /// The write id every piece of this write starts with.
     pub(super) wid: [u8; 8],
+    /// The value's version.
+    pub(super) version: Version,
     /// The value's length.
     pub(super) len: u64,
     /// How many pieces it has.
@@ -161,14 +168,16 @@ impl PieceHeader {
     /// (the last one shorter) hold exactly `len` bytes.
     pub(super) fn parse(p0: &[u8]) -> Option<PieceHeader> {
         let wid: [u8; 8] = p0.get(..8)?.try_into().ok()?;
-        let len = u64::from_be_bytes(p0.get(8..16)?.try_into().ok()?);
-        let count = u32::from_be_bytes(p0.get(16..20)?.try_into().ok()?);
+        let version = Version(u64::from_be_bytes(p0.get(8..16)?.try_into().ok()?));
+        let len = u64::from_be_bytes(p0.get(16..24)?.try_into().ok()?);
+        let count = u32::from_be_bytes(p0.get(24..28)?.try_into().ok()?);
         let (slot, pieces) = (count & SLOT_BIT, count & !SLOT_BIT);
         let fits = pieces > 0
             && len <= u64::from(pieces) * PIECE_BYTES as u64
             && len > u64::from(pieces - 1) * PIECE_BYTES as u64;
         fits.then_some(PieceHeader {
             wid,
+            version,
             len,
             pieces,
             slot,
@@ -229,6 +238,7 @@ impl Storage {
         &self,
         batch: &mut sled::Batch,
         key: &HashKey,
+        version: Version,
         value: &[u8],
         written: &mut Vec<RawKey>,
         look: bool,
@@ -248,7 +258,7 @@ impl Storage {
         for (i, share) in value.chunks(PIECE_BYTES).enumerate() {
             let k = RawKey::piece(key, i as u32);
             let p = if i == 0 {
-                piece0(wid, value.len(), n, share)
+                piece0(wid, version, value.len(), n, share)
             } else {
                 piece(wid, share)
             };
@@ -293,6 +303,7 @@ impl Storage {
     pub(super) fn write_staged(
         &self,
         key: &HashKey,
+        version: Version,
         value: &[u8],
         written: &mut Vec<RawKey>,
     ) -> Result<()> {
@@ -330,7 +341,10 @@ impl Storage {
         // The commit point.
         let mut batch = sled::Batch::default();
         let k = RawKey::piece(key, 0);
-        batch.insert(k.as_ref(), piece0(wid, value.len(), slot | n, first));
+        batch.insert(
+            k.as_ref(),
+            piece0(wid, version, value.len(), slot | n, first),
+        );
         written.push(k);
         if self.kv.contains(Tree::Data, key.as_bytes())? {
             batch.remove(&key.0[..]);
@@ -351,21 +365,28 @@ mod tests {
     /// The layout of "Values in pieces", byte for byte, without a database.
     #[test]
     fn piece_zero_says_what_it_holds_and_a_header_that_does_not_fit_is_refused() {
+        let version = Version(0x1112_1314_1516_1718);
         let p0 = piece0(
             0x0102_0304_0506_0708,
+            version,
             3 * PIECE_BYTES - 1,
             SLOT_BIT | 3,
             b"abc",
         );
         assert_eq!(&p0[..8], &[1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(&p0[8..16], &((3 * PIECE_BYTES - 1) as u64).to_be_bytes());
-        assert_eq!(&p0[16..20], &(SLOT_BIT | 3).to_be_bytes());
+        assert_eq!(
+            &p0[8..16],
+            &[0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18]
+        );
+        assert_eq!(&p0[16..24], &((3 * PIECE_BYTES - 1) as u64).to_be_bytes());
+        assert_eq!(&p0[24..28], &(SLOT_BIT | 3).to_be_bytes());
         assert_eq!(&p0[PIECE0_HEAD..], b"abc");
         let h = PieceHeader::parse(&p0).unwrap();
         assert_eq!(
-            (h.wid, h.len, h.pieces, h.slot),
+            (h.wid, h.version, h.len, h.pieces, h.slot),
             (
                 [1, 2, 3, 4, 5, 6, 7, 8],
+                version,
                 (3 * PIECE_BYTES - 1) as u64,
                 3,
                 SLOT_BIT
@@ -379,11 +400,11 @@ mod tests {
             (10, SLOT_BIT),
         ] {
             assert!(
-                PieceHeader::parse(&piece0(1, len, count, b"")).is_none(),
+                PieceHeader::parse(&piece0(1, Version::ZERO, len, count, b"")).is_none(),
                 "{len} in {count:#x}"
             );
         }
-        assert!(PieceHeader::parse(&p0[..19]).is_none());
+        assert!(PieceHeader::parse(&p0[..PIECE0_HEAD - 1]).is_none());
         let p = piece(7, b"xyz");
         assert_eq!(
             (&p[..PIECE_HEAD], &p[PIECE_HEAD..]),
@@ -500,7 +521,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
         let _ = s.insert(&k(1), vec![1; INLINE_MAX]).unwrap();
-        let mut batch = vec![(k(2), vec![2; 100])];
+        let mut batch = unversioned(vec![(k(2), vec![2; 100])]);
         let _ = s.insert_batch(&mut batch, BatchWrite::InPlace).unwrap();
         assert!(!s.pieces_seen());
         let _ = s.insert(&k(3), vec![3; INLINE_MAX + 1]).unwrap();
@@ -516,7 +537,7 @@ mod tests {
         for n in 0..40u8 {
             let _ = s.insert(&k(n), vec![n; 1 << 20]).unwrap();
         }
-        let mut batch: Vec<_> = (40..140u8).map(|n| (k(n), vec![n; 20 << 10])).collect();
+        let mut batch = unversioned((40..140u8).map(|n| (k(n), vec![n; 20 << 10])).collect());
         let _ = s.insert_batch(&mut batch, BatchWrite::KeysFirst).unwrap();
         s.flush().unwrap();
         let blobs = std::fs::read_dir(crate::storage::dir::blob_dir(dir.path()))
@@ -584,7 +605,12 @@ mod tests {
         assert_eq!(s.count().unwrap(), 3);
         assert!(s.remove(&k(1)).unwrap().0);
         assert_eq!(s.get(&k(1)).unwrap(), None);
-        assert!(raw_keys(&s).iter().all(|r| r[..20] != k(1).0));
+        // Its tombstone alone is left.
+        let left: Vec<_> = raw_keys(&s)
+            .into_iter()
+            .filter(|r| r[..20] == k(1).0)
+            .collect();
+        assert_eq!(left, vec![k(1).0.to_vec()]);
     }
 
     /// What a staged write cut short leaves: pieces in the slot piece 0 does not name (before
@@ -673,6 +699,21 @@ mod tests {
         assert_eq!(raw_keys(&s), vec![k(1).0.to_vec()]);
         strays(&s);
         assert!(s.remove(&k(1)).unwrap().0);
+        assert_eq!(raw_keys(&s), vec![k(1).0.to_vec()], "the tombstone alone");
+        // Beside a tombstone, and beside nothing, leftovers are no value; a removal takes
+        // them and leaves the tombstone as it is, whose collection then leaves nothing.
+        strays(&s);
+        assert_eq!(s.get(&k(1)).unwrap(), None);
+        assert!(!s.contains(&k(1)).unwrap());
+        let before = s.entry(&k(1)).unwrap().unwrap();
+        assert!(
+            !s.remove(&k(1)).unwrap().0,
+            "leftovers beside a tombstone are no value"
+        );
+        assert_eq!(s.entry(&k(1)).unwrap().unwrap(), before);
+        assert_eq!(raw_keys(&s), vec![k(1).0.to_vec()]);
+        let now = s.next_version().unwrap();
+        assert_eq!(s.collect_tombstones(now, None).unwrap(), 1);
         assert!(
             raw_keys(&s).is_empty(),
             "{} raw keys left",

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::arc::{reclaim, stored_key, RECLAIM_EVERY};
 use super::pieces::PieceHeader;
+use super::value::{Head, WHOLE_HEAD};
 use super::Storage;
 use crate::error::Result;
 use crate::protocol::HashKey;
@@ -15,13 +16,15 @@ use crate::protocol::HashKey;
 /// How often (in raw entries) the scan looks at the clock.
 const CLOCK_EVERY: u64 = 1024;
 
-/// Keys and value bytes, counted by [`Storage::tally`].
+/// Keys and value bytes (and tombstones, apart), counted by [`Storage::tally`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tally {
     /// Keys held (whole values and values in pieces, each once), as INF's count.
     pub keys: u64,
     /// The length of their values, summed: what a client stored, not what sled uses on disk.
     pub value_bytes: u64,
+    /// Tombstones held (removals kept until collected): in neither of the above.
+    pub tombstones: u64,
     /// `false` when the deadline cut the scan short: the figures are then lower bounds.
     pub complete: bool,
 }
@@ -30,7 +33,8 @@ impl Storage {
     /// Counts the keys and value bytes held, stopping at `deadline` (then `complete` is
     /// `false`). A value in pieces counts the length its piece 0 states; leftovers of an
     /// interrupted change (pieces without their piece 0, a piece 0 beside a whole value) are
-    /// not counted, as no reader sees them.
+    /// not counted, as no reader sees them. Tombstones are counted apart; placeholders (a
+    /// keys-first batch between its passes) not at all.
     pub fn tally(&self, deadline: Instant) -> Result<Tally> {
         self.tally_arc(&HashKey::ZERO, &HashKey::ZERO, Some(deadline))
     }
@@ -64,16 +68,23 @@ impl Storage {
                 continue;
             };
             let first = k.len() == 20 || k[20..] == [0, 0, 0, 0];
-            if !first || last == Some(key) {
+            if !first || last == Some(key) || v.is_empty() {
                 continue;
             }
             last = Some(key);
-            t.keys += 1;
-            t.value_bytes += if k.len() == 20 {
-                v.len() as u64
+            if k.len() == 20 {
+                match Head::parse(&key, &v)? {
+                    Head::Value(_) => {
+                        t.keys += 1;
+                        t.value_bytes += (v.len() - WHOLE_HEAD) as u64;
+                    }
+                    Head::Tombstone(_) => t.tombstones += 1,
+                    Head::Placeholder => {}
+                }
             } else {
-                PieceHeader::parse(&v).map_or(0, |h| h.len)
-            };
+                t.keys += 1;
+                t.value_bytes += PieceHeader::parse(&v).map_or(0, |h| h.len);
+            }
         }
         Ok(t)
     }
@@ -100,6 +111,7 @@ mod tests {
             Tally {
                 keys: 3,
                 value_bytes: 10 + 3 * PIECE_BYTES as u64 + 5,
+                tombstones: 0,
                 complete: true
             }
         );
@@ -108,7 +120,7 @@ mod tests {
         let _ = s.insert(&k(2), vec![2; 7]).unwrap();
         let _ = s.remove(&k(1)).unwrap();
         let t = s.tally(Instant::now() + Duration::from_secs(60)).unwrap();
-        assert_eq!((t.keys, t.value_bytes), (2, 7));
+        assert_eq!((t.keys, t.value_bytes, t.tombstones), (2, 7, 1));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use super::kv::Tree;
 use super::pieces::{PieceHeader, RawKey, INLINE_MAX, PIECE_BYTES};
+use super::version::{Version, Versioned};
 use super::Storage;
 use crate::protocol::HashKey;
 
@@ -50,4 +51,23 @@ pub(super) fn raw_keys(s: &Storage) -> Vec<Vec<u8>> {
 pub(super) fn live_slot(s: &Storage, key: &HashKey) -> Option<u32> {
     let p0 = s.kv.get(Tree::Data, RawKey::piece(key, 0)).unwrap()?;
     Some(PieceHeader::parse(&p0).unwrap().slot >> 31)
+}
+
+/// Entries as an archive of before versions gives them: unversioned.
+pub(super) fn unversioned(entries: Vec<(HashKey, Vec<u8>)>) -> Vec<(HashKey, Versioned<Vec<u8>>)> {
+    entries
+        .into_iter()
+        .map(|(k, v)| (k, Versioned::value(Version::ZERO, v)))
+        .collect()
+}
+
+/// Entries stamped with new versions of `s`'s clock: newer than anything it holds.
+pub(super) fn stamped(
+    s: &Storage,
+    entries: Vec<(HashKey, Vec<u8>)>,
+) -> Vec<(HashKey, Versioned<Vec<u8>>)> {
+    entries
+        .into_iter()
+        .map(|(k, v)| (k, Versioned::value(s.next_version().unwrap(), v)))
+        .collect()
 }

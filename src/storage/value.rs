@@ -1,5 +1,6 @@
-//! What one key holds, read and written: its whole value, or the value its piece 0 describes
-//! (see `pieces`), and the [`Value`] a read hands back.
+//! What one key holds, read and written: its whole entry (a value or a tombstone, with its
+//! version), or the value its piece 0 describes (see `pieces`), and the [`Value`] a read hands
+//! back.
 
 use super::bulk::Span;
 use super::kv::Tree;
@@ -7,6 +8,7 @@ use super::pieces::{
     piece_index, split_removal, PieceHeader, RawKey, ASSEMBLE_RESERVE_MAX, INLINE_MAX,
     ONE_BATCH_MAX, PIECE0_HEAD, PIECE_HEAD,
 };
+use super::version::{Version, Versioned};
 use super::Storage;
 use crate::error::{Error, Result};
 use crate::protocol::HashKey;
@@ -70,10 +72,85 @@ impl From<Value> for Vec<u8> {
     }
 }
 
+/// Bytes before the value in a whole entry: its kind (u8) and version (u64, big-endian).
+pub(super) const WHOLE_HEAD: usize = 9;
+
+/// Kind of a whole entry: a value follows the header.
+pub(super) const KIND_VALUE: u8 = 0;
+
+/// Kind of a whole entry: a tombstone, nothing follows.
+pub(super) const KIND_TOMBSTONE: u8 = 1;
+
+/// The bytes of a whole entry (module doc of `storage`, "Layout"): a value (`Some`, at most
+/// [`INLINE_MAX`] bytes) or a tombstone.
+pub(super) fn whole_entry(version: Version, value: Option<&[u8]>) -> Vec<u8> {
+    let mut e = Vec::with_capacity(WHOLE_HEAD + value.map_or(0, <[u8]>::len));
+    e.push(if value.is_some() {
+        KIND_VALUE
+    } else {
+        KIND_TOMBSTONE
+    });
+    e.extend_from_slice(&version.0.to_be_bytes());
+    e.extend_from_slice(value.unwrap_or_default());
+    e
+}
+
+/// What a whole entry's header says, without its value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Head {
+    /// 0 bytes: a keys-first batch between its passes; absent to every reader.
+    Placeholder,
+    Value(Version),
+    Tombstone(Version),
+}
+
+impl Head {
+    /// The header of the whole entry `e` under `key`; an entry of another shape is damage.
+    pub(super) fn parse(key: &HashKey, e: &[u8]) -> Result<Head> {
+        if e.is_empty() {
+            return Ok(Head::Placeholder);
+        }
+        let version = e
+            .get(1..WHOLE_HEAD)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(|b| Version(u64::from_be_bytes(b)));
+        match (e[0], version) {
+            (KIND_VALUE, Some(v)) => Ok(Head::Value(v)),
+            (KIND_TOMBSTONE, Some(v)) if e.len() == WHOLE_HEAD => Ok(Head::Tombstone(v)),
+            _ => Err(Error::Damaged(format!(
+                "the entry under {key} is damaged (kind {}, {} bytes)",
+                e[0],
+                e.len()
+            ))),
+        }
+    }
+
+    /// The version, `None` for a placeholder.
+    pub(super) fn version(self) -> Option<Version> {
+        match self {
+            Head::Placeholder => None,
+            Head::Value(v) | Head::Tombstone(v) => Some(v),
+        }
+    }
+}
+
+/// The entry a whole entry holds, its value shared with sled's cache (`IVec::subslice`, no
+/// copy); `None` for a placeholder.
+pub(super) fn parse_whole(key: &HashKey, e: sled::IVec) -> Result<Option<Versioned<Value>>> {
+    Ok(match Head::parse(key, &e)? {
+        Head::Placeholder => None,
+        Head::Tombstone(v) => Some(Versioned::tombstone(v)),
+        Head::Value(v) => Some(Versioned::value(
+            v,
+            Value::Stored(e.subslice(WHOLE_HEAD, e.len() - WHOLE_HEAD)),
+        )),
+    })
+}
+
 /// What one read of a key found.
 pub(super) enum Found {
     Absent,
-    Value(Value),
+    Entry(Versioned<Value>),
     /// Pieces that do not fit together (of two writes, or damaged).
     Torn,
 }
@@ -92,26 +169,44 @@ pub(super) enum ReadFor {
 }
 
 impl Storage {
-    /// The value of `key`: the whole value, or its pieces put together. A reader that finds
-    /// pieces of two writes, or neither a whole value nor pieces once the directory holds
-    /// pieces (a writer may have switched between its reads), reads again under the key's
-    /// stripe.
+    /// The value of `key`: the whole value, or its pieces put together; a tombstone is no
+    /// value.
     pub(super) fn read_value(&self, key: &HashKey, how: ReadFor) -> Result<Option<Value>> {
-        match self.read_value_once(key, how, false)? {
+        Ok(self.read_entry(key, how)?.and_then(|e| e.value))
+    }
+
+    /// [`Storage::read_value`] for a caller that holds the stripe.
+    pub(super) fn read_value_locked(&self, key: &HashKey, how: ReadFor) -> Result<Option<Value>> {
+        Ok(self.read_entry_locked(key, how)?.and_then(|e| e.value))
+    }
+
+    /// The entry of `key`, tombstones too. A reader that finds pieces of two writes, or
+    /// neither a whole entry nor pieces once the directory holds pieces (a writer may have
+    /// switched between its reads), reads again under the key's stripe.
+    pub(super) fn read_entry(
+        &self,
+        key: &HashKey,
+        how: ReadFor,
+    ) -> Result<Option<Versioned<Value>>> {
+        match self.read_entry_once(key, how, false)? {
             Found::Absent => return Ok(None),
-            Found::Value(v) => return Ok(Some(v)),
+            Found::Entry(e) => return Ok(Some(e)),
             Found::Torn => {}
         }
         let _stripe = self.stripe(key);
-        self.read_value_locked(key, how)
+        self.read_entry_locked(key, how)
     }
 
-    /// [`Storage::read_value`] for a caller that holds the stripe: pieces that do not fit
+    /// [`Storage::read_entry`] for a caller that holds the stripe: pieces that do not fit
     /// together now are damage.
-    pub(super) fn read_value_locked(&self, key: &HashKey, how: ReadFor) -> Result<Option<Value>> {
-        match self.read_value_once(key, how, true)? {
+    pub(super) fn read_entry_locked(
+        &self,
+        key: &HashKey,
+        how: ReadFor,
+    ) -> Result<Option<Versioned<Value>>> {
+        match self.read_entry_once(key, how, true)? {
             Found::Absent => Ok(None),
-            Found::Value(v) => Ok(Some(v)),
+            Found::Entry(e) => Ok(Some(e)),
             Found::Torn => Err(Error::Damaged(format!(
                 "the pieces of the value under {key} in {} do not fit together",
                 self.dir.display()
@@ -119,7 +214,7 @@ impl Storage {
         }
     }
 
-    pub(super) fn read_value_once(
+    pub(super) fn read_entry_once(
         &self,
         key: &HashKey,
         how: ReadFor,
@@ -132,8 +227,11 @@ impl Storage {
             }
         };
         if how != ReadFor::ScanPieces {
-            if let Some(v) = get(key.as_bytes())? {
-                return Ok(Found::Value(Value::Stored(v)));
+            if let Some(e) = get(key.as_bytes())? {
+                // A placeholder is no whole entry: the key's pieces, if any, say what it holds.
+                if let Some(e) = parse_whole(key, e)? {
+                    return Ok(Found::Entry(e));
+                }
             }
         }
         if !self.pieces_seen() {
@@ -164,26 +262,61 @@ impl Storage {
         if value.len() as u64 != h.len {
             return Ok(Found::Torn);
         }
-        Ok(Found::Value(Value::Assembled(value)))
+        Ok(Found::Entry(Versioned::value(
+            h.version,
+            Value::Assembled(value),
+        )))
     }
 
-    /// Writes one value while holding its stripe: whole, or in pieces, replacing what the key
-    /// held; the commit point is one sled batch (see "Values in pieces"). `held`: what the key
-    /// may hold (a batch into an empty span knows it holds nothing). Returns the keys of
-    /// pieces written (to be touched: see [`Storage::touched`]).
+    /// The version of what `key` holds (a value or a tombstone), from the whole entry's header
+    /// or piece 0's, without reading the value; `None`: nothing. The caller holds the stripe.
+    pub(super) fn version_locked(&self, key: &HashKey) -> Result<Option<Version>> {
+        if let Some(e) = self.kv.get(Tree::Data, key.as_bytes())? {
+            if let Some(v) = Head::parse(key, &e)?.version() {
+                return Ok(Some(v));
+            }
+        }
+        if !self.pieces_seen() {
+            return Ok(None);
+        }
+        match self.kv.get(Tree::Data, RawKey::piece(key, 0))? {
+            None => Ok(None),
+            Some(p0) => match PieceHeader::parse(&p0) {
+                Some(h) => Ok(Some(h.version)),
+                None => Err(Error::Damaged(format!(
+                    "piece 0 of the value under {key} in {} is damaged",
+                    self.dir.display()
+                ))),
+            },
+        }
+    }
+
+    /// Writes one entry while holding its stripe: a value whole or in pieces, or a tombstone
+    /// (whole), replacing what the key held; the commit point is one sled batch (see "Values
+    /// in pieces"). `held`: what the key may hold (a batch into an empty span knows it holds
+    /// nothing). Returns the keys written (to be touched: see [`Storage::touched`]).
     pub(super) fn write_locked(
         &self,
         key: &HashKey,
-        value: Vec<u8>,
+        entry: Versioned<Vec<u8>>,
         held: Span,
     ) -> Result<Vec<RawKey>> {
+        let version = entry.version;
+        let value = entry.value;
+        let len = value.as_ref().map_or(0, Vec::len);
         let mut written = Vec::new();
-        if value.len() > ONE_BATCH_MAX {
-            self.write_staged(key, &value, &mut written)?;
-        } else if value.len() > INLINE_MAX {
+        if len > ONE_BATCH_MAX {
+            self.write_staged(
+                key,
+                version,
+                value.as_deref().unwrap_or_default(),
+                &mut written,
+            )?;
+        } else if len > INLINE_MAX {
             let mut batch = sled::Batch::default();
             let look = held.whole || held.pieces;
-            let old = self.add_pieces(&mut batch, key, &value, &mut written, look)?;
+            let value = value.as_deref().unwrap_or_default();
+            let old = self.add_pieces(&mut batch, key, version, value, &mut written, look)?;
             self.kv.apply(Tree::Data, batch)?;
             self.remove_in_batches(&old)?;
         } else {
@@ -191,29 +324,43 @@ impl Storage {
                 true => self.pieces_if_seen(key)?,
                 false => Vec::new(),
             };
+            let e = whole_entry(version, value.as_deref());
             if old.is_empty() {
-                self.kv.insert(Tree::Data, key.as_bytes(), value)?;
+                self.kv.insert(Tree::Data, key.as_bytes(), e)?;
             } else {
                 let mut batch = sled::Batch::default();
                 let rest = split_removal(&mut batch, old);
-                batch.insert(&key.0[..], value);
+                batch.insert(&key.0[..], e);
                 self.kv.apply(Tree::Data, batch)?;
                 self.remove_in_batches(&rest)?;
             }
+            written.push(RawKey::whole(key));
         }
         Ok(written)
     }
 
-    /// Removes `key` (its whole value or its pieces) while holding its stripe.
-    /// Returns whether it held a value (leftover pieces alone are no value, but go too).
-    pub(super) fn remove_locked(&self, key: &HashKey) -> Result<bool> {
+    /// Removes every entry under `key` (its whole entry, value or tombstone, and its pieces)
+    /// while holding its stripe: the key holds nothing afterwards, not even a tombstone.
+    /// Returns whether it held a value (a tombstone or leftover pieces alone are no value).
+    pub(super) fn drop_locked(&self, key: &HashKey) -> Result<bool> {
         let old = self.pieces_if_seen(key)?;
+        let whole = match self.kv.get(Tree::Data, key.as_bytes())? {
+            Some(e) => Some(Head::parse(key, &e)?),
+            None => None,
+        };
         if old.is_empty() {
-            return Ok(self.kv.remove(Tree::Data, key.as_bytes())?.is_some());
+            if whole.is_some() {
+                self.kv.remove(Tree::Data, key.as_bytes())?;
+            }
+            return Ok(matches!(whole, Some(Head::Value(_))));
         }
-        // A value in pieces has its piece 0, which sorts first.
+        // A value in pieces has its piece 0, which sorts first; a whole entry beside it wins.
         let has_piece0 = old.first().is_some_and(|k| piece_index(k) == Some(0));
-        let was = has_piece0 || self.kv.contains(Tree::Data, key.as_bytes())?;
+        let was = match whole {
+            Some(Head::Value(_)) => true,
+            Some(Head::Tombstone(_)) => false,
+            Some(Head::Placeholder) | None => has_piece0,
+        };
         let mut batch = sled::Batch::default();
         let rest = split_removal(&mut batch, old);
         batch.remove(&key.0[..]);

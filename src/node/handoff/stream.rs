@@ -289,14 +289,14 @@ async fn read_entries<S: AsyncRead + AsyncWrite>(
         progress.add(1, len);
         crate::metrics::handoff(crate::metrics::Direction::Received, 1, len);
         if let Some(full) = batcher.push(key, Versioned { version, value }) {
-            import.send(crate::storage::shim_values(full)).await?;
+            import.send(full).await?;
         }
         if i + 1 == n / 2 && n > 1 {
             fault::point(&format!("{step}:mid-stream")).await;
         }
     }
     if let Some(last) = batcher.finish() {
-        import.send(crate::storage::shim_values(last)).await?;
+        import.send(last).await?;
     }
     Ok(())
 }
