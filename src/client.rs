@@ -211,7 +211,12 @@ impl Client {
     /// VIN (extension `versions/1`, docs/EXTENSIONS.md; only to a peer whose INF advertised
     /// it): a versioned value, or a tombstone for `None`. `N` not mine, `T` held (this version
     /// or a newer one), `F` not stored.
-    pub async fn vin(&mut self, key: &HashKey, version: u64, value: Option<&[u8]>) -> Result<Status> {
+    pub async fn vin(
+        &mut self,
+        key: &HashKey,
+        version: u64,
+        value: Option<&[u8]>,
+    ) -> Result<Status> {
         self.conn.write_request(&Request::Vin(*key)).await?;
         self.conn.flush().await?;
         match named(self.peer, self.conn.limits(), self.conn.read_status().await)? {

@@ -513,3 +513,64 @@ async fn b_a_node_given_up_and_back_brings_back_no_key_removed_while_it_was_away
     let mut refs: Vec<&mut TestNode> = nodes.iter_mut().collect();
     converge("B, a node given up and back", &mut refs, &book).await;
 }
+
+/// A node's INF `tombstones` line.
+async fn tombstones_at(addr: PeerAddr) -> u64 {
+    let text = Client::connect(addr, AddressEncoding::Compact)
+        .await
+        .unwrap()
+        .inf()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("tombstones "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("INF at {addr} has no tombstones line: {text}"))
+}
+
+/// A REM leaves a tombstone, invisible to GET, EXI and the key count, and kept for
+/// `tombstone_retention_secs`: collected after 2 s on one node, still there after as long on a
+/// node that keeps them for a day.
+#[tokio::test]
+async fn tombstones_are_invisible_and_collected_after_their_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = loopback_addrs(2);
+    let mut nodes = Vec::new();
+    for (i, retention) in ["2", "86400"].iter().enumerate() {
+        let mut n = TestNode::new(&dir.path().join(format!("n{i}")), addrs[i], &[]);
+        n.env.push((
+            "DHT_STORE_TOMBSTONE_RETENTION_SECS".into(),
+            retention.to_string(),
+        ));
+        n.restart().await;
+        nodes.push(n);
+    }
+    for n in &nodes {
+        let mut c = n.client().await;
+        let k = HashKey::of(b"tombstone");
+        assert_eq!(c.ins(&k, b"v").await.unwrap(), Status::T);
+        assert_eq!(c.rem(&k).await.unwrap(), Status::T);
+        assert_eq!(
+            c.rem(&k).await.unwrap(),
+            Status::F,
+            "a second REM finds it absent"
+        );
+        assert!(matches!(c.get(&k).await.unwrap(), Lookup::Absent));
+        assert_eq!(c.exi(&k).await.unwrap(), Status::F);
+        assert_eq!(keys_held_at(n.addr).await.unwrap(), 0);
+    }
+    assert_eq!(tombstones_at(nodes[1].addr).await, 1);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tombstones_at(nodes[0].addr).await != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the tombstone of a node keeping them 2 s is still there after 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        tombstones_at(nodes[1].addr).await,
+        1,
+        "a node keeping tombstones for a day collected one"
+    );
+}

@@ -118,7 +118,10 @@ async fn vin<S: AsyncRead + AsyncWrite>(
             Err(e) => return Err(e),
         },
     };
-    let status = match node.finish_apply(accepted, Versioned { version, value }).await {
+    let status = match node
+        .finish_apply(accepted, Versioned { version, value })
+        .await
+    {
         Ok(Written::Done) => Status::T,
         Ok(_) => Status::F,
         Err(e) => {

@@ -14,8 +14,8 @@ use super::{walk, Node};
 use crate::client::Router;
 use crate::error::Result;
 use crate::protocol::{HashKey, PeerAddr, Status};
-use crate::storage::{Value, Versioned};
 use crate::ring::{distance, finger_targets, successor_list, Peer, RingState};
+use crate::storage::{Value, Versioned};
 
 /// CONs a place check tries when it finds another peer owning our id.
 const PLACE_JOIN_ATTEMPTS: usize = 2;

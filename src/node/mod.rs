@@ -454,10 +454,18 @@ impl Node {
             .collect();
         fingers.dedup();
         let handoff = self.progress.line().unwrap_or_else(|| "none".into());
+        // One scan for both counts; INF has always counted in full (no deadline).
+        let (keys, tombstones) = match self
+            .storage
+            .tally(Instant::now() + Duration::from_secs(86400))
+        {
+            Ok(t) => (t.keys.to_string(), t.tombstones.to_string()),
+            Err(e) => (format!("unknown ({e})"), "unknown".into()),
+        };
         format!(
             "dht-store {}\naddress {}\nid {}\nsuccessor {}\nsecond successor {}\nsuccessors {}\n\
              predecessor {}\nfingers {}\nknown peers {}\nkeys {}\naddress encoding {}\nhandoff {}\n\
-             state {}\nuptime {}s\nmax value size {}\n{} {}\n",
+             state {}\nuptime {}s\nmax value size {}\ntombstones {}\n{} {}\n",
             env!("CARGO_PKG_VERSION"),
             ring.me.addr,
             ring.me.id,
@@ -474,10 +482,7 @@ impl Node {
                 fingers.join(", ")
             },
             known,
-            self.storage
-                .count()
-                .map(|n| n.to_string())
-                .unwrap_or_else(|e| format!("unknown ({e})")),
+            keys,
             self.config.address_encoding,
             handoff,
             if self.departed() {
@@ -487,6 +492,7 @@ impl Node {
             },
             self.started.elapsed().as_secs(),
             self.config.max_value_size,
+            tombstones,
             crate::protocol::EXTENSIONS_LINE,
             crate::protocol::VERSIONS_EXTENSION,
         )

@@ -569,17 +569,19 @@ mod tests {
                 | Request::Exi(k)
                 | Request::Own(k)
                 | Request::Vin(k) => out.extend(k.0),
-                Request::Con(a) | Request::Dis(a) | Request::Vcn(a) | Request::Vds(a) => match enc {
-                    AddressEncoding::Compact => {
-                        out.extend(a.ip().octets());
-                        out.extend(a.port().to_be_bytes());
+                Request::Con(a) | Request::Dis(a) | Request::Vcn(a) | Request::Vds(a) => {
+                    match enc {
+                        AddressEncoding::Compact => {
+                            out.extend(a.ip().octets());
+                            out.extend(a.port().to_be_bytes());
+                        }
+                        AddressEncoding::Text => {
+                            let text = format!("{}:{}", a.ip(), a.port());
+                            out.extend((text.len() as u64).to_be_bytes());
+                            out.extend(text.as_bytes());
+                        }
                     }
-                    AddressEncoding::Text => {
-                        let text = format!("{}:{}", a.ip(), a.port());
-                        out.extend((text.len() as u64).to_be_bytes());
-                        out.extend(text.as_bytes());
-                    }
-                },
+                }
                 Request::Pul | Request::Inf | Request::Abd => {}
             }
             out
