@@ -21,7 +21,7 @@
 //!    serves, so a GET sent early simply waits), then SIGKILL; (b) the sled helper: this bench
 //!    binary re-executed with `RESTART_HELPER=sled`, which opens `sled::Config::new()
 //!    .path(DIR/db).cache_capacity(64 MiB).mode(HighThroughput)` (as `Storage::open` does),
-//!    opens the trees "data" and "ring", GETs the same key and prints its timings; the time is
+//!    opens the trees "entries" and "ring", GETs the same key and prints its timings; the time is
 //!    from `spawn` to that line; then SIGKILL; (c) the same with `RESTART_HELPER=storage`:
 //!    `Storage::open` (lock file, sled, trees, flusher thread) + `load_ring` + get. Odd rounds
 //!    run (b) and (c) before (a). Every open thus follows a SIGKILL of the previous process.
@@ -160,12 +160,14 @@ fn helper(mode: &str) -> ExitCode {
                 .open()
                 .expect("sled open");
             open = t0.elapsed();
-            let data = db.open_tree("data").expect("tree data");
+            // The entries' tree of data layout 3 (`storage`'s module doc).
+            let data = db.open_tree("entries").expect("tree entries");
             let _ring = db.open_tree("ring").expect("tree ring");
             trees = t0.elapsed();
             let v = data.get(key.as_bytes()).expect("get");
             get = t0.elapsed();
-            ok = v.as_deref() == Some(&value_of(&key)[..]);
+            // A whole entry: kind (u8), version (u64), then the value.
+            ok = v.as_deref().and_then(|v| v.get(9..)) == Some(&value_of(&key)[..]);
             println!(
                 "ready exec_to_main_us={exec_to_main} open_us={} trees_us={} get_us={} ok={ok}",
                 open.as_micros(),

@@ -269,26 +269,25 @@ impl Storage {
     }
 
     /// The version of what `key` holds (a value or a tombstone), from the whole entry's header
-    /// or piece 0's, without reading the value; `None`: nothing. The caller holds the stripe.
+    /// or piece 0's, without reading the value; `None`: nothing, or an entry too damaged to
+    /// say (then whatever arrives replaces it, rather than the damage failing every handoff
+    /// of the key). The caller holds the stripe.
     pub(super) fn version_locked(&self, key: &HashKey) -> Result<Option<Version>> {
         if let Some(e) = self.kv.get(Tree::Data, key.as_bytes())? {
-            if let Some(v) = Head::parse(key, &e)?.version() {
-                return Ok(Some(v));
+            match Head::parse(key, &e) {
+                Ok(Head::Placeholder) => {}
+                Ok(head) => return Ok(head.version()),
+                Err(_) => return Ok(None),
             }
         }
         if !self.pieces_seen() {
             return Ok(None);
         }
-        match self.kv.get(Tree::Data, RawKey::piece(key, 0))? {
-            None => Ok(None),
-            Some(p0) => match PieceHeader::parse(&p0) {
-                Some(h) => Ok(Some(h.version)),
-                None => Err(Error::Damaged(format!(
-                    "piece 0 of the value under {key} in {} is damaged",
-                    self.dir.display()
-                ))),
-            },
-        }
+        Ok(self
+            .kv
+            .get(Tree::Data, RawKey::piece(key, 0))?
+            .and_then(|p0| PieceHeader::parse(&p0))
+            .map(|h| h.version))
     }
 
     /// Writes one entry while holding its stripe: a value whole or in pieces, or a tombstone
