@@ -2,23 +2,28 @@
 //! cut of the entries ([`Storage::begin_cut`]), verified and restored by streaming it back.
 //! Memory stays flat whatever the size.
 //!
-//! # Archive format, version 2
+//! # Archive format, version 3
 //!
 //! ```text
 //! magic         16 bytes  b"DHTSTORE-BACKUP\n"
-//! version       u32       2 (all integers big-endian)
+//! version       u32       3 (all integers big-endian)
 //! header_len    u32       length of the header that follows
 //! header        bincode (big-endian, fixed-width integers) of `Header`: node address and id
 //!               (absent for a directory without ring state), the ring state (RingRecord, see
-//!               storage/meta.rs), the entry count, the creation time
-//! entries       count × ( HashKey 20 bytes | u64 value length | value ), in increasing key order
+//!               storage/meta.rs), the record count, the creation time
+//! records       count × ( HashKey 20 bytes | u64 version | kind ), in increasing key order;
+//!               kind: b'V' | u64 value length | value (an entry), or b'X' (a tombstone: the
+//!               key was removed at that version)
 //! trailer       b"DHTEND\0\0" | u64 count | 32-byte checksum
 //! checksum      SHA-256( magic | version | header_len | header | digest(entries) )
 //!               digest(entries): XXH3-128 of the entries' bytes, 16 bytes big-endian
 //! ```
 //!
-//! Version 1 differs only in `digest(entries)`, which is SHA-256 there (32 bytes). This build
-//! writes version 2 and reads both. SHA-256 over the entries was a third of a backup's CPU
+//! Versions 1 and 2 have no versions or tombstones: each record is `HashKey | u64 value length
+//! | value`, restored as unversioned entries (older than any version a live ring holds).
+//! Version 1 differs from 2 only in `digest(entries)`, which is SHA-256 there (32 bytes). This
+//! build writes version 3 and reads all three. The counts that `verify` and `restore` report
+//! are of entries; tombstones are counted apart, as a node counts them. SHA-256 over the entries was a third of a backup's CPU
 //! time, XXH3 a small part of it (BENCHMARKS.md, "Figures behind the code"). The entries'
 //! digest is there to catch damage, not forgery, and 128 bits of XXH3 miss a random change with
 //! odds of 2^-128; the outer SHA-256 still covers header and digest.
@@ -42,8 +47,8 @@ use crate::storage::{
 };
 
 pub const MAGIC: &[u8; 16] = b"DHTSTORE-BACKUP\n";
-/// The format version written (see the module doc; versions 1 and 2 are read).
-pub const VERSION: u32 = 2;
+/// The format version written (see the module doc; versions 1 to 3 are read).
+pub const VERSION: u32 = 3;
 const TRAILER_MAGIC: &[u8; 8] = b"DHTEND\0\0";
 /// Largest header accepted when reading (a real one is a few hundred bytes).
 const MAX_HEADER: u32 = 1 << 20;
@@ -88,7 +93,10 @@ fn decode_config() -> impl bincode::config::Config {
 #[derive(Clone, Debug)]
 pub struct Summary {
     pub header: Header,
+    /// Entries (values); the header's count is of records, tombstones included.
     pub entries: u64,
+    /// Tombstones (removals, with their versions).
+    pub tombstones: u64,
     /// Value bytes.
     pub bytes: u64,
     /// Size of the archive file.
@@ -165,12 +173,13 @@ fn write_partial(storage: &Storage, path: &Path, tick: Tick) -> Result<Summary> 
         header,
         head_final,
         entries: n,
+        tombstones,
         bytes,
         entries_digest,
     } = streamed?;
     let checksum = final_checksum(VERSION, &head_final, &entries_digest);
     w.write_all(TRAILER_MAGIC)?;
-    w.write_all(&n.to_be_bytes())?;
+    w.write_all(&header.entries.to_be_bytes())?;
     w.write_all(&checksum)?;
     let mut file = w.finish()?;
     // Patch the entry count into the header (same length: fixed-width integers).
@@ -181,6 +190,7 @@ fn write_partial(storage: &Storage, path: &Path, tick: Tick) -> Result<Summary> 
     Ok(Summary {
         header,
         entries: n,
+        tombstones,
         bytes,
         file_bytes,
     })
@@ -292,6 +302,7 @@ struct Streamed {
     /// The header with the final entry count, to patch in.
     head_final: Vec<u8>,
     entries: u64,
+    tombstones: u64,
     bytes: u64,
     entries_digest: Vec<u8>,
 }
@@ -345,24 +356,39 @@ fn stream_cut(storage: &Storage, w: &mut impl Write, tick: Tick) -> Result<Strea
     w.write_all(&(head.len() as u32).to_be_bytes())?;
     w.write_all(&head)?;
     let mut hasher = EntriesDigest::new(VERSION);
-    let (mut n, mut bytes) = (0u64, 0u64);
+    let (mut n, mut tombstones, mut bytes) = (0u64, 0u64, 0u64);
     for entry in storage.cut_entries()? {
-        let (k, v) = entry?;
-        let len = (v.len() as u64).to_be_bytes();
-        for part in [&k.0[..], &len[..], &v[..]] {
+        let (k, e) = entry?;
+        let version = e.version.0.to_be_bytes();
+        let mut put = |part: &[u8]| -> Result<()> {
             hasher.update(part);
             w.write_all(part)?;
+            Ok(())
+        };
+        put(&k.0)?;
+        put(&version)?;
+        match &e.value {
+            Some(v) => {
+                put(b"V")?;
+                put(&(v.len() as u64).to_be_bytes())?;
+                put(v)?;
+                n += 1;
+                bytes += v.len() as u64;
+            }
+            None => {
+                put(b"X")?;
+                tombstones += 1;
+            }
         }
-        n += 1;
-        bytes += v.len() as u64;
         tick.entry(n, bytes);
     }
-    header.entries = n;
+    header.entries = n + tombstones;
     let head_final = bincode::encode_to_vec(&header, config())?;
     Ok(Streamed {
         header,
         head_final,
         entries: n,
+        tombstones,
         bytes,
         entries_digest: hasher.finish(),
     })
@@ -385,10 +411,13 @@ pub struct Reader {
     r: BufReader<File>,
     header: Header,
     header_bytes: Vec<u8>,
-    /// The archive's format version (1 or 2).
+    /// The archive's format version (1 to 3).
     version: u32,
     hasher: EntriesDigest,
+    /// Records read (entries and tombstones).
     read: u64,
+    /// Of those, tombstones.
+    tombstones: u64,
     bytes: u64,
     last: Option<HashKey>,
     file_bytes: u64,
@@ -452,6 +481,7 @@ impl Reader {
             version,
             hasher: EntriesDigest::new(version),
             read: 0,
+            tombstones: 0,
             bytes: 0,
             last: None,
             file_bytes,
@@ -466,8 +496,9 @@ impl Reader {
         self.file_bytes
     }
 
-    /// The next entry, `None` once the header's count is reached.
-    pub fn next_entry(&mut self) -> Result<Option<(HashKey, Vec<u8>)>> {
+    /// The next record, `None` once the header's count is reached: an entry or a tombstone
+    /// with its version (`Version::ZERO` for every entry of an archive before version 3).
+    pub fn next_entry(&mut self) -> Result<Option<(HashKey, Versioned<Vec<u8>>)>> {
         if self.read == self.header.entries {
             return Ok(None);
         }
@@ -477,6 +508,41 @@ impl Reader {
             self.header.entries
         );
         let key = HashKey(read_array(&mut self.r, &self.path, &at)?);
+        if self.last.is_some_and(|l| key <= l) {
+            return Err(corrupt(
+                &self.path,
+                format!("entry {} is out of key order", self.read + 1),
+            ));
+        }
+        self.hasher.update(&key.0);
+        let version = if self.version >= 3 {
+            let v: [u8; 8] = read_array(&mut self.r, &self.path, &at)?;
+            let kind: [u8; 1] = read_array(&mut self.r, &self.path, &at)?;
+            self.hasher.update(&v);
+            self.hasher.update(&kind);
+            let version = Version(u64::from_be_bytes(v));
+            match &kind {
+                b"V" => version,
+                b"X" => {
+                    self.read += 1;
+                    self.tombstones += 1;
+                    self.last = Some(key);
+                    return Ok(Some((key, Versioned::tombstone(version))));
+                }
+                _ => {
+                    return Err(corrupt(
+                        &self.path,
+                        format!(
+                            "entry {} is of kind {:#04x}, neither V nor X",
+                            self.read + 1,
+                            kind[0]
+                        ),
+                    ))
+                }
+            }
+        } else {
+            Version::ZERO
+        };
         let len_bytes: [u8; 8] = read_array(&mut self.r, &self.path, &at)?;
         let len = u64::from_be_bytes(len_bytes);
         if len > MAX_VALUE {
@@ -485,25 +551,18 @@ impl Reader {
                 format!("entry {} claims a value of {len} bytes", self.read + 1),
             ));
         }
-        if self.last.is_some_and(|l| key <= l) {
-            return Err(corrupt(
-                &self.path,
-                format!("entry {} is out of key order", self.read + 1),
-            ));
-        }
         // Grow as bytes arrive: a corrupt length costs no more than the file holds.
         let mut value = Vec::with_capacity((len as usize).min(1 << 20));
         let got = (&mut self.r).take(len).read_to_end(&mut value)?;
         if got as u64 != len {
             return Err(corrupt(&self.path, at));
         }
-        self.hasher.update(&key.0);
         self.hasher.update(&len_bytes);
         self.hasher.update(&value);
         self.read += 1;
         self.bytes += len;
         self.last = Some(key);
-        Ok(Some((key, value)))
+        Ok(Some((key, Versioned::value(version, value))))
     }
 
     /// Checks the trailer (count, checksum) and that nothing follows it.
@@ -544,7 +603,8 @@ impl Reader {
         }
         Ok(Summary {
             header: self.header,
-            entries: self.read,
+            entries: self.read - self.tombstones,
+            tombstones: self.tombstones,
             bytes: self.bytes,
             file_bytes: self.file_bytes,
         })
@@ -570,10 +630,11 @@ fn read_array<const N: usize>(r: &mut impl Read, path: &Path, what: &str) -> Res
 /// Reads and checks a whole archive.
 pub fn verify(path: &Path, tick: Tick) -> Result<Summary> {
     let mut r = Reader::open(path)?;
+    // Progress counts records, as the header's count (the bar's total) does.
     let (mut n, mut bytes) = (0u64, 0u64);
-    while let Some((_, v)) = r.next_entry()? {
+    while let Some((_, e)) = r.next_entry()? {
         n += 1;
-        bytes += v.len() as u64;
+        bytes += e.value.as_ref().map_or(0, |v| v.len() as u64);
         tick.entry(n, bytes);
     }
     r.finish()
@@ -676,11 +737,12 @@ fn restore_into(archive: &Path, dir: &Path, tick: Tick) -> Result<Summary> {
     let read = (|| -> Result<()> {
         let mut batcher = Batcher::new(BATCH_BYTES);
         let (mut n, mut bytes) = (0u64, 0u64);
-        while let Some((k, v)) = reader.next_entry()? {
+        while let Some((k, e)) = reader.next_entry()? {
+            // Progress counts records, as the header's count (the bar's total) does.
             n += 1;
-            bytes += v.len() as u64;
-            // Archives of versions 1 and 2 carry no versions: unversioned, older than any write.
-            if let Some(full) = batcher.push(k, Versioned::value(Version::ZERO, v)) {
+            bytes += e.value.as_ref().map_or(0, |v| v.len() as u64);
+            // Tombstones too: a restored node must not take back a key removed before the cut.
+            if let Some(full) = batcher.push(k, e) {
                 // A failed writer: its error is reported below.
                 import.send_blocking(full)?;
             }

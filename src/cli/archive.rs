@@ -99,8 +99,9 @@ pub async fn verify(file: &Path, json: bool) -> Result<u8, Error> {
     }
     print_header(&s.header);
     println!(
-        "entries {}\nvalues {} ({} bytes)\nfile {} ({} bytes)\nchecksum ok",
+        "entries {}\ntombstones {}\nvalues {} ({} bytes)\nfile {} ({} bytes)\nchecksum ok",
         s.entries,
+        s.tombstones,
         size(s.bytes),
         s.bytes,
         size(s.file_bytes),
@@ -121,9 +122,10 @@ pub async fn restore(from: &Path, data: &Path, force: bool) -> Result<u8, Error>
         rate_line(s.entries, s.bytes, started.elapsed())
     );
     println!(
-        "restored {} entries ({} of values) into {}",
+        "restored {} entries ({} of values) and {} tombstones into {}",
         s.entries,
         size(s.bytes),
+        s.tombstones,
         data.display()
     );
     if let Some(addr) = s.header.address {

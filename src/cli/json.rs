@@ -64,6 +64,8 @@ pub struct Verified {
     pub created: String,
     /// Entries in the archive.
     pub entries: u64,
+    /// Tombstones in the archive (removals with their versions; archive format 3).
+    pub tombstones: u64,
     /// Their values' bytes.
     pub value_bytes: u64,
     /// The archive file's size.
@@ -85,6 +87,7 @@ impl Verified {
             created_unix_secs: h.created_unix_secs,
             created: rfc3339(h.created_unix_secs),
             entries: s.entries,
+            tombstones: s.tombstones,
             value_bytes: s.bytes,
             file_bytes: s.file_bytes,
         }

@@ -6,6 +6,7 @@ use super::kv::Tree;
 use super::pieces::{RawKey, ASSEMBLE_RESERVE_MAX, INLINE_MAX, PIECES_PER_BATCH, PIECE_BYTES};
 use super::value::ReadFor;
 use super::value::Value;
+use super::version::{Version, Versioned};
 use super::Storage;
 use crate::error::{Error, Result};
 use crate::protocol::HashKey;
@@ -48,7 +49,7 @@ pub struct CutEntries<'a> {
 }
 
 impl CutEntries<'_> {
-    pub(super) fn step(&mut self) -> Result<Option<(HashKey, Value)>> {
+    pub(super) fn step(&mut self) -> Result<Option<(HashKey, Versioned<Value>)>> {
         use std::ops::Bound::{Excluded, Unbounded};
         loop {
             if self.peeked.is_none() && !self.data_done {
@@ -102,7 +103,7 @@ impl CutEntries<'_> {
                     Some(_) => ReadFor::ScanPieces,
                 };
                 let _ = self.peeked.take();
-                (key, storage.read_value(&key, how)?)
+                (key, storage.read_entry(&key, how)?)
             } else {
                 let Some((k, old)) = self.cow_next.take() else {
                     continue;
@@ -120,13 +121,14 @@ impl CutEntries<'_> {
             if let Some(v) = value {
                 return Ok(Some((key, v)));
             }
-            // Absent at the cut (inserted since): skip it.
+            // Absent at the cut (inserted since, or a placeholder): skip it.
         }
     }
 }
 
 impl Iterator for CutEntries<'_> {
-    type Item = Result<(HashKey, Value)>;
+    /// Values and tombstones, with their versions.
+    type Item = Result<(HashKey, Versioned<Value>)>;
 
     fn next(&mut self) -> Option<Self::Item> {
         self.step().transpose()
@@ -144,8 +146,11 @@ impl Storage {
         if state.cursor.is_some_and(|c| *key <= c) || self.kv.contains(Tree::Cow, key.as_bytes())? {
             return Ok(());
         }
-        let old = match self.read_value(key, ReadFor::Request)? {
-            Some(v) if v.len() > INLINE_MAX => {
+        let old = match self.read_entry(key, ReadFor::Request)? {
+            Some(Versioned {
+                version,
+                value: Some(v),
+            }) if v.len() > INLINE_MAX => {
                 // The pieces first: the cut reads them once the record names them.
                 for (n, chunk) in v.chunks(PIECE_BYTES * PIECES_PER_BATCH).enumerate() {
                     let mut batch = sled::Batch::default();
@@ -157,13 +162,26 @@ impl Storage {
                     reclaim();
                 }
                 let mut b = vec![2];
+                b.extend_from_slice(&version.0.to_be_bytes());
                 b.extend_from_slice(&(v.len() as u64).to_be_bytes());
                 b
             }
-            Some(v) => {
-                let mut b = Vec::with_capacity(v.len() + 1);
+            Some(Versioned {
+                version,
+                value: Some(v),
+            }) => {
+                let mut b = Vec::with_capacity(v.len() + 9);
                 b.push(1);
+                b.extend_from_slice(&version.0.to_be_bytes());
                 b.extend_from_slice(&v);
+                b
+            }
+            Some(Versioned {
+                version,
+                value: None,
+            }) => {
+                let mut b = vec![3];
+                b.extend_from_slice(&version.0.to_be_bytes());
                 b
             }
             None => vec![0],
@@ -216,14 +234,38 @@ impl Storage {
         Ok(())
     }
 
-    /// The value a copy-on-write record keeps: `0`, absent at the cut; `1` and the value; `2`
-    /// and the length (u64) of a value kept in pieces in `cow_pieces`.
-    pub(super) fn old_version(&self, key: &HashKey, v: sled::IVec) -> Result<Option<Value>> {
-        match v.first() {
-            Some(1) => Ok(Some(Value::Stored(v.subslice(1, v.len() - 1)))),
-            Some(2) => {
+    /// The entry a copy-on-write record keeps: `0`, absent at the cut; then, after the tag and
+    /// the version (u64): `1` and the value; `2` and the length (u64) of a value kept in pieces
+    /// in `cow_pieces`; `3`, a tombstone. (The tree lives as long as one cut: no older layout.)
+    pub(super) fn old_version(
+        &self,
+        key: &HashKey,
+        v: sled::IVec,
+    ) -> Result<Option<Versioned<Value>>> {
+        let damaged = || {
+            Error::Damaged(format!(
+                "the backup's copy of the entry under {key} is damaged"
+            ))
+        };
+        let Some(&tag) = v.first() else {
+            return Err(damaged());
+        };
+        if tag == 0 {
+            return Ok(None);
+        }
+        let version = v
+            .get(1..9)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(|b| Version(u64::from_be_bytes(b)))
+            .ok_or_else(damaged)?;
+        match tag {
+            1 => Ok(Some(Versioned::value(
+                version,
+                Value::Stored(v.subslice(9, v.len() - 9)),
+            ))),
+            2 => {
                 let len = v
-                    .get(1..9)
+                    .get(9..17)
                     .and_then(|b| <[u8; 8]>::try_from(b).ok())
                     .map(u64::from_be_bytes);
                 let (lo, hi) = (RawKey::piece(key, 0), RawKey::piece(key, u32::MAX));
@@ -241,9 +283,10 @@ impl Storage {
                         value.len()
                     )));
                 }
-                Ok(Some(Value::Assembled(value)))
+                Ok(Some(Versioned::value(version, Value::Assembled(value))))
             }
-            _ => Ok(None),
+            3 => Ok(Some(Versioned::tombstone(version))),
+            _ => Err(damaged()),
         }
     }
 }
@@ -289,7 +332,7 @@ mod tests {
                     }
                 }
                 match entries.next() {
-                    Some(r) => got.push(r.map(|(k, v)| (k, v.to_vec())).unwrap()),
+                    Some(r) => got.extend(r.map(|(k, e)| e.value.map(|v| (k, v.to_vec()))).unwrap()),
                     None => break,
                 }
                 position += 1;
@@ -332,7 +375,7 @@ mod tests {
                 let got: Vec<_> = s
                     .cut_entries()
                     .unwrap()
-                    .map(|r| r.map(|(k, v)| (k, v.to_vec())).unwrap())
+                    .filter_map(|r| r.map(|(k, e)| e.value.map(|v| (k, v.to_vec()))).unwrap())
                     .collect();
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
                 got
@@ -386,7 +429,7 @@ mod tests {
                 let got: Vec<_> = s
                     .cut_entries()
                     .unwrap()
-                    .map(|r| r.map(|(k, v)| (k, v.to_vec())).unwrap())
+                    .filter_map(|r| r.map(|(k, e)| e.value.map(|v| (k, v.to_vec()))).unwrap())
                     .collect();
                 s.end_cut().unwrap();
                 assert_eq!(got.len(), KEYS as usize, "round {round}");
@@ -418,7 +461,7 @@ mod tests {
         let cut: Vec<(HashKey, Vec<u8>)> = s
             .cut_entries()
             .unwrap()
-            .map(|r| r.map(|(k, v)| (k, v.to_vec())).unwrap())
+            .filter_map(|r| r.map(|(k, e)| e.value.map(|v| (k, v.to_vec()))).unwrap())
             .collect();
         s.end_cut().unwrap();
         assert_eq!(

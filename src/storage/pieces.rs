@@ -638,7 +638,11 @@ mod tests {
         assert_eq!(s.count().unwrap(), 1);
         assert_eq!(snapshot(&s), vec![(k(1), old.clone())]);
         s.begin_cut().unwrap();
-        let cut: Vec<_> = s.cut_entries().unwrap().map(|r| r.unwrap()).collect();
+        let cut: Vec<_> = s
+            .cut_entries()
+            .unwrap()
+            .filter_map(|r| r.map(|(k, e)| e.value.map(|v| (k, v))).unwrap())
+            .collect();
         s.end_cut().unwrap();
         assert_eq!(cut.len(), 1);
         assert_eq!(cut[0].1, old[..]);
