@@ -439,7 +439,7 @@ fn reopen(target: &Path) -> Storage {
 }
 
 /// [`archive`] over an archive whose framing is right whatever the input: the input gives the
-/// version (byte 0: 1 or 2), the header (a u16 length, then that many bytes) and the entries'
+/// version (byte 0: 0, 1 or 2 for versions 1 to 3, and on modulo 3), the header (a u16 length, then that many bytes) and the entries'
 /// bytes (the rest); the header's length, the trailer's count (the header's own, when it is
 /// long enough to hold one) and the checksum are computed here. Random bytes almost never
 /// carry a matching SHA-256, so without this only the seeds would reach what a restore does
@@ -455,7 +455,7 @@ pub fn seal(data: &[u8]) -> Vec<u8> {
     let [v, h0, h1, rest @ ..] = data else {
         return Vec::new();
     };
-    let version = u32::from(v & 1) + 1;
+    let version = u32::from(v % 3) + 1;
     let h = usize::from(u16::from_be_bytes([*h0, *h1])).min(rest.len());
     let (header, entries) = rest.split_at(h);
     // Header: ..., entries u64, created_unix_secs u64 (fixed-width bincode).
