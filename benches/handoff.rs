@@ -55,6 +55,27 @@
 //! - `HANDOFF_PERF=DIR` record each direction with `perf record -g` attached to both nodes
 //!   (`DIR/<case>-con-{p,j}.data`, `DIR/<case>-dis-{p,j}.data`); the figures of such a run are
 //!   perturbed by the profiler.
+//! - `HANDOFF_BASELINE_BIN=/path/to/dht-store` (or `BENCH_BASELINE_BIN`, as the requests bench
+//!   names it): A/B against that build, below.
+//! - `HANDOFF_AB_ROUNDS` A/B rounds per case (default 2: A B, then B A).
+//! - `HANDOFF_AB_FILL` how P's directory is filled in an A/B run: `ins` (default) or `import`.
+//!
+//! **A/B against another build.** With `HANDOFF_BASELINE_BIN`, steps 4–6 (the CON and the DIS
+//! between two real processes, and the leave command) run with this build's binary (A) and with
+//! the baseline's (B) in turn, `HANDOFF_AB_ROUNDS` times (A B, then B A, ...), on the same
+//! addresses and keys; the baselines (a), (a'), (b) and (r) run once per case. P's directory
+//! must be one the binary reads, and an older build cannot read a newer layout, so by default
+//! (`HANDOFF_AB_FILL=ins`) each binary fills a directory of its own: a node of that binary on
+//! P's address, a ring of one, takes every entry by INS over 32 connections and is stopped with
+//! SIGTERM; each round then starts P on a fresh copy of its binary's directory.
+//! `HANDOFF_AB_FILL=import` gives both sides a copy of the library import of step 2 instead (as
+//! runs without a baseline use): only for a baseline that reads this build's layout. Every run
+//! prints its figures as above, then per case CON, DIS and leave of both (each round's time,
+//! and the rate over all rounds) with the ratio this/baseline of the rates. The baseline is
+//! driven only with flags (`--data --port --host --join --cache-capacity-mb`, `leave --data`),
+//! requests and log lines that the build at `4545ce8` has; a baseline that cannot start a node
+//! turns the A/B off, and a run of it that fails is reported as such (the panic and both logs
+//! above it) and the case goes on without it.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -72,9 +93,11 @@ use dht_store::ring::{id_of, in_arc};
 use dht_store::node::BATCH_BYTES;
 use dht_store::storage::{BatchWrite, Storage, StorageOptions, Version, Versioned, BATCH_ENTRIES};
 
-use common::process::{die_with_parent, install_signal_handler, temp_dir, Reaped};
+use common::process::{
+    dht_store_command_for, die_with_parent, install_signal_handler, temp_dir, Reaped,
+};
 use common::sample::{print_machine, proc_cpu, proc_kib, proc_wchar, reset_hwm, self_cpu};
-use common::{dht_store_command, free_port_on, Rng};
+use common::{free_port_on, Rng};
 
 /// Keys checked with GET after each direction.
 const SPOT_CHECKS: usize = 100;
@@ -187,6 +210,12 @@ struct Settings {
     keep_logs: Option<PathBuf>,
     perf: Option<PathBuf>,
     inf: bool,
+    /// `HANDOFF_BASELINE_BIN` (or `BENCH_BASELINE_BIN`): a build to compare with, A/B.
+    baseline: Option<PathBuf>,
+    /// A/B rounds per case.
+    ab_rounds: usize,
+    /// A/B: fill each binary's P directory over INS (else: copies of the library import).
+    ab_fill_ins: bool,
 }
 
 impl Settings {
@@ -233,6 +262,18 @@ impl Settings {
             keep_logs: var("HANDOFF_KEEP_LOGS").map(PathBuf::from),
             perf: var("HANDOFF_PERF").map(PathBuf::from),
             inf: var("HANDOFF_INF").is_none_or(|v| v.trim() != "0"),
+            baseline: var("HANDOFF_BASELINE_BIN")
+                .or_else(|| var("BENCH_BASELINE_BIN"))
+                .map(|v| PathBuf::from(v.trim())),
+            ab_rounds: var("HANDOFF_AB_ROUNDS")
+                .map(|v| v.trim().parse().expect("HANDOFF_AB_ROUNDS: a count"))
+                .unwrap_or(2usize)
+                .max(1),
+            ab_fill_ins: match var("HANDOFF_AB_FILL").as_deref().map(str::trim) {
+                None | Some("ins") => true,
+                Some("import") => false,
+                Some(other) => panic!("HANDOFF_AB_FILL: ins or import, not {other:?}"),
+            },
         }
     }
 }
@@ -489,8 +530,8 @@ fn network_baseline(keys: &[HashKey], size: usize) -> Duration {
 
 /// A `dht-store` command with a clean environment, logging at info level to `log`, and bound
 /// to die with the bench (PR_SET_PDEATHSIG), so that not even a SIGKILLed bench leaves it.
-fn dht_store(args: &[&str], log: Option<&Path>) -> Command {
-    let mut cmd = dht_store_command();
+fn dht_store(bin: &Path, args: &[&str], log: Option<&Path>) -> Command {
+    let mut cmd = dht_store_command_for(bin);
     cmd.args(args)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
@@ -513,6 +554,7 @@ fn dht_store(args: &[&str], log: Option<&Path>) -> Command {
 }
 
 fn start_node(
+    bin: &Path,
     name: &str,
     data: &Path,
     me: SocketAddrV4,
@@ -537,7 +579,7 @@ fn start_node(
     if let Some(j) = &join_text {
         args.extend(["--join", j]);
     }
-    let child = dht_store(&args, Some(log))
+    let child = dht_store(bin, &args, Some(log))
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
     Reaped::new(name, child)
@@ -780,10 +822,11 @@ impl Drop for Perf {
 }
 
 /// VmRSS of an idle node on an empty data directory: the starting RSS of a joiner.
-fn idle_node_rss(cache_mb: u64, rt: &tokio::runtime::Runtime) -> u64 {
+fn idle_node_rss(bin: &Path, cache_mb: u64, rt: &tokio::runtime::Runtime) -> u64 {
     let dir = temp_dir("handoff-idle");
     let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_port_on(Ipv4Addr::LOCALHOST));
     let mut node = start_node(
+        bin,
         "idle node",
         &dir.path().join("data"),
         addr,
@@ -794,6 +837,9 @@ fn idle_node_rss(cache_mb: u64, rt: &tokio::runtime::Runtime) -> u64 {
     rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !pul_once(addr, Duration::from_secs(2)).await {
+            if let Some(s) = node.exited() {
+                panic!("the idle node exited with {s}");
+            }
             assert!(
                 Instant::now() < deadline,
                 "the idle node did not answer PUL"
@@ -877,13 +923,22 @@ impl Figures {
     }
 }
 
-fn run_case(
-    case: &Case,
-    settings: &Settings,
-    idle_rss: u64,
-    rt: &tokio::runtime::Runtime,
-) -> Figures {
-    let case_start = Instant::now();
+/// What the runs of one case share: the addresses, the keys, the baselines (a), (a'), (b) and
+/// (r) (in `base`), and the directory the library import filled.
+struct Plan {
+    case: Case,
+    started: Instant,
+    root: tempfile::TempDir,
+    p_addr: SocketAddrV4,
+    j_addr: SocketAddrV4,
+    keys: Vec<HashKey>,
+    base: Figures,
+    import_dir: PathBuf,
+}
+
+/// Steps 1–3 of a case: addresses, keys, the import that fills `import_dir`, the baselines.
+fn plan_case(case: &Case, settings: &Settings) -> Plan {
+    let started = Instant::now();
     let n = case.entries;
     let size = case.value_size;
     let cache = settings.cache_mb << 20;
@@ -901,10 +956,6 @@ fn run_case(
 
     let root = temp_dir("handoff-bench");
     let p_dir = root.path().join("p");
-    let j_dir = root.path().join("j");
-    let p_log = root.path().join("p.log");
-    let j_log = root.path().join("j.log");
-    let _dump = LogDump(vec![p_log.clone(), j_log.clone()]);
 
     // Addresses: retry until J's arc is at least 2^150 wide (nearly always the first pair).
     let (p_addr, j_addr) = (0..50)
@@ -959,10 +1010,168 @@ fn run_case(
         "   (b)  loopback TCP, read and discard:  {:>8.2} s",
         f.network.as_secs_f64()
     );
+    Plan {
+        case: case.clone(),
+        started,
+        root,
+        p_addr,
+        j_addr,
+        keys,
+        base: f,
+        import_dir: p_dir,
+    }
+}
+
+/// A binary a case's handoffs run with: this build's (A) or the baseline's (B).
+struct Side {
+    /// "this" or "base".
+    label: &'static str,
+    bin: PathBuf,
+    /// VmRSS of an idle node of this binary on an empty data directory.
+    idle_rss: u64,
+}
+
+/// Where P's directory comes from for one run of a case.
+enum PSource<'a> {
+    /// This directory becomes P's (runs without a baseline: the import's).
+    Move(&'a Path),
+    /// A copy of this directory (not running) becomes P's.
+    Copy(&'a Path),
+}
+
+/// Copies the data directory `from` (no node running on it) to a new `to`: directories and
+/// regular files (not the admin socket), without the lock file.
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let ty = e.file_type()?;
+        let target = to.join(e.file_name());
+        if ty.is_dir() {
+            copy_dir(&e.path(), &target)?;
+        } else if ty.is_file() && e.file_name() != "LOCK" {
+            std::fs::copy(e.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// A/B: fills `dir` the way `side`'s binary writes its own directory: a node of it on P's
+/// address, a ring of one, takes every entry of the case by INS over up to 32 connections and
+/// is stopped with SIGTERM. Returns how long that took, or why it failed.
+fn fill_by_ins(
+    plan: &Plan,
+    settings: &Settings,
+    side: &Side,
+    dir: &Path,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Duration, String> {
+    let log = plan.root.path().join(format!("fill-{}.log", side.label));
+    let t = Instant::now();
+    let mut node = start_node(
+        &side.bin,
+        "filler",
+        dir,
+        plan.p_addr,
+        None,
+        settings.cache_mb,
+        &log,
+    );
+    let peer: PeerAddr = plan.p_addr;
+    let size = plan.case.value_size;
+    let res: Result<(), String> = rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !pul_once(peer, Duration::from_secs(2)).await {
+            if let Some(s) = node.exited() {
+                return Err(format!("the filling node exited at start-up with {s}"));
+            }
+            if Instant::now() > deadline {
+                return Err("the filling node did not answer PUL within 60 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let conns = plan.keys.len().clamp(1, 32);
+        let keys = std::sync::Arc::new(plan.keys.clone());
+        let mut tasks = Vec::new();
+        for task in 0..conns {
+            let keys = keys.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut c = Client::connect(peer, AddressEncoding::Compact)
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+                for k in keys.iter().skip(task).step_by(conns) {
+                    match c.ins(k, &value_for(k, size)).await {
+                        Ok(Status::T) => {}
+                        Ok(s) => return Err(format!("INS {k} answered {s:?}, not T")),
+                        Err(e) => return Err(format!("INS {k}: {e}")),
+                    }
+                }
+                Ok::<(), String>(())
+            }));
+        }
+        for task in tasks {
+            task.await.map_err(|e| format!("INS task: {e}"))??;
+        }
+        Ok(())
+    });
+    node.stop();
+    match res {
+        Ok(()) => Ok(t.elapsed()),
+        Err(e) => {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<String> = text.lines().map(strip_ansi).collect();
+            Err(format!(
+                "{e}; last lines of its log:\n{}",
+                lines[lines.len().saturating_sub(15)..].join("\n")
+            ))
+        }
+    }
+}
+
+/// Steps 4–6 of a case with `side`'s binary: P on a directory from `p_src`, J's CON, the DIS
+/// and the leave command. `run` names the run in the figures and the files (empty outside A/B
+/// runs: then the directories and names are those of the bench before A/B existed).
+fn run_handoff(
+    plan: &Plan,
+    settings: &Settings,
+    side: &Side,
+    p_src: PSource,
+    run: &str,
+    rt: &tokio::runtime::Runtime,
+) -> Figures {
+    let case_start = Instant::now();
+    let n = plan.case.entries;
+    let size = plan.case.value_size;
+    let (p_addr, j_addr) = (plan.p_addr, plan.j_addr);
+    let keys = &plan.keys;
+    let idle_rss = side.idle_rss;
+    let bin = side.bin.as_path();
+    let mut f = plan.base.clone();
+    if !run.is_empty() {
+        f.name = format!("{} [{run}]", f.name);
+    }
+    let run_dir = if run.is_empty() {
+        plan.root.path().to_path_buf()
+    } else {
+        plan.root.path().join(run)
+    };
+    let p_dir = run_dir.join("p");
+    let j_dir = run_dir.join("j");
+    let p_log = run_dir.join("p.log");
+    let j_log = run_dir.join("j.log");
+    match p_src {
+        PSource::Move(dir) => {
+            if dir != p_dir {
+                std::fs::rename(dir, &p_dir).expect("move P's directory into place");
+            }
+        }
+        PSource::Copy(dir) => copy_dir(dir, &p_dir).expect("copy P's directory"),
+    }
+    let _dump = LogDump(vec![p_log.clone(), j_log.clone()]);
 
     // P, a ring of one on the preloaded directory.
     let t = Instant::now();
-    let mut p = start_node("P", &p_dir, p_addr, None, settings.cache_mb, &p_log);
+    let mut p = start_node(bin, "P", &p_dir, p_addr, None, settings.cache_mb, &p_log);
     let p_peer: PeerAddr = p_addr;
     let j_peer: PeerAddr = j_addr;
     rt.block_on(async {
@@ -984,14 +1193,26 @@ fn run_case(
     f.p_startup_hwm = proc_kib(p.pid(), "VmHWM").unwrap_or(0);
     f.hwm_reset = reset_hwm(p.pid());
     f.con_p.start_rss = proc_kib(p.pid(), "VmRSS").unwrap_or(0);
-    let tag = format!("{n}x{size}");
+    let tag = if run.is_empty() {
+        format!("{n}x{size}")
+    } else {
+        format!("{n}x{size}-{run}")
+    };
     let perf_dir = settings.perf.as_deref();
     let perf_p = Perf::start(perf_dir, &format!("{tag}-con-p.data"), p.pid());
     let p_cpu0 = proc_cpu(p.pid()).unwrap_or(0.0);
     let p_w0 = proc_wchar(&p.pid().to_string()).unwrap_or(0);
     let con_wall = day_secs(SystemTime::now());
     let t = Instant::now();
-    let mut j = start_node("J", &j_dir, j_addr, Some(p_addr), settings.cache_mb, &j_log);
+    let mut j = start_node(
+        bin,
+        "J",
+        &j_dir,
+        j_addr,
+        Some(p_addr),
+        settings.cache_mb,
+        &j_log,
+    );
     let perf_j = Perf::start(perf_dir, &format!("{tag}-con-j.data"), j.pid());
     f.con_j.start_rss = idle_rss;
     rt.block_on(async {
@@ -1053,7 +1274,7 @@ fn run_case(
     drop(perf_p);
     f.con_p.peak = proc_kib(p.pid(), "VmHWM").unwrap_or(0);
     let checked = rt
-        .block_on(spot_check(j_peer, &keys, size, 1))
+        .block_on(spot_check(j_peer, keys, size, 1))
         .unwrap_or_else(|e| panic!("after CON: {e}"));
     if settings.inf {
         rt.block_on(async {
@@ -1093,7 +1314,7 @@ fn run_case(
     let t = Instant::now();
     let mut leave = Reaped::new(
         "dht-store leave",
-        dht_store(&["leave", "--data", j_dir.to_str().unwrap()], None)
+        dht_store(bin, &["leave", "--data", j_dir.to_str().unwrap()], None)
             .spawn()
             .expect("dht-store leave"),
     );
@@ -1155,7 +1376,7 @@ fn run_case(
     }
     f.dis_p.peak = proc_kib(p.pid(), "VmHWM").unwrap_or(0);
     let checked = rt
-        .block_on(spot_check(p_peer, &keys, size, 2))
+        .block_on(spot_check(p_peer, keys, size, 2))
         .unwrap_or_else(|e| panic!("after DIS: {e}"));
     rt.block_on(wait_keys(p_peer, n as u64, Duration::from_secs(60)))
         .unwrap_or_else(|e| panic!("after DIS: {e}"));
@@ -1175,8 +1396,13 @@ fn run_case(
     }
     drop(j);
     drop(p);
-    drop(root);
-    f.total = case_start.elapsed();
+    if run.is_empty() {
+        f.total = plan.started.elapsed();
+    } else {
+        f.total = case_start.elapsed();
+        // The next run starts on a copy of its own: free the disk.
+        let _ = std::fs::remove_dir_all(&run_dir);
+    }
     print_case(&f, settings);
     f
 }
@@ -1386,19 +1612,77 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     install_signal_handler(&rt);
     let start = Instant::now();
-    let idle_rss = idle_node_rss(settings.cache_mb, &rt);
+    let this_bin = PathBuf::from(common::BIN);
+    let idle_rss = idle_node_rss(&this_bin, settings.cache_mb, &rt);
     println!(
         "idle node (empty data dir) VmRSS {:.1} MiB: the starting RSS of a joiner",
         mib(idle_rss)
     );
+    let this = Side {
+        label: "this",
+        bin: this_bin,
+        idle_rss,
+    };
+    // A/B: the baseline's own idle RSS, which also shows that it starts at all.
+    let mut base = None;
+    if let Some(bin) = &settings.baseline {
+        println!(
+            "A/B: this build against the baseline {} ({} rounds, A B then B A ...; P's directory {})",
+            bin.display(),
+            settings.ab_rounds,
+            if settings.ab_fill_ins {
+                "filled over INS by each binary (HANDOFF_AB_FILL=ins)"
+            } else {
+                "a copy of the library import (HANDOFF_AB_FILL=import)"
+            }
+        );
+        let idle = if bin.is_file() {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                idle_node_rss(bin, settings.cache_mb, &rt)
+            }))
+            .map_err(|p| panic_text(&p))
+        } else {
+            Err("no such file".into())
+        };
+        match idle {
+            Ok(rss) => {
+                println!(
+                    "baseline idle node VmRSS {:.1} MiB: the starting RSS of its joiner",
+                    mib(rss)
+                );
+                base = Some(Side {
+                    label: "base",
+                    bin: bin.clone(),
+                    idle_rss: rss,
+                });
+            }
+            Err(e) => println!(
+                "A/B NOT RUN: the baseline {} cannot start a node ({e}); this build only",
+                bin.display()
+            ),
+        }
+    }
     println!();
     let mut all = Vec::new();
+    let mut ab_lines = Vec::new();
     for case in &settings.cases {
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_case(case, &settings, idle_rss, &rt)
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &base {
+            None => {
+                let plan = plan_case(case, &settings);
+                let dir = plan.import_dir.clone();
+                let f = run_handoff(&plan, &settings, &this, PSource::Move(&dir), "", &rt);
+                (vec![f], None)
+            }
+            Some(base) => {
+                let (figures, line) = ab_case(case, &settings, [&this, base], &rt);
+                (figures, Some(line))
+            }
         }));
         match r {
-            Ok(f) => all.push(f),
+            Ok((mut f, line)) => {
+                all.append(&mut f);
+                ab_lines.extend(line);
+            }
             Err(_) => {
                 eprintln!("case {} FAILED (see the panic above)", case.name());
                 return ExitCode::FAILURE;
@@ -1406,7 +1690,177 @@ fn main() -> ExitCode {
         }
     }
     print_summary(&all, &settings);
+    if !ab_lines.is_empty() {
+        println!();
+        println!(
+            "== A/B summary: rate of this build / rate of the baseline, pooled over the rounds"
+        );
+        for l in &ab_lines {
+            println!("{l}");
+        }
+    }
     println!();
     println!("total {:.1} s", start.elapsed().as_secs_f64());
     ExitCode::SUCCESS
+}
+
+/// The message of a caught panic.
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic".into())
+}
+
+/// One case A/B: the plan (baselines once), a P directory per binary, then
+/// `settings.ab_rounds` rounds of a run with each. Returns every run's figures and the case's
+/// line of the A/B summary. A failure of this build's run fails the case (a panic); one of the
+/// baseline's is reported and the case goes on without it.
+fn ab_case(
+    case: &Case,
+    settings: &Settings,
+    sides: [&Side; 2],
+    rt: &tokio::runtime::Runtime,
+) -> (Vec<Figures>, String) {
+    let plan = plan_case(case, settings);
+    let mut sources: Vec<Result<PathBuf, String>> = Vec::new();
+    for side in sides {
+        if !settings.ab_fill_ins {
+            sources.push(Ok(plan.import_dir.clone()));
+            continue;
+        }
+        let dir = plan.root.path().join(format!("fill-{}", side.label));
+        match fill_by_ins(&plan, settings, side, &dir, rt) {
+            Ok(took) => {
+                println!(
+                    "   P's directory for {} filled over INS by {}: {} entries in {:.2} s",
+                    side.label,
+                    side.bin.display(),
+                    plan.keys.len(),
+                    took.as_secs_f64()
+                );
+                sources.push(Ok(dir));
+            }
+            Err(e) if side.label == "this" => panic!("filling P's directory over INS: {e}"),
+            Err(e) => {
+                println!("   the baseline could not fill P's directory: {e}");
+                sources.push(Err(format!("could not fill P's directory: {e}")));
+            }
+        }
+    }
+    if settings.ab_fill_ins {
+        // Only the baselines read it: free the disk.
+        let _ = std::fs::remove_dir_all(&plan.import_dir);
+    }
+    let mut runs: [Vec<Figures>; 2] = [Vec::new(), Vec::new()];
+    for round in 1..=settings.ab_rounds {
+        // A then B in odd rounds, B then A in even ones: neither always goes first.
+        let order = if round % 2 == 1 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let side = sides[i];
+            let Ok(src) = &sources[i] else {
+                continue;
+            };
+            let run = format!("{}-r{round}", side.label);
+            println!("-- {} run {run}: {}", plan.case.name(), side.bin.display());
+            let go = || run_handoff(&plan, settings, side, PSource::Copy(src), &run, rt);
+            if i == 0 {
+                runs[0].push(go());
+                continue;
+            }
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(go)) {
+                Ok(f) => runs[1].push(f),
+                Err(p) => {
+                    let e = panic_text(&p);
+                    println!("   the baseline could not run this case: {e}");
+                    sources[1] = Err(format!("could not run the case: {e}"));
+                }
+            }
+        }
+    }
+    let line = print_ab(&plan, settings, &runs, sources[1].as_ref().err());
+    let [a, b] = runs;
+    (a.into_iter().chain(b).collect(), line)
+}
+
+/// The A/B comparison of one case: CON, DIS and the leave command of both binaries (each
+/// round's time, and the rate over all rounds) and this/baseline of the rates. Returns the
+/// case's line for the summary.
+fn print_ab(
+    plan: &Plan,
+    settings: &Settings,
+    runs: &[Vec<Figures>; 2],
+    base_failed: Option<&String>,
+) -> String {
+    let name = plan.case.name();
+    println!(
+        "== A/B {name}: this build ({} runs) / baseline {} ({} runs); seconds [each round] and \
+         MiB/s over all rounds",
+        runs[0].len(),
+        settings
+            .baseline
+            .as_ref()
+            .map_or(String::new(), |b| b.display().to_string()),
+        runs[1].len()
+    );
+    type Pick = fn(&Figures) -> Option<f64>;
+    let directions: [(&str, Pick); 3] = [
+        ("CON (launch J -> J's PUL T)", |f| Some(f.con.as_secs_f64())),
+        ("DIS (leave -> P's T at J)", |f| f.dis_to_t),
+        ("leave command (-> exit 0)", |f| Some(f.dis.as_secs_f64())),
+    ];
+    let bytes = plan.case.wire_bytes() as f64 / MIB;
+    let mut summary = vec![format!("{name}:")];
+    for (what, pick) in directions {
+        // Every round's time, or None if a run lacks it (a log line the binary does not write).
+        let times = |side: usize| -> Option<Vec<f64>> {
+            let v: Option<Vec<f64>> = runs[side].iter().map(pick).collect();
+            v.filter(|v| !v.is_empty())
+        };
+        let show = |t: &Option<Vec<f64>>| match t {
+            Some(t) => format!(
+                "{:.2} s [{}] {:>7.1} MiB/s",
+                t.iter().sum::<f64>() / t.len() as f64,
+                t.iter()
+                    .map(|x| format!("{x:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                bytes * t.len() as f64 / t.iter().sum::<f64>()
+            ),
+            None => "?".into(),
+        };
+        let (a, b) = (times(0), times(1));
+        let ratio = match (&a, &b) {
+            (Some(a), Some(b)) => {
+                let pooled = (b.iter().sum::<f64>() / b.len() as f64)
+                    / (a.iter().sum::<f64>() / a.len() as f64);
+                let rounds: Vec<String> = a
+                    .iter()
+                    .zip(b)
+                    .map(|(a, b)| format!("{:.3}", b / a))
+                    .collect();
+                summary.push(format!(
+                    "{} {pooled:.3}",
+                    &what[..what.find(' ').unwrap_or(3)]
+                ));
+                format!("this/baseline {pooled:.3} (rounds {})", rounds.join(" "))
+            }
+            _ => {
+                summary.push(format!("{} ?", &what[..what.find(' ').unwrap_or(3)]));
+                "this/baseline ?".into()
+            }
+        };
+        println!(
+            "   {what:<28} this {}   baseline {}   {ratio}",
+            show(&a),
+            show(&b)
+        );
+    }
+    if let Some(e) = base_failed {
+        let first = e.lines().next().unwrap_or_default();
+        println!("   the baseline {first}");
+        summary.push(format!("(the baseline {first})"));
+    }
+    println!();
+    summary.join("  ")
 }

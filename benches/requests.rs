@@ -6,12 +6,31 @@
 //!
 //! 1. INS 100-byte values under distinct keys for `BENCH_SECS` seconds (default 3), then
 //! 2. GET the keys they inserted (round robin) for as long, then
-//! 3. EXI the same keys (each must answer `T`) for as long,
+//! 3. EXI the same keys (each must answer `T`) for as long, then
+//! 4. REM the keys they inserted, each once, in the order inserted (each must answer `T`), for
+//!    as long or until a task has removed all of its keys (the phase's time is then shorter),
 //!
 //! timing every request. It prints ops/s and latency percentiles per (operation, N).
 //!
-//! Every INS must answer `T` (stored durably) and every GET must return exactly the value that
-//! was inserted: failures are counted, printed, and make the bench exit non-zero.
+//! Every INS and REM must answer `T` (stored durably), every EXI `T`, and every GET must return
+//! exactly the value that was inserted: failures are counted, printed, and make the bench exit
+//! non-zero.
+//!
+//! **A/B against another build.** With `BENCH_BASELINE_BIN=/path/to/dht-store` (for example
+//! the release binary of the commit before a change, copied aside), a second node is started
+//! from that binary (its own fresh data directory, the same flags and environment), and for each
+//! N the four phases run `BENCH_AB_ROUNDS` times (default 2) against this build (A) and the
+//! baseline (B), each phase on both nodes one after the other (A B in odd rounds, B A in even
+//! ones: INS A, INS B, GET A, GET B, ..., then INS B, INS A, ...), so that drift on a shared
+//! machine hits both and neither always goes first. Keys differ per round. Both nodes stay up
+//! for the whole run (the idle one only does its maintenance and background flushing). It then
+//! prints, per (operation, N), the ops/s of both (all rounds pooled: requests over time, and each
+//! round's) and the ratio this/baseline, and per operation the median of those ratios over N,
+//! and the median and range of the ratios of single rounds (each A phase against the B phase
+//! next to it in time: the spread of those is the noise of the machine).
+//! The baseline is driven only with flags (`--data --port --host`) and requests (INS, GET,
+//! EXI, REM, PUL) that the build at `4545ce8` has. A/B runs of this build against itself give
+//! the noise floor of the machine (BENCHMARKS.md).
 //!
 //! If `redis-server` and `redis-benchmark` are on PATH, the same load is run against Redis with
 //! `--appendonly yes --appendfsync always` as a baseline, and our/Redis ratios are printed.
@@ -22,16 +41,19 @@
 //! - `BENCH_VALUE`   value size in bytes (default 100; BENCHMARKS.md also runs 4096)
 //! - `BENCH_THREADS` worker threads of the bench's tokio runtime (default: number of cores)
 //! - `BENCH_REDIS=0` skip the Redis baseline even if Redis is installed
+//! - `BENCH_BASELINE_BIN` a `dht-store` binary to compare with, A/B (above)
+//! - `BENCH_AB_ROUNDS` A/B rounds per N (default 2)
 //!
 //! The node inherits the environment, so `RUST_LOG` and `DHT_STORE_*` variables (e.g.
-//! `DHT_STORE_CACHE_MB`) apply to it; its log goes to a file that is printed on failure.
+//! `DHT_STORE_CACHE_MB`) apply to it (to both nodes in an A/B run); its log goes to a file
+//! that is printed on failure.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,9 +62,10 @@ use dht_store::client::{Client, Lookup};
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr, Status};
 use tokio::sync::Barrier;
 
+use common::process::dht_store_command_for;
 use common::process::Reaped;
 use common::sample::print_machine;
-use common::{dht_store_command, wait_serving};
+use common::wait_serving;
 
 /// Settings read from the environment.
 #[derive(Clone, Debug)]
@@ -52,6 +75,10 @@ struct Settings {
     value_size: usize,
     threads: usize,
     redis: bool,
+    /// `BENCH_BASELINE_BIN`: a build to compare with, A/B.
+    baseline: Option<PathBuf>,
+    /// Rounds of A then B per connection count (1 without a baseline).
+    rounds: usize,
 }
 
 impl Settings {
@@ -79,12 +106,22 @@ impl Settings {
             .map(|v| v.trim().parse().expect("BENCH_THREADS: a count"))
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
         let redis = var("BENCH_REDIS").is_none_or(|v| v != "0");
+        let baseline = var("BENCH_BASELINE_BIN").map(|v| PathBuf::from(v.trim()));
+        let rounds = match &baseline {
+            Some(_) => var("BENCH_AB_ROUNDS")
+                .map(|v| v.trim().parse().expect("BENCH_AB_ROUNDS: a count"))
+                .unwrap_or(2usize)
+                .max(1),
+            None => 1,
+        };
         Settings {
             secs,
             conns,
             value_size,
             threads: threads.max(1),
             redis,
+            baseline,
+            rounds,
         }
     }
 
@@ -99,14 +136,19 @@ enum Op {
     Ins,
     Get,
     Exi,
+    Rem,
 }
 
 impl Op {
+    /// The phases of one round, in order.
+    const ALL: [Op; 4] = [Op::Ins, Op::Get, Op::Exi, Op::Rem];
+
     fn name(self) -> &'static str {
         match self {
             Op::Ins => "INS",
             Op::Get => "GET",
             Op::Exi => "EXI",
+            Op::Rem => "REM",
         }
     }
 }
@@ -114,11 +156,14 @@ impl Op {
 /// The outcome of one phase: one operation at one connection count.
 #[derive(Clone, Debug)]
 struct PhaseResult {
+    /// Index of the node measured: 0 this build, 1 the baseline.
+    side: usize,
     op: Op,
     conns: usize,
     /// Requests that succeeded (timed).
     ok: u64,
-    /// Requests that did not (INS not `T`, GET not the inserted value, or an error).
+    /// Requests that did not (INS, EXI or REM not `T`, GET not the inserted value, or an
+    /// error).
     failures: u64,
     /// Wall time of the phase, from the common start to the last task's end.
     elapsed: Duration,
@@ -181,12 +226,13 @@ impl TaskOutcome {
     }
 }
 
-/// The key of request `i` of task `task` in the run with `conns` connections: distinct across
-/// tasks, phases and runs.
-fn key_for(conns: usize, task: usize, i: u64) -> HashKey {
+/// The key of request `i` of task `task` in round `round` of the run with `conns`
+/// connections: distinct across tasks, phases, rounds and runs (round 0 keeps the keys of the
+/// bench before rounds existed).
+fn key_for(conns: usize, round: usize, task: usize, i: u64) -> HashKey {
     let mut b = [0u8; 24];
     b[..4].copy_from_slice(b"bnch");
-    b[4..8].copy_from_slice(&(conns as u32).to_be_bytes());
+    b[4..8].copy_from_slice(&((conns as u32 & 0x00ff_ffff) | ((round as u32) << 24)).to_be_bytes());
     b[8..16].copy_from_slice(&(task as u64).to_be_bytes());
     b[16..24].copy_from_slice(&i.to_be_bytes());
     HashKey::of(&b)
@@ -204,9 +250,10 @@ struct TaskSpec {
     addr: PeerAddr,
     op: Op,
     conns: usize,
+    round: usize,
     task: usize,
     value_size: usize,
-    /// GET phase: indices of the keys this task inserted.
+    /// GET, EXI and REM phases: indices of the keys this task inserted.
     to_read: Vec<u64>,
     duration: Duration,
     /// Passed by every task and the phase once connected, so that all start together.
@@ -219,6 +266,7 @@ async fn run_task(spec: TaskSpec) -> TaskOutcome {
         addr,
         op,
         conns,
+        round,
         task,
         value_size,
         to_read,
@@ -250,7 +298,7 @@ async fn run_task(spec: TaskSpec) -> TaskOutcome {
         };
         match op {
             Op::Ins => {
-                let key = key_for(conns, task, i);
+                let key = key_for(conns, round, task, i);
                 let value = value_for(&key, value_size);
                 let t0 = Instant::now();
                 let res = c.ins(&key, &value).await;
@@ -267,13 +315,35 @@ async fn run_task(spec: TaskSpec) -> TaskOutcome {
                     }
                 }
             }
+            Op::Rem => {
+                // Each key once: the phase ends early for a task that removed all of its keys.
+                if to_read.is_empty() {
+                    out.fail("REM: this task inserted no key to remove".into());
+                    break;
+                }
+                let Some(&idx) = to_read.get(i as usize) else {
+                    break;
+                };
+                let key = key_for(conns, round, task, idx);
+                let t0 = Instant::now();
+                let res = c.rem(&key).await;
+                let dt = t0.elapsed();
+                match res {
+                    Ok(Status::T) => out.nanos.push(dt.as_nanos() as u64),
+                    Ok(s) => out.fail(format!("REM {key} answered {s:?}, not T")),
+                    Err(e) => {
+                        out.fail(format!("REM {key}: {e}"));
+                        client = None;
+                    }
+                }
+            }
             Op::Exi => {
                 if to_read.is_empty() {
                     out.fail("EXI: this task inserted no key to ask for".into());
                     break;
                 }
                 let idx = to_read[(i % to_read.len() as u64) as usize];
-                let key = key_for(conns, task, idx);
+                let key = key_for(conns, round, task, idx);
                 let t0 = Instant::now();
                 let res = c.exi(&key).await;
                 let dt = t0.elapsed();
@@ -292,7 +362,7 @@ async fn run_task(spec: TaskSpec) -> TaskOutcome {
                     break;
                 }
                 let idx = to_read[(i % to_read.len() as u64) as usize];
-                let key = key_for(conns, task, idx);
+                let key = key_for(conns, round, task, idx);
                 let t0 = Instant::now();
                 let res = c.get(&key).await;
                 let dt = t0.elapsed();
@@ -321,7 +391,7 @@ async fn run_task(spec: TaskSpec) -> TaskOutcome {
 async fn run_phase(
     addr: PeerAddr,
     op: Op,
-    conns: usize,
+    (conns, round): (usize, usize),
     settings: &Settings,
     mut to_read: Vec<Vec<u64>>,
 ) -> (PhaseResult, Vec<Vec<u64>>, Vec<String>) {
@@ -339,6 +409,7 @@ async fn run_phase(
             addr,
             op,
             conns,
+            round,
             task,
             value_size: settings.value_size,
             to_read: reads,
@@ -372,6 +443,7 @@ async fn run_phase(
         inserted = passed_on;
     }
     let result = PhaseResult {
+        side: 0,
         op,
         conns,
         ok: nanos.len() as u64,
@@ -386,9 +458,10 @@ fn us(d: Duration) -> String {
     format!("{:.0}us", d.as_secs_f64() * 1e6)
 }
 
-fn print_result(r: &PhaseResult) {
+/// One phase's line; `label` names the node (A/B runs) or is empty.
+fn print_result(label: &str, r: &PhaseResult) {
     println!(
-        "{:<4} conns={:<3} ops/s={:>8.0}  p50={:>7}  p99={:>7}  p999={:>7}  max={:>8}  n={:<8} failures={}",
+        "{label}{:<4} conns={:<3} ops/s={:>8.0}  p50={:>7}  p99={:>7}  p999={:>7}  max={:>8}  n={:<8} failures={}",
         r.op.name(),
         r.conns,
         r.ops_per_sec(),
@@ -401,12 +474,12 @@ fn print_result(r: &PhaseResult) {
     );
 }
 
-/// Starts the node and waits until it answers PUL with `T`.
-async fn start_node(data: &Path, log: &Path) -> Result<(Reaped, PeerAddr), String> {
+/// Starts the node from `bin` and waits until it answers PUL with `T`.
+async fn start_node(bin: &Path, data: &Path, log: &Path) -> Result<(Reaped, PeerAddr), String> {
     let port = common::free_port();
     let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
     let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let mut cmd = dht_store_command();
+    let mut cmd = dht_store_command_for(bin);
     // The caller's DHT_STORE_* settings apply to the node here (module doc).
     cmd.envs(std::env::vars().filter(|(k, _)| k.starts_with("DHT_STORE_")));
     let child = cmd
@@ -421,7 +494,7 @@ async fn start_node(data: &Path, log: &Path) -> Result<(Reaped, PeerAddr), Strin
         .stdout(Stdio::null())
         .stderr(log_file)
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", common::BIN))?;
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
     let mut node = Reaped::new("dht-store", child);
     wait_serving(&mut node.child, addr, Duration::from_secs(30)).await?;
     Ok((node, addr))
@@ -547,7 +620,7 @@ fn redis_baseline(
         let requests = |op: Op| {
             let rate = ours
                 .iter()
-                .find(|r| r.op == op && r.conns == conns)
+                .find(|r| r.side == 0 && r.op == op && r.conns == conns)
                 .map_or(10_000.0, |r| r.ops_per_sec());
             ((rate * settings.secs) as u64).clamp(10_000, 2_000_000)
         };
@@ -582,6 +655,123 @@ fn redis_baseline(
     Ok(Some(figures))
 }
 
+/// A node the phases run against: this build's (A) or the baseline's (B).
+struct Target {
+    /// "this" or "base", in the lines of an A/B run.
+    label: &'static str,
+    bin: PathBuf,
+    data: PathBuf,
+    log: PathBuf,
+}
+
+/// Requests over time of every round of `side` at (`op`, `conns`), and each round's ops/s.
+fn pooled(results: &[PhaseResult], side: usize, op: Op, conns: usize) -> Option<(f64, Vec<f64>)> {
+    let rs: Vec<&PhaseResult> = results
+        .iter()
+        .filter(|r| r.side == side && r.op == op && r.conns == conns)
+        .collect();
+    if rs.is_empty() {
+        return None;
+    }
+    let ok: u64 = rs.iter().map(|r| r.ok).sum();
+    let secs: f64 = rs.iter().map(|r| r.elapsed.as_secs_f64()).sum();
+    Some((
+        ok as f64 / secs,
+        rs.iter().map(|r| r.ops_per_sec()).collect(),
+    ))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The A/B table: per (operation, N) both nodes' ops/s and this/baseline; per operation the
+/// median ratio over N.
+fn print_ab(settings: &Settings, results: &[PhaseResult]) {
+    println!(
+        "== A/B: ops/s of this build (A) and of the baseline (B) {}, {} round(s) each per N; \
+         pooled = requests / time over the rounds, [each round]",
+        settings
+            .baseline
+            .as_ref()
+            .map_or(String::new(), |b| b.display().to_string()),
+        settings.rounds
+    );
+    let rates = |v: &[f64]| {
+        v.iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut summary = Vec::new();
+    for op in Op::ALL {
+        let mut ratios = Vec::new();
+        let mut round_ratios = Vec::new();
+        for &conns in &settings.conns {
+            let (Some((a, ar)), Some((b, br))) =
+                (pooled(results, 0, op, conns), pooled(results, 1, op, conns))
+            else {
+                continue;
+            };
+            let ratio = a / b;
+            ratios.push(ratio);
+            let per_round: Vec<f64> = ar.iter().zip(&br).map(|(a, b)| a / b).collect();
+            round_ratios.extend(per_round.iter().copied());
+            println!(
+                "{:<4} conns={conns:<3} this {a:>8.0} [{}]  baseline {b:>8.0} [{}]  this/baseline {ratio:.3}  (rounds {})",
+                op.name(),
+                rates(&ar),
+                rates(&br),
+                per_round
+                    .iter()
+                    .map(|r| format!("{r:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let rlo = round_ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let rhi = round_ratios
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        summary.push(format!(
+            "{}: this/baseline median {:.3} over N={:?} (pooled {lo:.3}..{hi:.3}); \
+             paired rounds: median {:.3}, {rlo:.3}..{rhi:.3}",
+            op.name(),
+            median(&mut ratios),
+            settings.conns,
+            median(&mut round_ratios)
+        ));
+    }
+    println!();
+    for line in summary {
+        println!("{line}");
+    }
+}
+
+fn print_log_tail(target: &Target, lines: usize) {
+    if let Ok(l) = std::fs::read_to_string(&target.log) {
+        if !l.trim().is_empty() {
+            eprintln!(
+                "node log of {} ({}, last {lines} lines):",
+                target.label,
+                target.bin.display()
+            );
+            let all: Vec<&str> = l.lines().collect();
+            for line in &all[all.len().saturating_sub(lines)..] {
+                eprintln!("  {line}");
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let settings = Settings::from_env();
     print_machine();
@@ -595,43 +785,101 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     let dir = tempfile::tempdir().expect("temporary directory");
-    let data = dir.path().join("data");
-    let log = dir.path().join("node.log");
+    let mut targets = vec![Target {
+        label: "this",
+        bin: PathBuf::from(env!("CARGO_BIN_EXE_dht-store")),
+        data: dir.path().join("data"),
+        log: dir.path().join("node.log"),
+    }];
+    if let Some(bin) = &settings.baseline {
+        if !bin.is_file() {
+            eprintln!("BENCH_BASELINE_BIN={}: no such file", bin.display());
+            return ExitCode::FAILURE;
+        }
+        targets.push(Target {
+            label: "base",
+            bin: bin.clone(),
+            data: dir.path().join("baseline-data"),
+            log: dir.path().join("baseline-node.log"),
+        });
+        println!(
+            "A/B: this build against BENCH_BASELINE_BIN={}, BENCH_AB_ROUNDS={} (per N and round, each phase on A and B in turn; B first in even rounds)",
+            bin.display(),
+            settings.rounds
+        );
+    }
+    let ab = targets.len() > 1;
 
     let outcome: Result<(Vec<PhaseResult>, Vec<String>), String> = rt.block_on(async {
-        let (mut node, addr) = start_node(&data, &log).await?;
-        println!(
-            "node: {} on {addr}, data {}",
-            env!("CARGO_BIN_EXE_dht-store"),
-            data.display()
-        );
+        let mut nodes = Vec::new();
+        for t in &targets {
+            let (node, addr) = start_node(&t.bin, &t.data, &t.log)
+                .await
+                .map_err(|e| format!("{} node ({}): {e}", t.label, t.bin.display()))?;
+            println!(
+                "node{}: {} on {addr}, data {}",
+                if ab {
+                    format!(" {}", t.label)
+                } else {
+                    String::new()
+                },
+                t.bin.display(),
+                t.data.display()
+            );
+            nodes.push((node, addr));
+        }
         println!();
         let mut results = Vec::new();
         let mut errors = Vec::new();
         for &conns in &settings.conns {
-            let (ins, inserted, mut e) =
-                run_phase(addr, Op::Ins, conns, &settings, Vec::new()).await;
-            print_result(&ins);
-            errors.append(&mut e);
-            results.push(ins);
-            let (get, inserted, mut e) = run_phase(addr, Op::Get, conns, &settings, inserted).await;
-            print_result(&get);
-            errors.append(&mut e);
-            results.push(get);
-            let (exi, _, mut e) = run_phase(addr, Op::Exi, conns, &settings, inserted).await;
-            print_result(&exi);
-            errors.append(&mut e);
-            results.push(exi);
+            for round in 0..settings.rounds {
+                // Each phase hands the keys inserted on to the next, per node.
+                let mut keys = vec![Vec::new(); targets.len()];
+                for op in Op::ALL {
+                    // A then B in odd rounds, B then A in even ones: neither always goes first.
+                    let mut order: Vec<usize> = (0..targets.len()).collect();
+                    if round % 2 == 1 {
+                        order.reverse();
+                    }
+                    for side in order {
+                        let t = &targets[side];
+                        let label = if ab {
+                            format!("{} r{} ", t.label, round + 1)
+                        } else {
+                            String::new()
+                        };
+                        let addr = nodes[side].1;
+                        let (mut r, next, e) = run_phase(
+                            addr,
+                            op,
+                            (conns, round),
+                            &settings,
+                            std::mem::take(&mut keys[side]),
+                        )
+                        .await;
+                        keys[side] = next;
+                        r.side = side;
+                        print_result(&label, &r);
+                        errors.extend(e.into_iter().map(|e| format!("{label}{e}")));
+                        results.push(r);
+                    }
+                }
+            }
         }
-        // The node must still be alive after the load.
-        let alive = match Client::connect(addr, AddressEncoding::Compact).await {
-            Ok(mut c) => matches!(c.pul().await, Ok(Status::T)),
-            Err(_) => false,
-        };
-        if !alive {
-            errors.push("the node did not answer PUL after the run".into());
+        // The nodes must still be alive after the load.
+        for (t, (node, addr)) in targets.iter().zip(nodes.iter_mut()) {
+            let alive = match Client::connect(*addr, AddressEncoding::Compact).await {
+                Ok(mut c) => matches!(c.pul().await, Ok(Status::T)),
+                Err(_) => false,
+            };
+            if !alive {
+                errors.push(format!(
+                    "the {} node did not answer PUL after the run",
+                    t.label
+                ));
+            }
+            node.stop();
         }
-        node.stop();
         Ok((results, errors))
     });
 
@@ -639,12 +887,17 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("benchmark could not run: {e}");
-            if let Ok(l) = std::fs::read_to_string(&log) {
-                eprintln!("node log:\n{l}");
+            for t in &targets {
+                print_log_tail(t, 200);
             }
             return ExitCode::FAILURE;
         }
     };
+
+    if ab {
+        println!();
+        print_ab(&settings, &results);
+    }
 
     println!();
     if settings.redis {
@@ -654,10 +907,7 @@ fn main() -> ExitCode {
                 println!();
                 for (conns, f) in figures {
                     let ratio = |op: Op, theirs: f64| {
-                        results
-                            .iter()
-                            .find(|r| r.op == op && r.conns == conns)
-                            .map_or(f64::NAN, |r| r.ops_per_sec() / theirs)
+                        pooled(&results, 0, op, conns).map_or(f64::NAN, |(r, _)| r / theirs)
                     };
                     println!(
                         "ours/redis conns={conns:<3} INS/SET={:.2}  GET/GET={:.2}",
@@ -679,17 +929,13 @@ fn main() -> ExitCode {
         for e in errors.iter().take(20) {
             eprintln!("  {e}");
         }
-        if let Ok(l) = std::fs::read_to_string(&log) {
-            if !l.trim().is_empty() {
-                eprintln!("node log (last 40 lines):");
-                let lines: Vec<&str> = l.lines().collect();
-                for line in &lines[lines.len().saturating_sub(40)..] {
-                    eprintln!("  {line}");
-                }
-            }
+        for t in &targets {
+            print_log_tail(t, 40);
         }
         return ExitCode::FAILURE;
     }
-    println!("all requests succeeded (every INS answered T, every GET returned its value)");
+    println!(
+        "all requests succeeded (every INS, EXI and REM answered T, every GET returned its value)"
+    );
     ExitCode::SUCCESS
 }

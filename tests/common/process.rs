@@ -11,7 +11,13 @@ use std::time::{Duration, Instant};
 /// to die with the test or bench (PR_SET_PDEATHSIG), so that not even a SIGKILLed one leaves it
 /// running.
 pub fn dht_store_command() -> Command {
-    let mut cmd = Command::new(super::BIN);
+    dht_store_command_for(std::path::Path::new(super::BIN))
+}
+
+/// [`dht_store_command`] for another `dht-store` binary, such as an older build a bench
+/// compares this one with.
+pub fn dht_store_command_for(bin: &std::path::Path) -> Command {
+    let mut cmd = Command::new(bin);
     for (k, _) in std::env::vars() {
         if k.starts_with("DHT_STORE_") {
             cmd.env_remove(k);
