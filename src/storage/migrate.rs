@@ -9,7 +9,9 @@
 //! from then on. At the end the cursor goes, everything is flushed, and the old tree is
 //! dropped.
 //!
-//! A crash anywhere resumes at the next open: after the cursor (a batch written whose cursor
+//! Each batch's old entries are removed from the old tree once the cursor has passed them, so
+//! that the tree is empty when it is dropped (sled 0.34 reads a tree whole to drop it). A
+//! crash anywhere resumes at the next open: after the cursor (a batch written whose cursor
 //! did not follow is converted and written again, to the same bytes), or, with the cursor
 //! gone, by dropping the old tree. Like all bulk work it registers its pages with sled's cache
 //! and runs sled's deferred frees as it goes (`arc::touch_raw`, [`reclaim`]).
@@ -114,6 +116,14 @@ impl Storage {
                 return Err(crate::Error::Flush("migration stopped by a test".into()));
             }
             self.kv.insert(Tree::Meta, MIGRATING_KEY, last.clone())?;
+            // The old entries go as they are migrated, after the cursor that passed them (in
+            // sled's log, so a crash that keeps their removal keeps the new entries too): sled
+            // 0.34 reads a whole tree into memory to drop it (a peak of 436 MB for 1M entries
+            // of 100 bytes, against 141 MB for the migration), and an empty one costs nothing.
+            // Single removes, as `delete_arc` does: they held less memory than batches.
+            for k in &written {
+                self.kv.legacy_remove(k)?;
+            }
             cursor = Some(last);
             reclaim();
         }
