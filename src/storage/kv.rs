@@ -142,6 +142,15 @@ impl Kv {
         }
     }
 
+    /// Removes a migrated entry from the older layout's tree.
+    pub(super) fn legacy_remove(&self, key: &[u8]) -> Result<()> {
+        self.writable()?;
+        match self.legacy_tree() {
+            Some(t) => self.wrote(t.remove(key)).map(drop),
+            None => Ok(()),
+        }
+    }
+
     /// Drops the older layout's tree, once its entries are migrated and durable.
     pub(super) fn drop_legacy(&self) -> Result<()> {
         self.writable()?;
