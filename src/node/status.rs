@@ -240,9 +240,11 @@ pub async fn status(node: &Node, backups: &Backups) -> NodeStatus {
                 Phase::Streaming => "streaming",
                 Phase::Handed => "handed",
             }),
-            Ok(Some(HandoffRecord::ReceivingCon { .. } | HandoffRecord::ReceivingDis { .. })) => {
-                Some("receiving")
-            }
+            Ok(Some(
+                HandoffRecord::ReceivingCon { .. }
+                | HandoffRecord::ReceivingDis { .. }
+                | HandoffRecord::ReceivingDisInPlace { .. },
+            )) => Some("receiving"),
             Ok(Some(HandoffRecord::JoinedCon { .. })) => Some("acknowledging"),
             _ => None,
         };

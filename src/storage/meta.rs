@@ -69,6 +69,13 @@ pub enum HandoffRecord {
     /// restart that finds it asks `from` whether the join completed. Last, so that records of
     /// older builds decode as before.
     JoinedCon { from: PeerAddr, fresh: bool },
+    /// As `ReceivingDis`, into a range where we already held entries, written in place (newer
+    /// versions win): what we received is kept if the DIS does not complete (the leaver still
+    /// has it; the repair pass hands back what is not ours), so nothing of ours is dropped.
+    ReceivingDisInPlace {
+        leaver: PeerAddr,
+        successor: PeerAddr,
+    },
 }
 
 /// Version byte in front of a stored RingRecord.

@@ -14,7 +14,8 @@
 //! uses the version, so the sync that makes that write durable makes the reservation durable
 //! too. A restart starts at the reservation or the wall clock, whichever is later, so a
 //! version handed out before a crash is never handed out again, and a wall clock set back
-//! does not set the versions back.
+//! does not set the versions back; a reservation a little ahead (up to 100 ms) is waited out
+//! at open, so that a restarted node's versions are not ahead of its peers' (`Clock::load`).
 
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -141,9 +142,37 @@ struct ClockState {
 }
 
 impl Clock {
-    /// The clock of a directory: after its reservation, and not behind the wall clock.
+    /// The clock of a directory: after its reservation, and not behind the wall clock. A
+    /// reservation at most a second ahead of the wall clock is waited out (at most
+    /// [`RESERVE_AHEAD`] after a restart), so that a restarted node's versions are wall-clock
+    /// time again rather than ahead of every other node's: an earlier REM of ours must not
+    /// outrank a later write elsewhere while two nodes claim an arc. Further ahead means the
+    /// wall clock was set back: the clock then starts at the reservation, with a warning.
     pub(super) fn load(kv: &Kv) -> Result<Clock> {
-        Clock::load_at(kv, wall_millis())
+        let clock = Clock::load_at(kv, wall_millis())?;
+        let reserved_ms = clock.reserved_millis();
+        let wall = wall_millis();
+        if reserved_ms > wall {
+            let ahead = reserved_ms - wall;
+            if ahead <= 1000 {
+                std::thread::sleep(std::time::Duration::from_millis(ahead + 1));
+                return Clock::load_at(kv, wall_millis());
+            }
+            warn!(
+                "the wall clock is {ahead} ms behind this directory's last versions (set \
+                 back?): versions go on from those, ahead of the wall clock"
+            );
+        }
+        Ok(clock)
+    }
+
+    /// The reservation's milliseconds.
+    fn reserved_millis(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reserved
+            >> COUNTER_BITS
     }
 
     pub(super) fn load_at(kv: &Kv, wall: u64) -> Result<Clock> {

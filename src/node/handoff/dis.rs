@@ -42,11 +42,32 @@ pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
     let s1 = Peer::new(walk::checked(leaver, "DIS", conn.read_addr().await?)?);
     let s2 = Peer::new(walk::checked(leaver, "DIS", conn.read_addr().await?)?);
     let n = conn.read_int().await?;
-    node.set_handoff(Some(&HandoffRecord::ReceivingDis {
-        leaver,
-        successor: s1.addr,
-    }))
-    .await?;
+    // Keys first only into an empty range (what an aborted DIS leaves is then dropped whole);
+    // where we hold entries already (copies not yet handed on, tombstones), the leaver's are
+    // written in place and the newer version of each key wins, as wherever copies meet.
+    let empty = node
+        .storage
+        .iter_arc_versioned(&l.id, &s1.id)
+        .next()
+        .is_none();
+    let (how, record) = if empty {
+        (
+            BatchWrite::KeysFirst,
+            HandoffRecord::ReceivingDis {
+                leaver,
+                successor: s1.addr,
+            },
+        )
+    } else {
+        (
+            BatchWrite::InPlace,
+            HandoffRecord::ReceivingDisInPlace {
+                leaver,
+                successor: s1.addr,
+            },
+        )
+    };
+    node.set_handoff(Some(&record)).await?;
     let progress = node.begin_progress(Transfer {
         exchange: "DIS",
         sending: false,
@@ -63,14 +84,18 @@ pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
         from: &l.id,
         to: &s1.id,
         step: "dis-recv",
-        how: BatchWrite::KeysFirst,
+        how,
         entries,
     };
     let received = receive_arc(node, conn, &arc, &progress).await;
     if let Err(e) = received {
         drop(progress); // logs "aborted" first
-        warn!(%leaver, "DIS aborted: dropping what we received of its range: {e}");
-        node.delete_arc(&l.id, &s1.id).await?;
+        if how == BatchWrite::KeysFirst {
+            warn!(%leaver, "DIS aborted: dropping what we received of its range: {e}");
+            node.delete_arc(&l.id, &s1.id).await?;
+        } else {
+            warn!(%leaver, "DIS aborted: keeping what we received (the leaver still has it): {e}");
+        }
         node.set_handoff(None).await?;
         return Err(e);
     }

@@ -113,6 +113,12 @@ pub async fn recover(node: &Arc<Node>) -> Result<()> {
             }
         }
         HandoffRecord::JoinedCon { from, fresh } => joined_con(node, from, fresh).await?,
+        HandoffRecord::ReceivingDisInPlace { leaver, .. } => {
+            // Written in place, newer versions winning: nothing to undo. What is not ours
+            // goes back to its owner with the repair pass.
+            node.set_handoff(None).await?;
+            info!("a DIS from {leaver} did not complete: keeping what was received in place");
+        }
         HandoffRecord::ReceivingDis { leaver, successor } => {
             let n = node.delete_arc(&id_of(&leaver), &id_of(&successor)).await?;
             node.set_handoff(None).await?;
