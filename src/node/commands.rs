@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
 use super::{handoff, Node, Written};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::protocol::{Connection, HashKey, Kind, Request, Status};
 use crate::storage::{Version, Versioned};
 
@@ -69,16 +69,7 @@ async fn ins<S: AsyncRead + AsyncWrite>(
     };
     conn.write_status(Status::T).await?;
     conn.flush().await?;
-    let value = match conn.read_value().await {
-        Ok(v) => v,
-        Err(e @ Error::ValueTooLarge { .. }) => {
-            // PROTOCOL.md 5: refuse with F, then close, without reading or allocating it.
-            conn.write_status(Status::F).await?;
-            conn.flush().await?;
-            return Err(e);
-        }
-        Err(e) => return Err(e),
-    };
+    let value = conn.read_value_or_refuse().await?;
     let status = match node.finish_insert(accepted, value).await {
         Ok(Written::Done) => Status::T,
         Ok(_) => {
@@ -108,15 +99,7 @@ async fn vin<S: AsyncRead + AsyncWrite>(
     let version = Version(conn.read_int().await?);
     let value = match conn.read_kind().await? {
         Kind::Tombstone => None,
-        Kind::Value => match conn.read_value().await {
-            Ok(v) => Some(v),
-            Err(e @ Error::ValueTooLarge { .. }) => {
-                conn.write_status(Status::F).await?;
-                conn.flush().await?;
-                return Err(e);
-            }
-            Err(e) => return Err(e),
-        },
+        Kind::Value => Some(conn.read_value_or_refuse().await?),
     };
     let status = match node
         .finish_apply(accepted, Versioned { version, value })

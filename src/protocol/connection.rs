@@ -267,6 +267,20 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
         self.read_value_bytes(n).await
     }
 
+    /// [`Connection::read_value`] where the exchange has a Status left to send: a valSize over
+    /// the limit is answered `F` (flushed) before the error ends the connection, without the
+    /// value being read or allocated (PROTOCOL.md 5).
+    pub async fn read_value_or_refuse(&mut self) -> Result<Vec<u8>> {
+        match self.read_value().await {
+            Err(e @ Error::ValueTooLarge { .. }) => {
+                self.write_status(Status::F).await?;
+                self.flush().await?;
+                Err(e)
+            }
+            r => r,
+        }
+    }
+
     async fn write_all(&mut self, b: &[u8]) -> Result<()> {
         self.stream.write_all(b).await.map_err(Error::from_io)
     }

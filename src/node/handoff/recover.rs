@@ -10,7 +10,7 @@ use super::con::finish_handed_arc;
 use super::dis::finish_departure;
 use crate::error::{Error, Result};
 use crate::node::{walk, Node};
-use crate::protocol::{HashKey, PeerAddr};
+use crate::protocol::{AddressEncoding, HashKey, PeerAddr};
 use crate::ring::{id_of, Peer};
 use crate::storage::{Change, HandoffRecord, Phase};
 
@@ -35,15 +35,7 @@ pub async fn recover(node: &Arc<Node>) -> Result<()> {
                 Phase::Handed => true,
                 // Did the joiner finish (it persists its state before its T)? Ask it.
                 Phase::Streaming => {
-                    let mut answer = Err(Error::Peer("not asked".into()));
-                    for _ in 0..3 {
-                        answer = walk::own(joiner, &j.id, enc).await;
-                        if answer.is_ok() {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    match answer {
+                    match ask_own(joiner, &j.id, enc).await {
                         Ok(a) if a == joiner => true,
                         Ok(a) => {
                             info!("{joiner} did not complete its join (OWN answered {a}): we keep the range");
@@ -139,15 +131,7 @@ async fn joined_con(node: &Arc<Node>, from: PeerAddr, fresh: bool) -> Result<()>
     let enc = node.config.address_encoding;
     let me = node.me();
     let my_id = id_of(&me);
-    let mut answer = Err(Error::Peer("not asked".into()));
-    for _ in 0..3 {
-        answer = walk::own(from, &my_id, enc).await;
-        if answer.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    match answer {
+    match ask_own(from, &my_id, enc).await {
         Ok(a) if a == me => info!("the join through {from} completed before the crash"),
         Ok(a) if a == from => {
             if node.speaks_versions(from).await {
@@ -194,4 +178,18 @@ async fn still_holds_our_arc(node: &Node, from: PeerAddr) -> bool {
         }
     }
     true
+}
+
+/// `peer`'s OWN answer for `key`, asked up to three times half a second apart: the other side
+/// of an interrupted handoff may be restarting too.
+async fn ask_own(peer: PeerAddr, key: &HashKey, enc: AddressEncoding) -> Result<PeerAddr> {
+    let mut answer = Err(Error::Peer("not asked".into()));
+    for _ in 0..3 {
+        answer = walk::own(peer, key, enc).await;
+        if answer.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    answer
 }

@@ -271,19 +271,7 @@ async fn read_entries<S: AsyncRead + AsyncWrite>(
         };
         let value = match kind {
             Kind::Tombstone => None,
-            Kind::Value => {
-                let len = match conn.read_value_len().await {
-                    Ok(len) => len,
-                    Err(e) => {
-                        if matches!(e, Error::ValueTooLarge { .. }) {
-                            conn.write_status(Status::F).await?;
-                            conn.flush().await?;
-                        }
-                        return Err(e);
-                    }
-                };
-                Some(conn.read_value_bytes(len).await?)
-            }
+            Kind::Value => Some(conn.read_value_or_refuse().await?),
         };
         let len = value.as_ref().map_or(0, |v| v.len() as u64);
         progress.add(1, len);
