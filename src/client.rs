@@ -323,6 +323,12 @@ impl Router {
             .ok_or_else(|| Error::Peer(format!("no connection to {peer}")))
     }
 
+    /// Drops the connection to `peer`, if any: after a failed request it may stand in the
+    /// middle of an exchange, and the next request opens a new one.
+    pub fn forget(&mut self, peer: PeerAddr) {
+        self.conns.remove(&peer);
+    }
+
     /// Walks OWN from the entry peer until a peer names itself: `(owner, hops)`.
     pub async fn owner(&mut self, key: &HashKey) -> Result<(PeerAddr, usize)> {
         let path = self.owner_path(key).await?;

@@ -505,27 +505,36 @@ async fn hand_over(node: &Node, router: &mut Router, k: &HashKey, e: &Versioned<
             return false;
         }
     };
-    let answer = if node.speaks_versions(owner).await {
-        let value = e.value.as_deref();
-        match router.client(owner).await {
-            Ok(c) => c.vin(k, e.version.0, value).await.map(|s| s == Status::T),
-            Err(err) => Err(err),
-        }
-    } else {
-        match &e.value {
-            // A plain peer has no tombstones: there is nothing to tell it.
-            None => Ok(true),
-            Some(v) => match router.exists(k).await {
-                Ok(true) => Ok(true),
-                Ok(false) => router.put(k, v).await,
+    let versions = node.speaks_versions(owner).await;
+    let answer = match (&e.value, versions) {
+        // A plain peer has no tombstones: there is nothing to tell it.
+        (None, false) => Ok(true),
+        (value, _) => match router.client(owner).await {
+            Ok(c) if versions => c
+                .vin(k, e.version.0, value.as_deref())
+                .await
+                .map(|s| s == Status::T),
+            // The owner's copy, if it has one, came through a write or a handoff there.
+            Ok(c) => match c.exi(k).await {
+                Ok(Status::T) => Ok(true),
+                Ok(Status::F) => match value {
+                    Some(v) => c.ins(k, v).await.map(|s| s == Status::T),
+                    None => Ok(true),
+                },
+                // `N`: it stopped owning the key; the next pass finds the new owner.
+                Ok(Status::N) => Ok(false),
                 Err(err) => Err(err),
             },
-        }
+            Err(err) => Err(err),
+        },
     };
     match answer {
         Ok(handed) => handed,
         Err(err) => {
-            node.extensions.forget(owner);
+            router.forget(owner);
+            if versions {
+                node.extensions.forget(owner);
+            }
             debug!(key = %k, "repair: {owner} did not take it: {err}");
             false
         }
