@@ -243,13 +243,13 @@ mod tests {
     fn a_directory_of_format_2_is_migrated_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let want = old_directory(dir.path(), 30, None);
-        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        let s = open_released(dir.path());
         check(&s, &want);
         drop(s);
         let dir = tempfile::tempdir().unwrap();
         let want = old_directory(dir.path(), 2500, Some(2));
         {
-            let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+            let s = open_released(dir.path());
             check(&s, &want);
             let raw = raw_keys(&s);
             let wholes = raw.iter().filter(|r| r.len() == 20).count();
@@ -264,7 +264,7 @@ mod tests {
             assert!(s.entry(&want[0].0).unwrap().unwrap().version > Version::ZERO);
         }
         // And it stays migrated.
-        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        let s = open_released(dir.path());
         assert_eq!(s.get(&want[0].0).unwrap().unwrap(), b"new"[..]);
         assert_eq!(s.count().unwrap(), want.len() as u64);
     }
@@ -277,13 +277,13 @@ mod tests {
         let want = old_directory(dir.path(), 3500, Some(2));
         for stop in [2, 1] {
             STOP_AFTER.with(|s| s.set(Some(stop)));
-            let err = Storage::open(dir.path(), &StorageOptions::default())
+            let err = when_released(|| Storage::open(dir.path(), &StorageOptions::default()))
                 .err()
                 .expect("stopped by the hook");
             assert!(err.to_string().contains("stopped by a test"), "{err}");
             STOP_AFTER.with(|s| s.set(None));
             // What an older build sees now: a layout it does not read.
-            let db = sled::open(dir.path().join("db")).unwrap();
+            let db = when_released(|| sled::open(dir.path().join("db"))).unwrap();
             let ring = db.open_tree("ring").unwrap();
             assert_eq!(
                 ring.get(FORMAT_KEY).unwrap().unwrap(),
@@ -295,7 +295,7 @@ mod tests {
             drop((ring, entries));
             drop(db);
         }
-        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        let s = open_released(dir.path());
         check(&s, &want);
         // Raw entries: each once (one per whole value, one per piece, the strays).
         let pieces: usize = want
@@ -316,14 +316,14 @@ mod tests {
     fn an_old_tree_left_after_the_migration_is_dropped_at_the_next_open() {
         let dir = tempfile::tempdir().unwrap();
         let want = old_directory(dir.path(), 20, Some(1));
-        drop(Storage::open(dir.path(), &StorageOptions::default()).unwrap());
+        drop(open_released(dir.path()));
         {
-            let db = sled::open(dir.path().join("db")).unwrap();
+            let db = when_released(|| sled::open(dir.path().join("db"))).unwrap();
             let data = db.open_tree("data").unwrap();
             data.insert(k(200).as_bytes(), &b"stale"[..]).unwrap();
             db.flush().unwrap();
         }
-        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        let s = open_released(dir.path());
         check(&s, &want);
     }
 
@@ -331,7 +331,7 @@ mod tests {
     #[test]
     fn a_new_directory_has_no_old_tree() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        let s = open_released(dir.path());
         assert!(!s.kv.has_legacy());
         assert!(!s.kv.contains(Tree::Meta, MIGRATING_KEY).unwrap());
     }

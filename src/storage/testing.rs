@@ -71,3 +71,28 @@ pub(super) fn stamped(
         .map(|(k, v)| (k, Versioned::value(s.next_version().unwrap(), v)))
         .collect()
 }
+
+/// Runs `open` until sled has let go of the directory it opens. A test that opens a
+/// directory through sled directly (an old layout) or whose open failed drops a database in
+/// this process, and sled's background jobs may hold the lock on its log a moment longer (a
+/// node opens a directory in a process of its own, so only tests meet this); a lock held over
+/// 2 s is a leak, and fails.
+pub(super) fn when_released<T, E: std::fmt::Display>(
+    mut open: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    for _ in 0..100 {
+        match open() {
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+    panic!("sled still holds a directory's lock after 2 s")
+}
+
+/// `Storage::open` of `dir`, once sled has let go of it ([`when_released`]).
+pub(super) fn open_released(dir: &std::path::Path) -> Storage {
+    when_released(|| Storage::open(dir, &super::StorageOptions::default()))
+        .unwrap_or_else(|e| panic!("{} does not open: {e}", dir.display()))
+}
