@@ -235,6 +235,98 @@ impl Client {
         named(self.peer, self.conn.limits(), self.conn.read_status().await)
     }
 
+    /// VRP (extension `replicas/1`): a batch of versioned entries (`None`: a tombstone) for
+    /// the peer to hold as copies; `T` once every one (or a newer version) is durable there.
+    pub async fn vrp<V: AsRef<[u8]>>(
+        &mut self,
+        entries: &[(HashKey, u64, Option<V>)],
+    ) -> Result<Status> {
+        self.conn
+            .write_request(&Request::Vrp(entries.len() as u64))
+            .await?;
+        for (key, version, value) in entries {
+            self.conn.write_key(key).await?;
+            self.conn
+                .write_versioned(*version, value.as_ref().map(|v| v.as_ref()))
+                .await?;
+        }
+        self.conn.flush().await?;
+        named(self.peer, self.conn.limits(), self.conn.read_status().await)
+    }
+
+    /// VDG (extension `replicas/1`): the digests of the arc `[from, to)` in `2^depth`
+    /// segments (`storage::Segments`). A count other than `2^depth` is a broken peer.
+    pub async fn vdg(&mut self, from: &HashKey, to: &HashKey, depth: u8) -> Result<Vec<u64>> {
+        self.conn
+            .write_request(&Request::Vdg(*from, *to, depth.into()))
+            .await?;
+        self.conn.flush().await?;
+        let n = named(self.peer, self.conn.limits(), self.conn.read_int().await)?;
+        if n != 1u64 << depth {
+            return Err(Error::Peer(format!(
+                "{}: {n} digests for depth {depth}",
+                self.peer
+            )));
+        }
+        let mut out = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            out.push(named(
+                self.peer,
+                self.conn.limits(),
+                self.conn.read_int().await,
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// VKL (extension `replicas/1`): up to `max` keys of the arc `[from, to)` in ring order,
+    /// with their versions (`true`: a tombstone); `more` says the peer stopped at `max` and the
+    /// rest begins after the last key.
+    pub async fn vkl(
+        &mut self,
+        from: &HashKey,
+        to: &HashKey,
+        max: u64,
+    ) -> Result<(Vec<(HashKey, u64, bool)>, bool)> {
+        self.conn
+            .write_request(&Request::Vkl(*from, *to, max))
+            .await?;
+        self.conn.flush().await?;
+        let mut out = Vec::new();
+        loop {
+            match named(self.peer, self.conn.limits(), self.conn.read_status().await)? {
+                Status::T => {}
+                Status::F => return Ok((out, false)),
+                Status::N => return Ok((out, true)),
+            }
+            if out.len() as u64 >= max {
+                return Err(Error::Peer(format!(
+                    "{}: more than the {max} keys asked for",
+                    self.peer
+                )));
+            }
+            let key = self.conn.read_key().await?;
+            let version = self.conn.read_int().await?;
+            let tombstone = self.conn.read_kind().await? == Kind::Tombstone;
+            out.push((key, version, tombstone));
+        }
+    }
+
+    /// VGT (extension `replicas/1`): the entry of `key` with its version (`Some(None)`: a
+    /// tombstone), or `None` when the peer holds nothing under it.
+    pub async fn vgt(&mut self, key: &HashKey) -> Result<Option<(u64, Option<Vec<u8>>)>> {
+        self.conn.write_request(&Request::Vgt(*key)).await?;
+        self.conn.flush().await?;
+        match named(self.peer, self.conn.limits(), self.conn.read_status().await)? {
+            Status::T => Ok(Some(named(
+                self.peer,
+                self.conn.limits(),
+                self.conn.read_versioned().await,
+            )?)),
+            _ => Ok(None),
+        }
+    }
+
     /// INF: the peer's diagnostic text.
     pub async fn inf(&mut self) -> Result<String> {
         self.conn.write_request(&Request::Inf).await?;

@@ -52,9 +52,21 @@ pub struct Config {
     /// Fingers kept, at id + 2^159, id + 2^158, ...: more shortens OWN walks.
     pub fingers: usize,
     /// Length of the successor list, refreshed every maintenance round by ABD: the ring
-    /// survives `successors - 1` adjacent nodes dying at once without a search. With K copies
-    /// of each entry (replication, to come) it must be at least K + 2.
+    /// survives `successors - 1` adjacent nodes dying at once without a search. It must be at
+    /// least `replicas + 2`: a node holds the arcs of its `replicas` successors and must know
+    /// who holds the arc after them before it drops a copy of it.
     pub successors: usize,
+    /// K, the copies of every entry kept besides its owner's: each node also holds the arcs of
+    /// its K successors, so an entry lives on its owner and the owner's K predecessors and
+    /// outlives any K nodes. A write is answered `T` only once every copy is durable. 0: one
+    /// copy, as plain PROTOCOL.md. Every node of a ring should have the same value.
+    pub replicas: usize,
+    /// Milliseconds an owner waits for its replicas to hold a write durably; a replica that
+    /// does not answer in time makes the write `F` (the client retries).
+    pub replica_timeout_ms: u64,
+    /// Seconds between two comparisons of every copy this node holds with the copy of the
+    /// arc's owner (anti-entropy); they also run after every change of the ring around it.
+    pub sync_interval_secs: u64,
     /// Seconds a handoff waits for INS requests already told T in the moving arc; stragglers
     /// then get F.
     pub drain_timeout_secs: u64,
@@ -94,6 +106,9 @@ impl Default for Config {
             dead_after: 3,
             fingers: 8,
             successors: 4,
+            replicas: 2,
+            replica_timeout_ms: 5000,
+            sync_interval_secs: 300,
             drain_timeout_secs: 5,
             handoff_ack_timeout_secs: 300,
             progress_interval_secs: 5,
@@ -123,6 +138,9 @@ pub const SETTINGS: &[&str] = &[
     "dead_after",
     "fingers",
     "successors",
+    "replicas",
+    "replica_timeout_ms",
+    "sync_interval_secs",
     "drain_timeout_secs",
     "handoff_ack_timeout_secs",
     "progress_interval_secs",
@@ -136,6 +154,9 @@ pub const MAX_VALUE_SIZE_MAX: u64 = 1 << 30;
 
 /// Longest successor list accepted: each entry costs an ABD per maintenance round.
 pub const MAX_SUCCESSORS: usize = 32;
+
+/// Most copies besides the owner's (`replicas`): each costs a replica's round trip per write.
+pub const MAX_REPLICAS: usize = 8;
 
 /// The range a numeric setting must lie in, and the unit its message names.
 pub struct Range {
@@ -206,6 +227,15 @@ pub const RANGES: &[Range] = &[
     // One finger per bit of the 160-bit circle at most.
     range("fingers", None, 1, 160, ""),
     range("successors", None, 2, MAX_SUCCESSORS as u64, ""),
+    range(
+        "replicas",
+        Some("--replicas"),
+        0,
+        MAX_REPLICAS as u64,
+        " copies",
+    ),
+    range("replica_timeout_ms", None, 100, 600_000, " ms"),
+    range("sync_interval_secs", None, 1, 86400, " s"),
     range("drain_timeout_secs", None, 1, 3600, " s"),
     range("handoff_ack_timeout_secs", None, 1, 86400, " s"),
     range("progress_interval_secs", None, 1, 3600, " s"),
@@ -279,6 +309,15 @@ impl Config {
                 )));
             }
         }
+        if self.successors < self.replicas + 2 {
+            return Err(Error::Config(format!(
+                "successors (DHT_STORE_SUCCESSORS) must be at least replicas + 2 = {}: a node \
+                 holds the arcs of its {} successors and must know the one after them; got {}",
+                self.replicas + 2,
+                self.replicas,
+                self.successors
+            )));
+        }
         if self.port == 0 {
             return Err(Error::Config(
                 "port 0 cannot be advertised to peers: give a port number".into(),
@@ -299,7 +338,7 @@ impl Config {
     }
 
     /// Every numeric setting with its value, for [`Config::validate`].
-    fn numbers(&self) -> [(&'static str, u64); 16] {
+    fn numbers(&self) -> [(&'static str, u64); 19] {
         [
             ("port", self.port.into()),
             ("max_value_size", self.max_value_size),
@@ -312,6 +351,9 @@ impl Config {
             ("dead_after", self.dead_after.into()),
             ("fingers", self.fingers as u64),
             ("successors", self.successors as u64),
+            ("replicas", self.replicas as u64),
+            ("replica_timeout_ms", self.replica_timeout_ms),
+            ("sync_interval_secs", self.sync_interval_secs),
             ("drain_timeout_secs", self.drain_timeout_secs),
             ("handoff_ack_timeout_secs", self.handoff_ack_timeout_secs),
             ("progress_interval_secs", self.progress_interval_secs),
@@ -446,6 +488,8 @@ mod tests {
             ("max_connections", "0"),
             ("successors", "1"),
             ("dead_after", "0"),
+            ("replicas", "9"),
+            ("replica_timeout_ms", "0"),
         ] {
             let env = [(format!("DHT_STORE_{}", setting.to_uppercase()), bad.into())];
             let c = Config::load_with_env(None, env).unwrap();
@@ -481,6 +525,25 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()));
         let c = Config::load_with_env(None, env).unwrap();
         assert_eq!(c.metrics_listen.as_deref(), Some("127.0.0.1:9101"));
+    }
+
+    #[test]
+    fn the_successor_list_must_reach_past_the_replicas() {
+        let c = Config {
+            replicas: 3,
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("successors") && e.contains("replicas + 2 = 5"),
+            "{e}"
+        );
+        let c = Config {
+            replicas: 3,
+            successors: 5,
+            ..Config::default()
+        };
+        assert!(c.validate().is_ok());
     }
 
     #[test]

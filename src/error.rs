@@ -94,6 +94,11 @@ pub enum Error {
     #[error("{0}")]
     Unwritable(String),
 
+    /// A write reached fewer copies than the ring can give (a replica did not hold it in
+    /// time): the write is answered `F`, and the client retries.
+    #[error("not held by every replica: {0}")]
+    Replicas(String),
+
     /// What the data directory holds does not fit together (pieces of a value that disagree):
     /// damage, not something a retry mends.
     #[error("stored data is damaged: {0}")]

@@ -150,6 +150,23 @@ impl RingState {
             .unwrap_or(self.me.addr)
     }
 
+    /// Where the range this node holds ends when it keeps `k` copies besides the owner's
+    /// (`replicas`): it holds `[id(me), id(held_until(k)))`, its own arc and the arcs of its `k`
+    /// successors (the k-th successor's arc ends at the (k+1)-th). `me`, the whole circle, when
+    /// the successor list has no more than `k` peers: a ring of at most k + 1 nodes.
+    pub fn held_until(&self, k: usize) -> Peer {
+        if k == 0 || self.is_alone() {
+            return self.successor();
+        }
+        self.successors.get(k).copied().unwrap_or(self.me)
+    }
+
+    /// Whether `key` lies in the range this node holds with `k` copies (see
+    /// [`RingState::held_until`]).
+    pub fn holds(&self, key: &HashKey, k: usize) -> bool {
+        in_arc(key, &self.me.id, &self.held_until(k).id)
+    }
+
     /// Whether we are alone in the ring.
     pub fn is_alone(&self) -> bool {
         self.successor().addr == self.me.addr
@@ -403,5 +420,33 @@ mod tests {
         fn add_and_sub_are_inverse(a in arb_key(), b in arb_key()) {
             prop_assert_eq!(a.wrapping_add(&b).wrapping_sub(&b), a);
         }
+    }
+
+    #[test]
+    fn a_node_holds_its_arc_and_those_of_its_k_successors() {
+        let me = Peer {
+            addr: addr(1),
+            id: k(100),
+        };
+        let p = |n: u64| Peer {
+            addr: addr(n as u16),
+            id: k(n),
+        };
+        let mut r = RingState::alone(me.addr);
+        r.me = me;
+        r.successors = vec![me];
+        assert_eq!(r.held_until(2), me, "a ring of one holds everything");
+        assert!(r.holds(&k(5), 2));
+        r.successors = vec![p(200), p(300), p(400), p(50)];
+        assert_eq!(r.held_until(0), p(200));
+        assert_eq!(r.held_until(2), p(400));
+        assert!(r.holds(&k(100), 2) && r.holds(&k(399), 2));
+        assert!(!r.holds(&k(400), 2) && !r.holds(&k(99), 2) && !r.holds(&k(60), 2));
+        assert!(!r.holds(&k(200), 0));
+        // Three nodes: the list ends before the k-th successor; everything is held.
+        r.successors = vec![p(200), p(300)];
+        assert_eq!(r.held_until(2), me);
+        assert!(r.holds(&k(50), 2));
+        assert_eq!(r.held_until(1), p(300));
     }
 }

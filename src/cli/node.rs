@@ -53,6 +53,10 @@ pub struct NodeArgs {
     /// sled page cache, MiB [default: 64]
     #[arg(long, env = "DHT_STORE_CACHE_CAPACITY_MB", value_name = "MIB")]
     cache_capacity_mb: Option<u64>,
+    /// Copies of every entry kept besides its owner's, on the owner's predecessors; a write
+    /// is answered T once all are durable; 0: one copy [default: 2]
+    #[arg(long, env = "DHT_STORE_REPLICAS", value_name = "K")]
+    replicas: Option<usize>,
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100 [default: off]
     #[arg(long, env = "DHT_STORE_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<String>,
@@ -71,7 +75,8 @@ impl NodeArgs {
             address_encoding,
             max_value_size,
             max_connections,
-            cache_capacity_mb
+            cache_capacity_mb,
+            replicas
         );
         if let Some(v) = self.idle_timeout {
             c.idle_timeout_secs = v;

@@ -42,6 +42,12 @@ pub async fn execute<S: AsyncRead + AsyncWrite>(
             handoff::serve_dis(node, conn, leaver, handoff::Entries::Versioned).await?
         }
         Request::Vin(key) => vin(node, conn, key).await?,
+        // The extension `replicas/1`: see `replica`.
+        Request::Vrp(n) => super::replica::vrp(node, conn, n).await?,
+        Request::Vgt(key) => super::replica::vgt(node, conn, key).await?,
+        Request::Vdg(..) | Request::Vkl(..) => {
+            return Err(crate::error::Error::UnknownCommand(req.name().into()))
+        }
         Request::Pul => conn.write_status(Status::T).await?,
         // INF counts the keys with a full scan (seconds for millions): inline, it stalled the
         // tasks queued on this worker, and a predecessor whose PULs went unanswered took us

@@ -1,6 +1,6 @@
-//! Which peers speak the `versions/1` extension (docs/EXTENSIONS.md): asked once through their
-//! INF answer and remembered for a while, so that an extension command goes only to a peer
-//! that advertised it, and a peer of another implementation never sees one.
+//! Which peers speak the extensions `versions/1` and `replicas/1` (docs/EXTENSIONS.md): asked
+//! once through their INF answer and remembered for a while, so that an extension command goes
+//! only to a peer that advertised it, and a peer of another implementation never sees one.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 use crate::client::Client;
-use crate::protocol::{advertises_versions, AddressEncoding, Limits, PeerAddr};
+use crate::protocol::{
+    advertises, AddressEncoding, Limits, PeerAddr, REPLICAS_EXTENSION, VERSIONS_EXTENSION,
+};
 
 /// How long an answer is trusted: a peer restarted with another build is asked again after
 /// this, and an error in an extension exchange forgets it at once ([`Extensions::forget`]).
@@ -19,17 +21,36 @@ const REMEMBERED_FOR: Duration = Duration::from_secs(600);
 /// millions of entries.
 const INF_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The extensions one peer advertised.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Advertised {
+    /// `versions/1`: versioned handoffs and VIN.
+    pub versions: bool,
+    /// `replicas/1`: it keeps copies of its successors' arcs (VRP, VDG, VKL, VGT).
+    pub replicas: bool,
+}
+
 /// What each peer advertised, and when we asked.
 #[derive(Default)]
 pub struct Extensions {
-    /// Whether each peer advertised `versions/1`, and when it said so.
-    versions: Mutex<HashMap<PeerAddr, (bool, Instant)>>,
+    /// What each peer advertised, and when it said so.
+    known: Mutex<HashMap<PeerAddr, (Advertised, Instant)>>,
 }
 
 impl Extensions {
-    /// Whether `peer` advertises `versions/1`. A peer that does not answer is taken as one that
-    /// does not (plain exchanges work with every peer), and is asked again next time.
+    /// Whether `peer` advertises `versions/1`.
     pub async fn versions(&self, peer: PeerAddr, enc: AddressEncoding) -> bool {
+        self.advertised(peer, enc).await.versions
+    }
+
+    /// Whether `peer` advertises `replicas/1`.
+    pub async fn replicas(&self, peer: PeerAddr, enc: AddressEncoding) -> bool {
+        self.advertised(peer, enc).await.replicas
+    }
+
+    /// What `peer` advertises. A peer that does not answer is taken as one that advertises
+    /// nothing (plain exchanges work with every peer), and is asked again next time.
+    pub async fn advertised(&self, peer: PeerAddr, enc: AddressEncoding) -> Advertised {
         if let Some((yes, at)) = self.lock().get(&peer).copied() {
             if at.elapsed() < REMEMBERED_FOR {
                 return yes;
@@ -43,8 +64,11 @@ impl Extensions {
         let ask = async { Client::connect_with(peer, enc, limits).await?.inf().await };
         match tokio::time::timeout(INF_TIMEOUT, ask).await {
             Ok(Ok(text)) => {
-                let yes = advertises_versions(&text);
-                debug!(%peer, "extension versions/1: {}", if yes { "yes" } else { "no" });
+                let yes = Advertised {
+                    versions: advertises(&text, VERSIONS_EXTENSION),
+                    replicas: advertises(&text, REPLICAS_EXTENSION),
+                };
+                debug!(%peer, "extensions: {yes:?}");
                 let mut m = self.lock();
                 // Bounded like the known peers: a ring is small, a flood of addresses is not.
                 if m.len() >= 256 {
@@ -57,11 +81,11 @@ impl Extensions {
             }
             Ok(Err(e)) => {
                 debug!(%peer, "could not ask INF for its extensions: {e}");
-                false
+                Advertised::default()
             }
             Err(_) => {
                 debug!(%peer, "no INF answer within {INF_TIMEOUT:?}: taken as plain");
-                false
+                Advertised::default()
             }
         }
     }
@@ -71,7 +95,7 @@ impl Extensions {
         self.lock().remove(&peer);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerAddr, (bool, Instant)>> {
-        self.versions.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerAddr, (Advertised, Instant)>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

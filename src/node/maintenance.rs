@@ -546,7 +546,8 @@ const REPAIR_CHUNK_BYTES: usize = 8 << 20;
 /// Most entries the repair pass holds at once.
 const REPAIR_CHUNK_ENTRIES: usize = 64;
 
-/// Hands every entry we hold but do not own (the arc `[id(successor), id(me))`) to its owner.
+/// Hands every entry we hold but need not (outside our arc and our K successors' arcs, see
+/// `RingState::held_until`) to its owner.
 /// An owner that speaks versions gets it with VIN, tombstones included, and keeps the newer of
 /// its copy and ours. A plain owner that already holds the key keeps its copy (it came through
 /// a write or a handoff there); otherwise we INS ours; a tombstone has nothing to tell it.
@@ -560,11 +561,15 @@ async fn repair(node: &Node) -> Result<(u64, u64)> {
     if ring.is_alone() || !node.storage.is_writable() {
         return Ok((0, 0));
     }
-    let (me, succ) = (ring.me, ring.successor());
-    let mut router = Router::new(succ.addr, node.config.address_encoding);
-    let mut cursor = succ.id;
+    let k = node.config.replicas;
+    let (me, end) = (ring.me, ring.held_until(k));
+    if end == me {
+        return Ok((0, 0)); // a ring of at most K + 1 nodes: every node holds everything
+    }
+    let mut router = Router::new(ring.successor().addr, node.config.address_encoding);
+    let mut cursor = end.id;
     loop {
-        if node.departed() || node.ring().successor() != succ {
+        if node.departed() || node.ring().held_until(k) != end {
             break; // the ring changed: the next pass starts from the new bounds
         }
         let mut chunk: Vec<(HashKey, Versioned<Value>)> = Vec::new();
@@ -579,11 +584,11 @@ async fn repair(node: &Node) -> Result<(u64, u64)> {
         }
         let Some((last, _)) = chunk.last() else { break };
         let next = last.wrapping_add(&HashKey::pow2(0));
-        for (k, e) in chunk {
-            if node.owns(&k) {
+        for (key, e) in chunk {
+            if node.holds(&key) {
                 continue;
             }
-            if !hand_over(node, &mut router, &k, &e).await {
+            if !hand_over(node, &mut router, &key, &e).await {
                 kept += 1;
                 continue;
             }
@@ -596,10 +601,10 @@ async fn repair(node: &Node) -> Result<(u64, u64)> {
                 let _no_handoff = node.handoff.lock().await;
                 node.gate
                     .exclusive(|| -> Result<_> {
-                        if node.owns(&k) {
+                        if node.holds(&key) {
                             return Ok(None);
                         }
-                        let remove = || node.storage.remove_if_version(&k, e.version);
+                        let remove = || node.storage.remove_if_version(&key, e.version);
                         Ok(Some(super::blocking(remove)?))
                     })
                     .await?

@@ -11,6 +11,8 @@ mod handoff;
 mod maintenance;
 mod peers;
 mod progress;
+mod replica;
+mod replication;
 mod server;
 pub mod status;
 mod walk;
@@ -82,8 +84,10 @@ pub struct Node {
     repair: Notify,
     /// When the node started serving, for INF.
     started: Instant,
-    /// Which peers advertised the `versions/1` extension: only those are sent its commands.
+    /// Which peers advertised which extension: only those are sent its commands.
     pub extensions: extensions::Extensions,
+    /// Our replicas and the connections that carry our writes to them.
+    replication: replication::Replication,
 }
 
 /// How long a peer counts as alive after it last answered.
@@ -111,6 +115,7 @@ impl Node {
             repair: Notify::new(),
             started: Instant::now(),
             extensions: extensions::Extensions::default(),
+            replication: replication::Replication::default(),
         }
     }
 
@@ -136,6 +141,12 @@ impl Node {
     /// Whether we own `key` now.
     pub fn owns(&self, key: &HashKey) -> bool {
         !self.departed() && self.ring().owns(key)
+    }
+
+    /// Whether `key` lies in the range we hold: our arc, or the arc of one of our `replicas`
+    /// successors, of which we keep a copy.
+    pub fn holds(&self, key: &HashKey) -> bool {
+        !self.departed() && self.ring().holds(key, self.config.replicas)
     }
 
     /// Replaces the in-memory ring state and persists it (with the handoff record change
@@ -221,8 +232,22 @@ impl Node {
     ) -> Result<Written> {
         let key = accepted.key;
         let len = value.len();
-        self.finish_accepted(accepted, len, || self.storage.insert(&key, value))
-            .await
+        // The copies' value, taken before the storage consumes ours.
+        let shared: Option<Arc<[u8]>> = self.replicating().then(|| value.as_slice().into());
+        self.finish_accepted(accepted, len, || {
+            let (version, ticket) = self.storage.insert_versioned(&key, value)?;
+            let copy = shared.map(|v| {
+                (
+                    key,
+                    crate::storage::Versioned {
+                        version,
+                        value: Some(v),
+                    },
+                )
+            });
+            Ok((ticket, copy))
+        })
+        .await
     }
 
     /// Applies a VIN registered with [`WriteGate::begin_insert`]: the entry is stored if it is
@@ -234,19 +259,29 @@ impl Node {
     ) -> Result<Written> {
         let key = accepted.key;
         let len = entry.value.as_ref().map_or(0, Vec::len);
+        let copy = self
+            .replicating()
+            .then(|| replication::copy_of(key, entry.version, entry.value.as_deref()));
         self.finish_accepted(accepted, len, || {
-            self.storage.apply(&key, entry).map(|(_, t)| t)
+            let (applied, ticket) = self.storage.apply(&key, entry)?;
+            Ok((ticket, copy.filter(|_| applied)))
         })
         .await
     }
 
+    /// Whether our writes go to replicas (`replicas` > 0).
+    fn replicating(&self) -> bool {
+        self.config.replicas > 0
+    }
+
     /// Runs `store` for a write that passed the gate's first step, if the key is still ours,
-    /// and returns once it is durable.
+    /// and returns once it is durable here and, for what `store` hands back to copy, at every
+    /// replica (both at once).
     async fn finish_accepted(
         &self,
         accepted: gate::Accepted<'_>,
         len: usize,
-        store: impl FnOnce() -> Result<crate::storage::Ticket>,
+        store: impl FnOnce() -> Result<(crate::storage::Ticket, Option<replication::Copy>)>,
     ) -> Result<Written> {
         let key = accepted.key;
         let applied = self
@@ -259,8 +294,8 @@ impl Node {
             })
             .await;
         match applied {
-            gate::Pass::Go(Ok(Some(ticket))) => {
-                self.storage.sync(ticket).await?;
+            gate::Pass::Go(Ok(Some((ticket, copy)))) => {
+                self.durable_everywhere(ticket, copy).await?;
                 Ok(Written::Done)
             }
             gate::Pass::Go(Ok(None)) | gate::Pass::Closed => Ok(Written::NotMine),
@@ -268,7 +303,24 @@ impl Node {
         }
     }
 
-    /// Removes `key` if we own it, and returns once the removal is flushed.
+    /// Waits for our flush of `ticket` and, at the same time, for every replica to hold `copy`.
+    async fn durable_everywhere(
+        &self,
+        ticket: crate::storage::Ticket,
+        copy: Option<replication::Copy>,
+    ) -> Result<()> {
+        match copy {
+            Some(copy) => {
+                let (here, there) = tokio::join!(self.storage.sync(ticket), self.replicate(copy));
+                here?;
+                there
+            }
+            None => self.storage.sync(ticket).await,
+        }
+    }
+
+    /// Removes `key` if we own it, and returns once the removal is flushed (here and at every
+    /// replica: the tombstone travels as a write does).
     pub async fn remove(&self, key: &HashKey) -> Result<Written> {
         let applied = self
             .gate
@@ -276,16 +328,23 @@ impl Node {
                 if !self.owns(key) {
                     return Ok(None);
                 }
-                Ok(Some(
-                    self.storage_work(key, 0, || self.storage.remove(key))?,
-                ))
+                Ok(Some(self.storage_work(key, 0, || {
+                    self.storage.remove_versioned(key)
+                })?))
             })
             .await?;
-        let Some((was, ticket)) = applied else {
+        let Some((version, ticket)) = applied else {
             return Ok(Written::NotMine);
         };
-        self.storage.sync(ticket).await?;
-        Ok(if was { Written::Done } else { Written::Absent })
+        let copy = version
+            .filter(|_| self.replicating())
+            .map(|v| replication::copy_of(*key, v, None));
+        self.durable_everywhere(ticket, copy).await?;
+        Ok(if version.is_some() {
+            Written::Done
+        } else {
+            Written::Absent
+        })
     }
 
     /// Runs `f`, storage work on `key` that writes `len` bytes, in [`blocking`] when it handles
@@ -454,18 +513,43 @@ impl Node {
             .collect();
         fingers.dedup();
         let handoff = self.progress.line().unwrap_or_else(|| "none".into());
-        // One scan for both counts; INF has always counted in full (no deadline).
-        let (keys, tombstones) = match self
-            .storage
-            .tally(Instant::now() + Duration::from_secs(86400))
-        {
-            Ok(t) => (t.keys.to_string(), t.tombstones.to_string()),
-            Err(e) => (format!("unknown ({e})"), "unknown".into()),
+        // One scan for the totals, one for our arc; INF has always counted in full (no
+        // deadline). `keys` is what we own and serve; `copies` what we hold besides.
+        let owned = self.storage.count_arc(&ring.me.id, &ring.successor().id);
+        let (keys, copies, tombstones) = match (
+            self.storage
+                .tally(Instant::now() + Duration::from_secs(86400)),
+            owned,
+        ) {
+            (Ok(t), Ok(owned)) => (
+                owned.to_string(),
+                t.keys.saturating_sub(owned).to_string(),
+                t.tombstones.to_string(),
+            ),
+            (Err(e), _) | (_, Err(e)) => {
+                (format!("unknown ({e})"), "unknown".into(), "unknown".into())
+            }
+        };
+        let replicas = match self.replication.current() {
+            Some(set) if self.replicating() => {
+                let set: Vec<String> = set.iter().map(|p| p.to_string()).collect();
+                format!("{} (held by: {})", self.config.replicas, set.join(", "))
+            }
+            _ => self.config.replicas.to_string(),
+        };
+        let extensions = if self.replicating() {
+            format!(
+                "{} {}",
+                crate::protocol::VERSIONS_EXTENSION,
+                crate::protocol::REPLICAS_EXTENSION
+            )
+        } else {
+            crate::protocol::VERSIONS_EXTENSION.to_string()
         };
         format!(
             "dht-store {}\naddress {}\nid {}\nsuccessor {}\nsecond successor {}\nsuccessors {}\n\
              predecessor {}\nfingers {}\nknown peers {}\nkeys {}\naddress encoding {}\nhandoff {}\n\
-             state {}\nuptime {}s\nmax value size {}\ntombstones {}\n{} {}\n",
+             state {}\nuptime {}s\nmax value size {}\ntombstones {}\nreplicas {}\ncopies {}\n{} {}\n",
             env!("CARGO_PKG_VERSION"),
             ring.me.addr,
             ring.me.id,
@@ -493,8 +577,10 @@ impl Node {
             self.started.elapsed().as_secs(),
             self.config.max_value_size,
             tombstones,
+            replicas,
+            copies,
             crate::protocol::EXTENSIONS_LINE,
-            crate::protocol::VERSIONS_EXTENSION,
+            extensions,
         )
     }
 }
@@ -657,6 +743,7 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
         tokio::spawn(places),
         tokio::spawn(maintenance::repair_loop(node.clone())),
         tokio::spawn(maintenance::tombstone_loop(node.clone())),
+        tokio::spawn(replication::replica_loop(node.clone())),
     ];
     let stop = {
         let node = node.clone();

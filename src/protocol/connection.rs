@@ -132,6 +132,18 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
             b"VCN" => Request::Vcn(self.read_addr().await?),
             b"VDS" => Request::Vds(self.read_addr().await?),
             b"VIN" => Request::Vin(self.read_key().await?),
+            b"VRP" => Request::Vrp(self.read_int().await?),
+            b"VDG" => Request::Vdg(
+                self.read_key().await?,
+                self.read_key().await?,
+                self.read_int().await?,
+            ),
+            b"VKL" => Request::Vkl(
+                self.read_key().await?,
+                self.read_key().await?,
+                self.read_int().await?,
+            ),
+            b"VGT" => Request::Vgt(self.read_key().await?),
             other => {
                 return Err(Error::UnknownCommand(
                     String::from_utf8_lossy(other).escape_debug().to_string(),
@@ -152,7 +164,14 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
             | Request::Get(k)
             | Request::Exi(k)
             | Request::Own(k)
-            | Request::Vin(k) => self.write_key(k).await?,
+            | Request::Vin(k)
+            | Request::Vgt(k) => self.write_key(k).await?,
+            Request::Vrp(n) => self.write_int(*n).await?,
+            Request::Vdg(from, to, n) | Request::Vkl(from, to, n) => {
+                self.write_key(from).await?;
+                self.write_key(to).await?;
+                self.write_int(*n).await?;
+            }
             Request::Con(a) | Request::Dis(a) | Request::Vcn(a) | Request::Vds(a) => {
                 self.write_addr(a).await?
             }
@@ -189,6 +208,30 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
         let mut b = [0u8; 1];
         self.read_exact(&mut b).await?;
         Kind::from_byte(b[0])
+    }
+
+    /// A versioned entry's version, kind and value (extension `versions/1`): `None` is a
+    /// tombstone.
+    pub async fn write_versioned(&mut self, version: u64, value: Option<&[u8]>) -> Result<()> {
+        self.write_int(version).await?;
+        match value {
+            Some(v) => {
+                self.write_kind(Kind::Value).await?;
+                self.write_value(v).await
+            }
+            None => self.write_kind(Kind::Tombstone).await,
+        }
+    }
+
+    /// What [`Connection::write_versioned`] writes: the version, and the value or `None` for a
+    /// tombstone (the value checked against the limit before it is read).
+    pub async fn read_versioned(&mut self) -> Result<(u64, Option<Vec<u8>>)> {
+        let version = self.read_int().await?;
+        let value = match self.read_kind().await? {
+            Kind::Tombstone => None,
+            Kind::Value => Some(self.read_value().await?),
+        };
+        Ok((version, value))
     }
 
     /// A PeerAddress in this connection's encoding.
@@ -459,6 +502,10 @@ mod tests {
                 arb_addr().prop_map(Request::Vcn),
                 arb_addr().prop_map(Request::Vds),
                 arb_key().prop_map(Request::Vin),
+                any::<u64>().prop_map(Request::Vrp),
+                (arb_key(), arb_key(), any::<u64>()).prop_map(|(a, b, n)| Request::Vdg(a, b, n)),
+                (arb_key(), arb_key(), any::<u64>()).prop_map(|(a, b, n)| Request::Vkl(a, b, n)),
+                arb_key().prop_map(Request::Vgt),
             ]
         }
 
@@ -582,7 +629,14 @@ mod tests {
                 | Request::Get(k)
                 | Request::Exi(k)
                 | Request::Own(k)
-                | Request::Vin(k) => out.extend(k.0),
+                | Request::Vin(k)
+                | Request::Vgt(k) => out.extend(k.0),
+                Request::Vrp(n) => out.extend(n.to_be_bytes()),
+                Request::Vdg(from, to, n) | Request::Vkl(from, to, n) => {
+                    out.extend(from.0);
+                    out.extend(to.0);
+                    out.extend(n.to_be_bytes());
+                }
                 Request::Con(a) | Request::Dis(a) | Request::Vcn(a) | Request::Vds(a) => {
                     match enc {
                         AddressEncoding::Compact => {

@@ -222,13 +222,25 @@ pub enum Request {
     /// Extension `versions/1`: a write that carries its version (a value or a tombstone),
     /// applied only if newer than what the owner holds.
     Vin(HashKey),
+    /// Extension `replicas/1`: a batch of this many versioned entries follows, for this node
+    /// to hold as copies (an owner's writes, or a copy brought up to date).
+    Vrp(u64),
+    /// Extension `replicas/1`: the digests of the entries of the arc `[from, to)`, split into
+    /// `2^depth` segments.
+    Vdg(HashKey, HashKey, u64),
+    /// Extension `replicas/1`: the keys of the arc `[from, to)` with their versions, at most
+    /// the given number per request.
+    Vkl(HashKey, HashKey, u64),
+    /// Extension `replicas/1`: the entry of a key with its version, whoever owns it.
+    Vgt(HashKey),
 }
 
 /// Every command as it travels (PROTOCOL.md section 1), in the order of [`Request::index`]:
 /// the command table, which `read_request` reads the other way and tables indexed by command
 /// (the metrics) size themselves by.
-pub const COMMANDS: [&str; 13] = [
+pub const COMMANDS: [&str; 17] = [
     "INS", "REM", "GET", "EXI", "OWN", "CON", "DIS", "PUL", "INF", "ABD", "VCN", "VDS", "VIN",
+    "VRP", "VDG", "VKL", "VGT",
 ];
 
 /// The extension a node advertises in its INF answer, on a line of its own
@@ -236,15 +248,19 @@ pub const COMMANDS: [&str; 13] = [
 /// and `VIN` (docs/EXTENSIONS.md).
 pub const VERSIONS_EXTENSION: &str = "versions/1";
 
+/// The extension of a node that keeps copies of its successors' arcs (`replicas` > 0): the
+/// commands `VRP`, `VDG`, `VKL` and `VGT` (docs/EXTENSIONS.md). It needs `versions/1`.
+pub const REPLICAS_EXTENSION: &str = "replicas/1";
+
 /// The start of the INF line that lists a node's extensions.
 pub const EXTENSIONS_LINE: &str = "extensions:";
 
-/// Whether an INF text advertises the `versions/1` extension.
-pub fn advertises_versions(inf: &str) -> bool {
+/// Whether an INF text advertises `extension` on its extensions line.
+pub fn advertises(inf: &str, extension: &str) -> bool {
     inf.lines().any(|l| {
         l.trim()
             .strip_prefix(EXTENSIONS_LINE)
-            .is_some_and(|rest| rest.split_whitespace().any(|e| e == VERSIONS_EXTENSION))
+            .is_some_and(|rest| rest.split_whitespace().any(|e| e == extension))
     })
 }
 
@@ -292,6 +308,10 @@ impl Request {
             Request::Vcn(_) => 10,
             Request::Vds(_) => 11,
             Request::Vin(_) => 12,
+            Request::Vrp(_) => 13,
+            Request::Vdg(..) => 14,
+            Request::Vkl(..) => 15,
+            Request::Vgt(_) => 16,
         }
     }
 
@@ -306,7 +326,7 @@ impl Request {
     }
 
     /// One request of each command, in [`COMMANDS`] order (for tests and seeds).
-    pub fn one_of_each(key: HashKey, addr: PeerAddr) -> [Request; 13] {
+    pub fn one_of_each(key: HashKey, addr: PeerAddr) -> [Request; 17] {
         [
             Request::Ins(key),
             Request::Rem(key),
@@ -321,12 +341,28 @@ impl Request {
             Request::Vcn(addr),
             Request::Vds(addr),
             Request::Vin(key),
+            Request::Vrp(3),
+            Request::Vdg(key, key.prev(), 4),
+            Request::Vkl(key, key.prev(), 100),
+            Request::Vgt(key),
         ]
     }
 
     /// Whether this is a command of an extension (never sent to a peer that did not
     /// advertise it).
     pub fn is_extension(&self) -> bool {
-        matches!(self, Request::Vcn(_) | Request::Vds(_) | Request::Vin(_))
+        !matches!(
+            self,
+            Request::Ins(_)
+                | Request::Rem(_)
+                | Request::Get(_)
+                | Request::Exi(_)
+                | Request::Own(_)
+                | Request::Con(_)
+                | Request::Dis(_)
+                | Request::Pul
+                | Request::Inf
+                | Request::Abd
+        )
     }
 }

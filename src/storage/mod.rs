@@ -291,6 +291,12 @@ impl Storage {
     /// Inserts or replaces, with a new version of the clock (an owner's write: it does not
     /// compare); durable after [`Storage::sync`] of the ticket.
     pub fn insert(&self, key: &HashKey, value: Vec<u8>) -> Result<Ticket> {
+        self.insert_versioned(key, value).map(|(_, t)| t)
+    }
+
+    /// [`Storage::insert`], handing back the version the value was written with (what its
+    /// copies must carry).
+    pub fn insert_versioned(&self, key: &HashKey, value: Vec<u8>) -> Result<(Version, Ticket)> {
         self.writable()?;
         self.preserve(key)?;
         let stripe = self.stripe(key);
@@ -301,13 +307,20 @@ impl Storage {
         for k in written {
             self.touch_raw(k.as_ref())?;
         }
-        Ok(self.commit.note_write())
+        Ok((version, self.commit.note_write()))
     }
 
     /// Removes: a key holding a value then holds a tombstone of a new version (so that an
     /// older copy of the value met later loses), and `true` comes back; an absent key or a
     /// tombstone stays as it is (`false`). Durable after [`Storage::sync`] of the ticket.
     pub fn remove(&self, key: &HashKey) -> Result<(bool, Ticket)> {
+        self.remove_versioned(key)
+            .map(|(version, t)| (version.is_some(), t))
+    }
+
+    /// [`Storage::remove`], handing back the version of the tombstone it wrote, if it wrote
+    /// one (what its copies must carry).
+    pub fn remove_versioned(&self, key: &HashKey) -> Result<(Option<Version>, Ticket)> {
         self.writable()?;
         self.preserve(key)?;
         let _stripe = self.stripe(key);
@@ -319,16 +332,18 @@ impl Storage {
             },
             None => self.has_pieces(key)?,
         };
-        if live {
+        let written = if live {
             let version = self.clock.next(&self.kv)?;
             // Replaces pieces as a short value does, leftovers included.
             self.write_locked(key, Versioned::tombstone(version), Span::ANYTHING)?;
+            Some(version)
         } else {
             // Invisible leftovers of an interrupted change go; what the key holds stays.
             let leftovers = self.pieces_if_seen(key)?;
             self.remove_in_batches(&leftovers)?;
-        }
-        Ok((live, self.commit.note_write()))
+            None
+        };
+        Ok((written, self.commit.note_write()))
     }
 
     /// Applies an entry received from a peer (a value or a tombstone with the version it was

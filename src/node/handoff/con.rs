@@ -117,14 +117,31 @@ async fn serve_con_fenced<S: AsyncRead + AsyncWrite>(
     node.switch_ring(Some(next), Change::Set(&rec)).await?;
     node.mark_alive(j.addr);
     fault::point("con-serve:after-switch").await;
-    finish_handed_arc(node, &j.id, &s1.id).await?;
+    finish_handed_arc(node, j.addr, &j.id, &s1.id).await?;
     progress.finish("done");
     node.repair.notify_one();
     Ok(())
 }
 
-/// Deletes the entries of an arc we handed over, then clears the handoff record.
-pub(super) async fn finish_handed_arc(node: &Node, from: &HashKey, to: &HashKey) -> Result<()> {
+/// Deletes the entries of an arc we handed over to `joiner`, then clears the handoff record.
+/// A joiner that keeps replicas has us as its predecessor, and so as a replica of that arc:
+/// then the entries stay, as our copy of its arc.
+pub(super) async fn finish_handed_arc(
+    node: &Node,
+    joiner: PeerAddr,
+    from: &HashKey,
+    to: &HashKey,
+) -> Result<()> {
+    if node.config.replicas > 0
+        && node
+            .extensions
+            .replicas(joiner, node.config.address_encoding)
+            .await
+    {
+        node.set_handoff(None).await?;
+        info!("kept the entries handed over to {joiner} as our copy of its arc");
+        return Ok(());
+    }
     let deleted = node.delete_arc(from, to).await?;
     node.set_handoff(None).await?;
     info!("dropped the {deleted} entries handed over");

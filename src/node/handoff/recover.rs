@@ -62,7 +62,7 @@ pub async fn recover(node: &Arc<Node>) -> Result<()> {
                         phase: Phase::Handed,
                     };
                     node.switch_ring(Some(next), Change::Set(&rec)).await?;
-                    finish_handed_arc(node, &j.id, &s1.id).await?;
+                    finish_handed_arc(node, j.addr, &j.id, &s1.id).await?;
                 } else {
                     // J is a member, but maybe through another peer that took our arc while
                     // we were down, without our entries: so they are not dropped here. They

@@ -1,0 +1,330 @@
+//! The owner's side of replication (extension `replicas/1`, docs/EXTENSIONS.md): who holds
+//! copies of our arc, a long-lived connection to each that carries our writes in batches, and
+//! the wait for every copy before a write is answered `T`.
+//!
+//! Our replicas are our K nearest predecessors (K = `replicas`) that advertise `replicas/1`:
+//! each node holds the arcs of its K successors, so the node that inherits our arc when we die
+//! already holds it. They are found by OWN walks (predecessor of us, then of it, ...), which
+//! work through peers of every implementation, and refreshed every maintenance round.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::{walk, Node};
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::protocol::{HashKey, Limits, PeerAddr, Status};
+use crate::ring::Peer;
+use crate::storage::{Version, Versioned};
+
+/// Most entries in one VRP batch (a receiver refuses more).
+pub const MAX_BATCH: u64 = 1024;
+/// A batch stops growing past this many value bytes.
+const BATCH_BYTES: usize = 4 << 20;
+/// Writes waiting for one replica's connection: a writer past this waits to queue.
+const QUEUE: usize = 4096;
+
+/// A copy to send: the key, and its version with the value or a tombstone.
+pub type Copy = (HashKey, Versioned<Arc<[u8]>>);
+
+/// A copy as it travels in a VRP batch: key, version, value (`None`: a tombstone).
+pub type Sent = (HashKey, u64, Option<Arc<[u8]>>);
+
+/// One write waiting for one replica.
+struct Job {
+    /// What to send.
+    copy: Copy,
+    /// Told whether the replica holds it durably.
+    done: oneshot::Sender<bool>,
+}
+
+/// Our replicas, and a connection to each.
+#[derive(Default)]
+pub struct Replication {
+    /// Our replicas, nearest first, as last found; `None`: to be found before the next write
+    /// (after a start, a join, or a replica that failed).
+    set: Mutex<Option<Vec<PeerAddr>>>,
+    /// One queue per replica, each drained by a task that owns the connection to it (the task
+    /// ends when its queue is dropped here).
+    links: Mutex<HashMap<PeerAddr, mpsc::Sender<Job>>>,
+}
+
+impl Replication {
+    fn set(&self) -> std::sync::MutexGuard<'_, Option<Vec<PeerAddr>>> {
+        self.set.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn links(&self) -> std::sync::MutexGuard<'_, HashMap<PeerAddr, mpsc::Sender<Job>>> {
+        self.links.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The replicas as last found, if they are known.
+    pub fn current(&self) -> Option<Vec<PeerAddr>> {
+        self.set().clone()
+    }
+
+    /// Forgets the replica set: it is found again before the next write.
+    pub fn invalidate(&self) {
+        *self.set() = None;
+    }
+
+    /// Records a newly found set, closing the connections to peers no longer in it. Returns
+    /// whether it changed.
+    fn replace(&self, found: Vec<PeerAddr>) -> bool {
+        self.links().retain(|p, _| found.contains(p));
+        let mut set = self.set();
+        let changed = set.as_ref() != Some(&found);
+        *set = Some(found);
+        changed
+    }
+}
+
+impl Node {
+    /// Finds our replicas now (OWN walks, then INF for the extension) and records them.
+    pub async fn refresh_replicas(&self) -> Result<Vec<PeerAddr>> {
+        let found = self.find_replicas().await?;
+        let before = self.replication.current();
+        if self.replication.replace(found.clone()) {
+            let names: Vec<String> = found.iter().map(|p| p.to_string()).collect();
+            match before {
+                Some(_) => info!("replicas of our arc now: [{}]", names.join(", ")),
+                None => debug!("replicas of our arc: [{}]", names.join(", ")),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Our K nearest predecessors that advertise `replicas/1`, nearest first: fewer in a ring
+    /// of fewer than K + 1 nodes, none in a ring of one.
+    async fn find_replicas(&self) -> Result<Vec<PeerAddr>> {
+        let k = self.config.replicas;
+        let enc = self.config.address_encoding;
+        let me = self.ring().me;
+        let mut preds: Vec<PeerAddr> = Vec::with_capacity(k);
+        let mut cur = me;
+        for _ in 0..k {
+            let key = cur.id.prev();
+            // The walk for the key below `cur` ends at its predecessor. From us it starts at
+            // the closest peer we know; from a predecessor, at that predecessor.
+            let start = if cur == me {
+                self.own_answer(&key).await
+            } else {
+                cur.addr
+            };
+            let pred = if start == me.addr {
+                me.addr
+            } else {
+                walk::walk(start, &key, me.addr, enc).await?
+            };
+            if pred == me.addr || preds.contains(&pred) {
+                break; // round the ring: it has fewer than K + 1 nodes
+            }
+            preds.push(pred);
+            cur = Peer::new(pred);
+        }
+        let mut out = Vec::with_capacity(preds.len());
+        for p in preds {
+            // A peer of another implementation keeps no copies: it is not asked to.
+            if self.extensions.replicas(p, enc).await {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The replicas a write must reach: as last found, or found now.
+    async fn replicas_for_write(&self) -> Result<Vec<PeerAddr>> {
+        if let Some(set) = self.replication.current() {
+            return Ok(set);
+        }
+        self.refresh_replicas().await
+    }
+
+    /// Sends a write of ours to every replica of our arc and returns once each holds it
+    /// durably; an error if one did not within `replica_timeout_ms` (the write is then answered
+    /// `F`, and the replicas are found again before the next one).
+    pub async fn replicate(&self, copy: Copy) -> Result<()> {
+        if self.config.replicas == 0 {
+            return Ok(());
+        }
+        let timeout = Duration::from_millis(self.config.replica_timeout_ms);
+        let set = match tokio::time::timeout(timeout, self.replicas_for_write()).await {
+            Ok(Ok(set)) => set,
+            Ok(Err(e)) => {
+                return Err(Error::Replicas(format!("our replicas were not found: {e}")));
+            }
+            Err(_) => {
+                return Err(Error::Replicas(format!(
+                    "our replicas were not found within {timeout:?}"
+                )))
+            }
+        };
+        if set.is_empty() {
+            return Ok(());
+        }
+        let mut waits = Vec::with_capacity(set.len());
+        for peer in &set {
+            let (done, wait) = oneshot::channel();
+            let job = Job {
+                copy: copy.clone(),
+                done,
+            };
+            let queue = self.link(*peer);
+            if queue.send(job).await.is_err() {
+                self.replication.invalidate();
+                return Err(Error::Replicas(format!("the link to {peer} closed")));
+            }
+            waits.push((*peer, wait));
+        }
+        let all = async {
+            let mut failed = None;
+            for (peer, wait) in waits {
+                if !matches!(wait.await, Ok(true)) {
+                    failed = Some(peer);
+                }
+            }
+            failed
+        };
+        let failed = match tokio::time::timeout(timeout, all).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(peer)) => format!("{peer} did not hold it"),
+            Err(_) => format!("not every replica answered within {timeout:?}"),
+        };
+        self.replication.invalidate();
+        Err(Error::Replicas(failed))
+    }
+
+    /// The queue to `peer`'s connection task, started if there is none.
+    fn link(&self, peer: PeerAddr) -> mpsc::Sender<Job> {
+        let mut links = self.replication.links();
+        if let Some(q) = links.get(&peer).filter(|q| !q.is_closed()) {
+            return q.clone();
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let limits = Limits {
+            idle_timeout: Some(Duration::from_millis(self.config.replica_timeout_ms)),
+            io_timeout: Some(Duration::from_millis(self.config.replica_timeout_ms)),
+            max_value: self.config.max_value_size,
+        };
+        tokio::spawn(run_link(peer, self.config.address_encoding, limits, rx));
+        links.insert(peer, tx.clone());
+        tx
+    }
+}
+
+/// A replica's connection: takes what is queued (up to a batch), sends it as one VRP, and
+/// tells each writer the answer. Batches form while the previous one is on its way, so under
+/// load one round trip and one flush at the replica serve many writes (group commit).
+async fn run_link(
+    peer: PeerAddr,
+    enc: crate::protocol::AddressEncoding,
+    limits: Limits,
+    mut queue: mpsc::Receiver<Job>,
+) {
+    let mut client: Option<Client> = None;
+    let mut down = false;
+    while let Some(first) = queue.recv().await {
+        let mut bytes = first.copy.1.value.as_ref().map_or(0, |v| v.len());
+        let mut batch = vec![first];
+        while (batch.len() as u64) < MAX_BATCH && bytes < BATCH_BYTES {
+            match queue.try_recv() {
+                Ok(job) => {
+                    bytes += job.copy.1.value.as_ref().map_or(0, |v| v.len());
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let entries: Vec<Sent> = batch
+            .iter()
+            .map(|j| (j.copy.0, j.copy.1.version.0, j.copy.1.value.clone()))
+            .collect();
+        let held = send(&mut client, peer, enc, limits, &entries).await;
+        match (held, down) {
+            (Ok(()), true) => {
+                info!(%peer, "replica holds our writes again");
+                down = false;
+            }
+            (Err(e), false) => {
+                warn!(%peer, "replica did not hold a batch of our writes: {e}");
+                down = true;
+            }
+            _ => {}
+        }
+        let held = !down;
+        for job in batch {
+            let _ = job.done.send(held);
+        }
+    }
+}
+
+/// Sends one batch, on the open connection or a new one; a connection that fails after being
+/// reused (the replica may have closed it while idle) is replaced once. VRP is idempotent: the
+/// newer version wins.
+async fn send(
+    client: &mut Option<Client>,
+    peer: PeerAddr,
+    enc: crate::protocol::AddressEncoding,
+    limits: Limits,
+    entries: &[Sent],
+) -> Result<()> {
+    for _ in 0..2 {
+        let reused = client.is_some();
+        let c = match client {
+            Some(c) => c,
+            None => client.insert(Client::connect_with(peer, enc, limits).await?),
+        };
+        match c.vrp(entries).await {
+            Ok(Status::T) => return Ok(()),
+            Ok(s) => {
+                *client = None;
+                return Err(Error::Peer(format!("{peer} answered {s:?} to VRP")));
+            }
+            Err(e) => {
+                *client = None;
+                if !reused {
+                    return Err(e);
+                }
+                debug!(%peer, "replica connection failed ({e}): opening another");
+            }
+        }
+    }
+    Err(Error::Peer(format!("{peer}: VRP failed twice")))
+}
+
+/// Finds our replicas again every maintenance round: a predecessor that died, joined or left
+/// changes them, and a write must reach the ones the ring has now.
+pub async fn replica_loop(node: Arc<Node>) {
+    if node.config.replicas == 0 {
+        return;
+    }
+    let every = Duration::from_millis(node.config.maintenance_interval_ms.max(50));
+    loop {
+        tokio::time::sleep(every).await;
+        if node.departed() {
+            return;
+        }
+        if node.ring().is_alone() {
+            node.replication.replace(Vec::new());
+            continue;
+        }
+        if let Err(e) = node.refresh_replicas().await {
+            debug!("finding our replicas: {e}");
+        }
+    }
+}
+
+/// The version and value of a write, as its copies carry them.
+pub fn copy_of(key: HashKey, version: Version, value: Option<&[u8]>) -> Copy {
+    (
+        key,
+        Versioned {
+            version,
+            value: value.map(Arc::from),
+        },
+    )
+}
