@@ -46,8 +46,8 @@
 //! Tombstones (and placeholders) are invisible to every reader and counter of values: GET,
 //! EXI, `contains`, `iter_arc`, `tally`'s keys and bytes, `count_arc`, a backup's cut, the
 //! counts of `delete_arc`, as an absent key is. They are seen where versions are compared
-//! (`entry`, `apply`, `iter_arc_versioned`, imports in place) and go with
-//! [`Storage::collect_tombstones`].
+//! (`entry`, `apply`, `iter_arc_versioned`, `versions_in` and `digests`, imports in place)
+//! and go with [`Storage::collect_tombstones`].
 //!
 //!
 //! Because keys are the big-endian numbers, sled's byte order is ring order: an arc of the ring
@@ -59,7 +59,8 @@
 //! (ring state, handoff record, known peers), `value` (what one key holds), `pieces` (values
 //! over `INLINE_MAX`), `bulk` (batch imports), `arc` (scans, counts and deletes of an arc),
 //! `tally` (keys and value bytes held, for `status`), `cut` (a backup's point-in-time
-//! cut), `version` (versions, tombstones and the clock), `migrate` (older layouts, at open)
+//! cut), `digest` (an arc's segments, their digests and versions, for anti-entropy),
+//! `version` (versions, tombstones and the clock), `migrate` (older layouts, at open)
 //! and `tombstones` (their collection). This file is the facade: [`Storage`], its opening,
 //! and the operations on one key.
 
@@ -67,6 +68,7 @@ mod arc;
 mod bulk;
 mod commit;
 mod cut;
+mod digest;
 mod dir;
 mod kv;
 mod meta;
@@ -103,6 +105,7 @@ pub use arc::reclaim;
 pub use bulk::{BatchWrite, Batcher, Import, BATCH_ENTRIES, IMPORT_QUEUE};
 pub use commit::{metric, Ticket};
 pub use cut::CutEntries;
+pub use digest::{entry_digest, Segments, MAX_DEPTH};
 pub use dir::{forget_lock, holds_database};
 pub use meta::{Change, HandoffRecord, Phase, RingRecord};
 pub use pieces::INLINE_MAX;
