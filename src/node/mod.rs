@@ -15,6 +15,7 @@ mod replica;
 mod replication;
 mod server;
 pub mod status;
+mod sync;
 mod walk;
 mod work;
 
@@ -88,6 +89,8 @@ pub struct Node {
     pub extensions: extensions::Extensions,
     /// Our replicas and the connections that carry our writes to them.
     replication: replication::Replication,
+    /// What anti-entropy moved, and where each copy we hold stands.
+    sync: sync::SyncState,
 }
 
 /// How long a peer counts as alive after it last answered.
@@ -116,6 +119,7 @@ impl Node {
             started: Instant::now(),
             extensions: extensions::Extensions::default(),
             replication: replication::Replication::default(),
+            sync: sync::SyncState::default(),
         }
     }
 
@@ -549,7 +553,7 @@ impl Node {
         format!(
             "dht-store {}\naddress {}\nid {}\nsuccessor {}\nsecond successor {}\nsuccessors {}\n\
              predecessor {}\nfingers {}\nknown peers {}\nkeys {}\naddress encoding {}\nhandoff {}\n\
-             state {}\nuptime {}s\nmax value size {}\ntombstones {}\nreplicas {}\ncopies {}\n{} {}\n",
+             state {}\nuptime {}s\nmax value size {}\ntombstones {}\nreplicas {}\ncopies {}\n{}{} {}\n",
             env!("CARGO_PKG_VERSION"),
             ring.me.addr,
             ring.me.id,
@@ -579,6 +583,7 @@ impl Node {
             tombstones,
             replicas,
             copies,
+            self.sync.lines(),
             crate::protocol::EXTENSIONS_LINE,
             extensions,
         )
@@ -744,6 +749,7 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
         tokio::spawn(maintenance::repair_loop(node.clone())),
         tokio::spawn(maintenance::tombstone_loop(node.clone())),
         tokio::spawn(replication::replica_loop(node.clone())),
+        tokio::spawn(sync::sync_loop(node.clone())),
     ];
     let stop = {
         let node = node.clone();
