@@ -32,6 +32,20 @@
 //! EXI, REM, PUL) that the build at `4545ce8` has. A/B runs of this build against itself give
 //! the noise floor of the machine (BENCHMARKS.md).
 //!
+//! **Replicas (issue 17).** With `BENCH_REPLICAS=K` the bench starts two rings of
+//! `BENCH_RING` nodes (default 3) of this build, on loopback addresses 127.0.0.2, .3, ...
+//! (distinct ports per ring): A with `--replicas K`, B with `--replicas 0`, and runs them A/B
+//! as above. Task `t` holds one connection to node `t mod BENCH_RING` and uses only keys that
+//! node owns (computed from the nodes' ids, [`common::owner_of`]), so every request is served
+//! by its owner without a redirect, the same requests for both rings. Before the phases, each
+//! ring must be whole and, in A, every node must name its replicas in INF
+//! ([`common::wait_replicas`]). `BENCH_REPLICAS` and `BENCH_BASELINE_BIN` are one comparison
+//! each: not both at once.
+//!
+//! Every phase line also gives the CPU time the measured node (or ring: all its nodes) used
+//! per request (`node cpu/op`, from /proc), which tells a slower build that works more per
+//! request from one that waits more.
+//!
 //! If `redis-server` and `redis-benchmark` are on PATH, the same load is run against Redis with
 //! `--appendonly yes --appendfsync always` as a baseline, and our/Redis ratios are printed.
 //!
@@ -43,10 +57,13 @@
 //! - `BENCH_REDIS=0` skip the Redis baseline even if Redis is installed
 //! - `BENCH_BASELINE_BIN` a `dht-store` binary to compare with, A/B (above)
 //! - `BENCH_AB_ROUNDS` A/B rounds per N (default 2)
+//! - `BENCH_REPLICAS` replicas K of ring A, against 0 in ring B (above)
+//! - `BENCH_RING`    nodes per ring with `BENCH_REPLICAS` (default 3)
 //!
 //! The node inherits the environment, so `RUST_LOG` and `DHT_STORE_*` variables (e.g.
-//! `DHT_STORE_CACHE_MB`) apply to it (to both nodes in an A/B run); its log goes to a file
-//! that is printed on failure.
+//! `DHT_STORE_CACHE_MB`) apply to it (to both nodes in an A/B run, to every node of a ring;
+//! `--replicas` overrides `DHT_STORE_REPLICAS`); its log goes to a file that is printed on
+//! failure.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -64,8 +81,8 @@ use tokio::sync::Barrier;
 
 use common::process::dht_store_command_for;
 use common::process::Reaped;
-use common::sample::print_machine;
-use common::wait_serving;
+use common::sample::{print_machine, proc_cpu};
+use common::{loopback_addrs, owner_of, wait_replicas, wait_serving};
 
 /// Settings read from the environment.
 #[derive(Clone, Debug)]
@@ -79,6 +96,10 @@ struct Settings {
     baseline: Option<PathBuf>,
     /// Rounds of A then B per connection count (1 without a baseline).
     rounds: usize,
+    /// `BENCH_REPLICAS`: A/B of a ring with these replicas against one with none.
+    replicas: Option<usize>,
+    /// `BENCH_RING`: nodes of each ring in a `BENCH_REPLICAS` run.
+    ring: usize,
 }
 
 impl Settings {
@@ -107,12 +128,25 @@ impl Settings {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
         let redis = var("BENCH_REDIS").is_none_or(|v| v != "0");
         let baseline = var("BENCH_BASELINE_BIN").map(|v| PathBuf::from(v.trim()));
-        let rounds = match &baseline {
-            Some(_) => var("BENCH_AB_ROUNDS")
+        let replicas = var("BENCH_REPLICAS").map(|v| {
+            v.trim()
+                .parse::<usize>()
+                .expect("BENCH_REPLICAS: a count of replicas")
+        });
+        let ring = var("BENCH_RING")
+            .map(|v| {
+                v.trim()
+                    .parse::<usize>()
+                    .expect("BENCH_RING: a count of nodes")
+            })
+            .unwrap_or(3)
+            .max(1);
+        let rounds = match (&baseline, replicas) {
+            (None, None) => 1,
+            _ => var("BENCH_AB_ROUNDS")
                 .map(|v| v.trim().parse().expect("BENCH_AB_ROUNDS: a count"))
                 .unwrap_or(2usize)
                 .max(1),
-            None => 1,
         };
         Settings {
             secs,
@@ -122,6 +156,8 @@ impl Settings {
             redis,
             baseline,
             rounds,
+            replicas,
+            ring,
         }
     }
 
@@ -169,12 +205,20 @@ struct PhaseResult {
     elapsed: Duration,
     /// Latency percentiles of the successful requests.
     lat: Latency,
+    /// CPU seconds the measured node (all nodes of a ring) used during the phase, if /proc
+    /// told.
+    node_cpu: Option<f64>,
 }
 
 impl PhaseResult {
     fn ops_per_sec(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
+}
+
+/// CPU seconds used so far by all of `pids`, if /proc tells for each.
+fn cpu_of(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|&p| proc_cpu(p)).sum()
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -247,7 +291,10 @@ fn value_for(key: &HashKey, size: usize) -> Vec<u8> {
 
 /// What one task of a phase is to do.
 struct TaskSpec {
+    /// The node this task talks to.
     addr: PeerAddr,
+    /// Every node of its ring (one for a single node): INS keys are those `addr` owns.
+    ring: Arc<[PeerAddr]>,
     op: Op,
     conns: usize,
     round: usize,
@@ -264,6 +311,7 @@ struct TaskSpec {
 async fn run_task(spec: TaskSpec) -> TaskOutcome {
     let TaskSpec {
         addr,
+        ring,
         op,
         conns,
         round,
@@ -284,6 +332,8 @@ async fn run_task(spec: TaskSpec) -> TaskOutcome {
     start.wait().await;
     let began = Instant::now();
     let mut i: u64 = 0;
+    // INS: the index of the next key to insert (in a ring, the next one `addr` owns).
+    let mut next_key: u64 = 0;
     while began.elapsed() < duration {
         let Some(c) = client.as_mut() else {
             // Lost the connection: try again (and count it) rather than measure nothing.
@@ -298,7 +348,13 @@ async fn run_task(spec: TaskSpec) -> TaskOutcome {
         };
         match op {
             Op::Ins => {
-                let key = key_for(conns, round, task, i);
+                let mut key = key_for(conns, round, task, next_key);
+                while ring.len() > 1 && owner_of(&ring, &key) != addr {
+                    next_key += 1;
+                    key = key_for(conns, round, task, next_key);
+                }
+                let idx = next_key;
+                next_key += 1;
                 let value = value_for(&key, value_size);
                 let t0 = Instant::now();
                 let res = c.ins(&key, &value).await;
@@ -306,7 +362,7 @@ async fn run_task(spec: TaskSpec) -> TaskOutcome {
                 match res {
                     Ok(Status::T) => {
                         out.nanos.push(dt.as_nanos() as u64);
-                        out.inserted.push(i);
+                        out.inserted.push(idx);
                     }
                     Ok(s) => out.fail(format!("INS {key} answered {s:?}, not T")),
                     Err(e) => {
@@ -387,15 +443,17 @@ async fn run_task(spec: TaskSpec) -> TaskOutcome {
     out
 }
 
-/// Runs one phase: `conns` tasks doing `op` for the configured time.
+/// Runs one phase: `conns` tasks doing `op` for the configured time, task `t` at node
+/// `t mod n` of the `n` nodes of `ring` (their addresses, and their pids for their CPU time).
 async fn run_phase(
-    addr: PeerAddr,
+    (ring, pids): (&[PeerAddr], &[u32]),
     op: Op,
     (conns, round): (usize, usize),
     settings: &Settings,
     mut to_read: Vec<Vec<u64>>,
 ) -> (PhaseResult, Vec<Vec<u64>>, Vec<String>) {
     let start = Arc::new(Barrier::new(conns + 1));
+    let ring: Arc<[PeerAddr]> = ring.into();
     let mut handles = Vec::with_capacity(conns);
     // Phases that read hand their keys on to the next phase.
     let mut passed_on = Vec::with_capacity(conns);
@@ -406,7 +464,8 @@ async fn run_phase(
             .unwrap_or_default();
         passed_on.push(reads.clone());
         handles.push(tokio::spawn(run_task(TaskSpec {
-            addr,
+            addr: ring[task % ring.len()],
+            ring: ring.clone(),
             op,
             conns,
             round,
@@ -419,6 +478,7 @@ async fn run_phase(
     }
     start.wait().await;
     let began = Instant::now();
+    let cpu_before = cpu_of(pids);
     let mut nanos = Vec::new();
     let mut failures = 0;
     let mut errors = Vec::new();
@@ -439,6 +499,9 @@ async fn run_phase(
         }
     }
     let elapsed = began.elapsed();
+    let node_cpu = cpu_of(pids)
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     if op != Op::Ins {
         inserted = passed_on;
     }
@@ -450,6 +513,7 @@ async fn run_phase(
         failures,
         elapsed,
         lat: Latency::of(&mut nanos),
+        node_cpu,
     };
     (result, inserted, errors)
 }
@@ -461,7 +525,7 @@ fn us(d: Duration) -> String {
 /// One phase's line; `label` names the node (A/B runs) or is empty.
 fn print_result(label: &str, r: &PhaseResult) {
     println!(
-        "{label}{:<4} conns={:<3} ops/s={:>8.0}  p50={:>7}  p99={:>7}  p999={:>7}  max={:>8}  n={:<8} failures={}",
+        "{label}{:<4} conns={:<3} ops/s={:>8.0}  p50={:>7}  p99={:>7}  p999={:>7}  max={:>8}  n={:<8} failures={}  node cpu/op={}",
         r.op.name(),
         r.conns,
         r.ops_per_sec(),
@@ -470,14 +534,21 @@ fn print_result(label: &str, r: &PhaseResult) {
         us(r.lat.p999),
         us(r.lat.max),
         r.ok,
-        r.failures
+        r.failures,
+        r.node_cpu
+            .filter(|_| r.ok > 0)
+            .map_or("?".into(), |c| format!("{:.1}us", c * 1e6 / r.ok as f64))
     );
 }
 
-/// Starts the node from `bin` and waits until it answers PUL with `T`.
-async fn start_node(bin: &Path, data: &Path, log: &Path) -> Result<(Reaped, PeerAddr), String> {
-    let port = common::free_port();
-    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+/// Starts the node from `bin` on `addr` with `extra` flags and waits until it answers PUL with
+/// `T`.
+async fn start_node(
+    bin: &Path,
+    (data, log): (&Path, &Path),
+    addr: PeerAddr,
+    extra: &[String],
+) -> Result<Reaped, String> {
     let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     let mut cmd = dht_store_command_for(bin);
     // The caller's DHT_STORE_* settings apply to the node here (module doc).
@@ -485,7 +556,9 @@ async fn start_node(bin: &Path, data: &Path, log: &Path) -> Result<(Reaped, Peer
     let child = cmd
         .arg("--data")
         .arg(data)
-        .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
+        .args(["--port", &addr.port().to_string()])
+        .args(["--host", &addr.ip().to_string()])
+        .args(extra)
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -497,7 +570,38 @@ async fn start_node(bin: &Path, data: &Path, log: &Path) -> Result<(Reaped, Peer
         .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
     let mut node = Reaped::new("dht-store", child);
     wait_serving(&mut node.child, addr, Duration::from_secs(30)).await?;
-    Ok((node, addr))
+    Ok(node)
+}
+
+/// Starts `target`'s node or ring; a ring is returned once it is whole and, with replicas,
+/// every node has found its replicas.
+async fn start_target(target: &Target) -> Result<(Vec<Reaped>, Vec<PeerAddr>), String> {
+    let mut extra = Vec::new();
+    if let Some(k) = target.replicas {
+        extra.extend(["--replicas".to_string(), k.to_string()]);
+    }
+    if target.nodes == 1 {
+        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, common::free_port());
+        let (data, log) = target.paths(0);
+        let node = start_node(&target.bin, (&data, &log), addr, &extra).await?;
+        return Ok((vec![node], vec![addr]));
+    }
+    let mut addrs = loopback_addrs(target.nodes);
+    addrs.sort_by_key(dht_store::ring::id_of);
+    let mut nodes = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let mut args = extra.clone();
+        if i > 0 {
+            args.extend(["--join".to_string(), addrs[0].to_string()]);
+        }
+        let (data, log) = target.paths(i);
+        nodes.push(start_node(&target.bin, (&data, &log), *addr, &args).await?);
+    }
+    let k = target.replicas.unwrap_or(0);
+    wait_replicas(&addrs, k, Duration::from_secs(60))
+        .await
+        .map_err(|e| format!("ring not ready: {e}"))?;
+    Ok((nodes, addrs))
 }
 
 /// Redis figures for one connection count, as `redis-benchmark --csv` reports them.
@@ -655,13 +759,32 @@ fn redis_baseline(
     Ok(Some(figures))
 }
 
-/// A node the phases run against: this build's (A) or the baseline's (B).
+/// A node (or ring) the phases run against: this build's (A) or the baseline's (B); with
+/// `BENCH_REPLICAS`, a ring with replicas (A) or without (B).
 struct Target {
-    /// "this" or "base", in the lines of an A/B run.
-    label: &'static str,
+    /// "this" or "base", or "K=2" and "K=0", in the lines of an A/B run.
+    label: String,
     bin: PathBuf,
     data: PathBuf,
     log: PathBuf,
+    /// Nodes: 1, or a ring of `BENCH_RING`.
+    nodes: usize,
+    /// `--replicas` of every node (`None`: not passed).
+    replicas: Option<usize>,
+}
+
+impl Target {
+    /// Data directory and log of node `i` (`data` and `log` themselves for a single node).
+    fn paths(&self, i: usize) -> (PathBuf, PathBuf) {
+        if self.nodes == 1 {
+            return (self.data.clone(), self.log.clone());
+        }
+        let suffixed = |p: &Path, ext: &str| {
+            let stem = p.file_stem().map_or("node".into(), |s| s.to_string_lossy());
+            p.with_file_name(format!("{stem}-n{i}{ext}"))
+        };
+        (suffixed(&self.data, ""), suffixed(&self.log, ".log"))
+    }
 }
 
 /// Requests over time of every round of `side` at (`op`, `conns`), and each round's ops/s.
@@ -692,14 +815,16 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// The A/B table: per (operation, N) both nodes' ops/s and this/baseline; per operation the
 /// median ratio over N.
-fn print_ab(settings: &Settings, results: &[PhaseResult]) {
+fn print_ab(settings: &Settings, targets: &[Target], results: &[PhaseResult]) {
+    let what = |t: &Target| match (&settings.replicas, t.nodes) {
+        (Some(_), n) => format!("{} (ring of {n})", t.label),
+        (None, _) => format!("{} {}", t.label, t.bin.display()),
+    };
     println!(
-        "== A/B: ops/s of this build (A) and of the baseline (B) {}, {} round(s) each per N; \
+        "== A/B: ops/s of A = {} and B = {}, {} round(s) each per N; \
          pooled = requests / time over the rounds, [each round]",
-        settings
-            .baseline
-            .as_ref()
-            .map_or(String::new(), |b| b.display().to_string()),
+        what(&targets[0]),
+        what(&targets[1]),
         settings.rounds
     );
     let rates = |v: &[f64]| {
@@ -757,12 +882,17 @@ fn print_ab(settings: &Settings, results: &[PhaseResult]) {
 }
 
 fn print_log_tail(target: &Target, lines: usize) {
-    if let Ok(l) = std::fs::read_to_string(&target.log) {
+    for i in 0..target.nodes {
+        let log = target.paths(i).1;
+        let Ok(l) = std::fs::read_to_string(&log) else {
+            continue;
+        };
         if !l.trim().is_empty() {
             eprintln!(
-                "node log of {} ({}, last {lines} lines):",
+                "node log of {} ({}, {}, last {lines} lines):",
                 target.label,
-                target.bin.display()
+                target.bin.display(),
+                log.display()
             );
             let all: Vec<&str> = l.lines().collect();
             for line in &all[all.len().saturating_sub(lines)..] {
@@ -785,48 +915,70 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     let dir = tempfile::tempdir().expect("temporary directory");
-    let mut targets = vec![Target {
-        label: "this",
-        bin: PathBuf::from(env!("CARGO_BIN_EXE_dht-store")),
-        data: dir.path().join("data"),
-        log: dir.path().join("node.log"),
-    }];
-    if let Some(bin) = &settings.baseline {
-        if !bin.is_file() {
-            eprintln!("BENCH_BASELINE_BIN={}: no such file", bin.display());
+    let this_bin = PathBuf::from(env!("CARGO_BIN_EXE_dht-store"));
+    let target =
+        |label: &str, bin: &Path, name: &str, nodes: usize, replicas: Option<usize>| Target {
+            label: label.to_string(),
+            bin: bin.to_path_buf(),
+            data: dir.path().join(format!("{name}data")),
+            log: dir.path().join(format!("{name}node.log")),
+            nodes,
+            replicas,
+        };
+    let mut targets = Vec::new();
+    match (&settings.baseline, settings.replicas) {
+        (Some(_), Some(_)) => {
+            eprintln!("BENCH_BASELINE_BIN and BENCH_REPLICAS: one comparison at a time");
             return ExitCode::FAILURE;
         }
-        targets.push(Target {
-            label: "base",
-            bin: bin.clone(),
-            data: dir.path().join("baseline-data"),
-            log: dir.path().join("baseline-node.log"),
-        });
-        println!(
-            "A/B: this build against BENCH_BASELINE_BIN={}, BENCH_AB_ROUNDS={} (per N and round, each phase on A and B in turn; B first in even rounds)",
-            bin.display(),
-            settings.rounds
-        );
+        (Some(bin), None) => {
+            if !bin.is_file() {
+                eprintln!("BENCH_BASELINE_BIN={}: no such file", bin.display());
+                return ExitCode::FAILURE;
+            }
+            targets.push(target("this", &this_bin, "", 1, None));
+            targets.push(target("base", bin, "baseline-", 1, None));
+            println!(
+                "A/B: this build against BENCH_BASELINE_BIN={}, BENCH_AB_ROUNDS={} (per N and round, each phase on A and B in turn; B first in even rounds)",
+                bin.display(),
+                settings.rounds
+            );
+        }
+        (None, Some(k)) => {
+            let n = settings.ring;
+            targets.push(target(&format!("K={k}"), &this_bin, "k-", n, Some(k)));
+            targets.push(target("K=0", &this_bin, "k0-", n, Some(0)));
+            println!(
+                "A/B: a ring of {n} with replicas {k} against the same ring with replicas 0 \
+                 (BENCH_REPLICAS={k} BENCH_RING={n}), BENCH_AB_ROUNDS={} (per N and round, each \
+                 phase on A and B in turn; B first in even rounds); task t talks to node t mod {n} \
+                 with keys that node owns",
+                settings.rounds
+            );
+        }
+        (None, None) => targets.push(target("this", &this_bin, "", 1, None)),
     }
     let ab = targets.len() > 1;
 
     let outcome: Result<(Vec<PhaseResult>, Vec<String>), String> = rt.block_on(async {
         let mut nodes = Vec::new();
         for t in &targets {
-            let (node, addr) = start_node(&t.bin, &t.data, &t.log)
+            let (node, addrs) = start_target(t)
                 .await
                 .map_err(|e| format!("{} node ({}): {e}", t.label, t.bin.display()))?;
-            println!(
-                "node{}: {} on {addr}, data {}",
-                if ab {
-                    format!(" {}", t.label)
-                } else {
-                    String::new()
-                },
-                t.bin.display(),
-                t.data.display()
-            );
-            nodes.push((node, addr));
+            for (i, addr) in addrs.iter().enumerate() {
+                println!(
+                    "node{}: {} on {addr}, data {}",
+                    if ab {
+                        format!(" {}", t.label)
+                    } else {
+                        String::new()
+                    },
+                    t.bin.display(),
+                    t.paths(i).0.display()
+                );
+            }
+            nodes.push((node, addrs));
         }
         println!();
         let mut results = Vec::new();
@@ -848,9 +1000,9 @@ fn main() -> ExitCode {
                         } else {
                             String::new()
                         };
-                        let addr = nodes[side].1;
+                        let pids: Vec<u32> = nodes[side].0.iter().map(Reaped::pid).collect();
                         let (mut r, next, e) = run_phase(
-                            addr,
+                            (&nodes[side].1, &pids),
                             op,
                             (conns, round),
                             &settings,
@@ -867,18 +1019,20 @@ fn main() -> ExitCode {
             }
         }
         // The nodes must still be alive after the load.
-        for (t, (node, addr)) in targets.iter().zip(nodes.iter_mut()) {
-            let alive = match Client::connect(*addr, AddressEncoding::Compact).await {
-                Ok(mut c) => matches!(c.pul().await, Ok(Status::T)),
-                Err(_) => false,
-            };
-            if !alive {
-                errors.push(format!(
-                    "the {} node did not answer PUL after the run",
-                    t.label
-                ));
+        for (t, (ring, addrs)) in targets.iter().zip(nodes.iter_mut()) {
+            for (node, addr) in ring.iter_mut().zip(addrs.iter()) {
+                let alive = match Client::connect(*addr, AddressEncoding::Compact).await {
+                    Ok(mut c) => matches!(c.pul().await, Ok(Status::T)),
+                    Err(_) => false,
+                };
+                if !alive {
+                    errors.push(format!(
+                        "the {} node {addr} did not answer PUL after the run",
+                        t.label
+                    ));
+                }
+                node.stop();
             }
-            node.stop();
         }
         Ok((results, errors))
     });
@@ -896,7 +1050,7 @@ fn main() -> ExitCode {
 
     if ab {
         println!();
-        print_ab(&settings, &results);
+        print_ab(&settings, &targets, &results);
     }
 
     println!();

@@ -496,17 +496,64 @@ impl Rng {
     }
 }
 
-/// The entries a node holds, owned or not, as its INF `keys` line counts them (live entries:
-/// what GET would return at that node if it owned the key).
-pub async fn keys_held_at(addr: PeerAddr) -> Result<u64, String> {
-    let text = async {
+/// The INF text of the node at `addr`.
+pub async fn inf_at(addr: PeerAddr) -> Result<String, String> {
+    async {
         Client::connect(addr, AddressEncoding::Compact)
             .await?
             .inf()
             .await
     }
     .await
-    .map_err(|e| format!("INF at {addr}: {e}"))?;
+    .map_err(|e| format!("INF at {addr}: {e}"))
+}
+
+/// How many replicas a node's INF names (`replicas K (held by: A, B)`); 0 if none.
+pub fn replicas_named(inf: &str) -> usize {
+    inf.lines()
+        .find_map(|l| l.strip_prefix("replicas "))
+        .and_then(|l| l.split_once("(held by:"))
+        .map_or(0, |(_, held)| {
+            held.trim_end_matches(')')
+                .split(',')
+                .filter(|p| !p.trim().is_empty())
+                .count()
+        })
+}
+
+/// Waits until the ring among `live` is whole ([`ring_check`]) and every node names
+/// `min(replicas, live - 1)` replicas in INF (a node finds them in its maintenance rounds);
+/// returns how long that took, or what was still wrong after `limit`.
+pub async fn wait_replicas(
+    live: &[PeerAddr],
+    replicas: usize,
+    limit: Duration,
+) -> Result<Duration, String> {
+    let want = replicas.min(live.len().saturating_sub(1));
+    let start = Instant::now();
+    loop {
+        let mut wrong = ring_check(live, 20).await.err();
+        for a in live {
+            if wrong.is_some() || want == 0 {
+                break;
+            }
+            let named = replicas_named(&inf_at(*a).await?);
+            if named != want {
+                wrong = Some(format!("{a} names {named} replicas, not {want}"));
+            }
+        }
+        match wrong {
+            None => return Ok(start.elapsed()),
+            Some(e) if start.elapsed() > limit => return Err(e),
+            Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// The entries a node holds, owned or not, as its INF `keys` line counts them (live entries:
+/// what GET would return at that node if it owned the key).
+pub async fn keys_held_at(addr: PeerAddr) -> Result<u64, String> {
+    let text = inf_at(addr).await?;
     text.lines()
         .find_map(|l| l.strip_prefix("keys "))
         .and_then(|n| n.trim().parse().ok())
