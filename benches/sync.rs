@@ -11,19 +11,23 @@
 //!    to the key's owner (computed from the ids). Then every copy must be in place (INF `keys` +
 //!    `copies` over the ring = entries × copies).
 //! 2. Node `BENCH_SYNC_VICTIM` (default 1, in id order) is stopped (`BENCH_SYNC_STOP=kill`,
-//!    SIGKILL, the default; or `term`), the ring routes around it and the live nodes name their
-//!    replicas again ([`common::wait_replicas`]), and `BENCH_SYNC_CHANGE` of the entries
-//!    (default 0.01) change through the live owners: half overwritten (new value, same size),
-//!    half removed. Writes answered `F` (while the owners find their replicas again) are retried.
-//!    Writes need the ring to route around the stopped node, so its predecessor takes its arc
-//!    meanwhile: when it returns it joins again (VCN) and gets that arc back by a handoff, which
-//!    the bench reports apart from the anti-entropy (the node's log line "handoff done").
+//!    SIGKILL, the default; or `term`), the ring routes around it ([`common::ring_check`]),
+//!    and `BENCH_SYNC_CHANGE` of the entries (default 0.01) change through the live owners: half
+//!    overwritten (new value, same size), half removed. Writes answered `F` (while the owners
+//!    find their replicas again) are retried. A write is acknowledged only once every replica
+//!    holds it, so writes need the ring to have given the stopped node up: its predecessor takes
+//!    its arc meanwhile, and when it returns it joins again (VCN) and gets that arc back by a
+//!    handoff, which the bench reports apart from anti-entropy (the node's "handoff done" line).
 //! 3. The node is started again on its directory. From its exec the bench polls (every 250 ms)
-//!    its PUL, its log, the INF of every node, and VGT at the returning node of up to
-//!    `BENCH_SYNC_SAMPLES` (default 200) of the changed keys. It is **in sync** when every
-//!    node's `copy of ADDR` lines say `synced` since the restart, and every sampled key holds its
-//!    new value or a tombstone. Then every arc's copies are compared by digests (VDG of the arc
-//!    at its owner and at each of its replicas, depth 8; polled until equal), the exact check.
+//!    its PUL, the nodes' logs, and VGT at the returning node of up to `BENCH_SYNC_SAMPLES`
+//!    (default 200) of the changed keys. It is **in sync** when every node's last comparison
+//!    of each copy it holds, since the restart, succeeded (`copy of its arc synced in ...` or,
+//!    at debug level, `... in sync`), and every sampled key holds its new value or a tombstone.
+//!    Not INF: it counts the keys held with a full scan, a GiB at every node each poll, which
+//!    slowed the nodes and grew their memory in a first version of this bench; INF is read
+//!    once per node before the restart and after the end, for its `sync moved` line. Then
+//!    every arc's copies are compared by digests (VDG of the arc at its owner and at each of its
+//!    replicas, depth 8; polled until equal), the exact check.
 //! 4. It prints the times (serving, rejoin handoff, in sync, digests equal), the bytes moved by
 //!    anti-entropy (each node's INF `sync moved` line, counted since the restart: `in` is
 //!    entries taken and their value bytes plus the digests and key lists received, `out`
@@ -64,7 +68,7 @@ use dht_store::ring::id_of;
 
 use common::process::{install_signal_handler, temp_dir};
 use common::sample::{print_machine, proc_kib, reset_hwm};
-use common::{inf_at, owner_of, start_ring, wait_replicas, Rng};
+use common::{inf_at, owner_of, ring_check, start_ring, wait_replicas, Rng};
 
 const MIB: f64 = (1u64 << 20) as f64;
 /// Depth of the final digest comparison (256 segments per arc).
@@ -154,7 +158,7 @@ fn value_for(key: &HashKey, generation: u8, size: usize) -> Vec<u8> {
     block.iter().copied().cycle().take(size).collect()
 }
 
-/// One write, at the key's owner among `ring`, retried (up to 100 times, 100 ms apart) while it
+/// One write, at the key's owner among `ring`, retried (up to 300 times, 100 ms apart) while it
 /// is answered `F` or fails. Returns the attempts it took.
 async fn write_one(
     clients: &mut HashMap<PeerAddr, Client>,
@@ -164,7 +168,7 @@ async fn write_one(
     size: usize,
 ) -> Result<u32, String> {
     let mut last = String::new();
-    for attempt in 1..=100 {
+    for attempt in 1..=300 {
         if attempt > 1 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -242,69 +246,59 @@ fn inf_number(inf: &str, name: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// A node's INF lines of anti-entropy: `sync moved in E entries B bytes, out E entries B
-/// bytes`, and per copy held, `copy of ADDR: synced Ns ago` (or `syncing, ...`, `sync
-/// failed ...`).
-#[derive(Clone, Debug, Default)]
-struct SyncLines {
+/// A node's INF line of anti-entropy: `sync moved in E entries B bytes, out E entries B
+/// bytes` (counted since the node started).
+#[derive(Clone, Copy, Debug, Default)]
+struct Moved {
     in_entries: u64,
     in_bytes: u64,
     out_entries: u64,
     out_bytes: u64,
-    /// (owner, seconds since its copy was synced; `None`: not synced now, with the text).
-    copies: Vec<(String, Result<u64, String>)>,
 }
 
-impl SyncLines {
-    fn parse(inf: &str) -> Option<SyncLines> {
+impl Moved {
+    fn parse(inf: &str) -> Option<Moved> {
         let moved = inf.lines().find(|l| l.starts_with("sync moved in "))?;
         let t: Vec<&str> = moved.split_whitespace().collect();
         let n = |i: usize| t.get(i).and_then(|v| v.parse::<u64>().ok());
-        let mut s = SyncLines {
+        Some(Moved {
             in_entries: n(3)?,
             in_bytes: n(5)?,
             out_entries: n(8)?,
             out_bytes: n(10)?,
-            copies: Vec::new(),
-        };
-        for l in inf.lines() {
-            let Some((owner, state)) = l.strip_prefix("copy of ").and_then(|r| r.split_once(": "))
-            else {
-                continue;
-            };
-            let synced = state
-                .strip_prefix("synced ")
-                .and_then(|r| r.strip_suffix("s ago"))
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| state.to_string());
-            s.copies.push((owner.to_string(), synced));
-        }
-        Some(s)
+        })
     }
 
-    /// Whether every copy held was synced within `secs` seconds, and there are `want` of them.
-    fn synced_within(&self, secs: u64, want: usize) -> bool {
-        self.copies.len() == want
-            && self
-                .copies
-                .iter()
-                .all(|(_, s)| s.as_ref().is_ok_and(|&ago| ago <= secs))
-    }
-
-    fn minus(&self, before: &SyncLines) -> SyncLines {
-        SyncLines {
+    fn minus(&self, before: &Moved) -> Moved {
+        Moved {
             in_entries: self.in_entries - before.in_entries,
             in_bytes: self.in_bytes - before.in_bytes,
             out_entries: self.out_entries - before.out_entries,
             out_bytes: self.out_bytes - before.out_bytes,
-            copies: self.copies.clone(),
         }
     }
 }
 
-async fn sync_lines(addr: PeerAddr) -> Result<SyncLines, String> {
+/// INF's `sync moved` line at `addr`, and how long INF took to answer (it counts the keys
+/// held with a full scan).
+async fn moved_at(addr: PeerAddr) -> Result<(Moved, Duration), String> {
+    let t = Instant::now();
     let inf = inf_at(addr).await?;
-    SyncLines::parse(&inf).ok_or_else(|| format!("INF at {addr} has no sync lines:\n{inf}"))
+    let took = t.elapsed();
+    Moved::parse(&inf)
+        .map(|m| (m, took))
+        .ok_or_else(|| format!("INF at {addr} has no sync line:\n{inf}"))
+}
+
+/// Where a node's comparison of its copy of `owner`'s arc stands in `log` (the log written
+/// since the restart): `Some(true)` its last comparison succeeded ("synced in", or "in sync" at
+/// debug level), `Some(false)` it failed, `None` none yet.
+fn sync_logged(log: &str, owner: PeerAddr) -> Option<bool> {
+    let tag = format!("owner={owner}");
+    log.lines()
+        .filter(|l| l.contains("copy of its arc") && l.trim_end().ends_with(&tag))
+        .last()
+        .map(|l| !l.contains("not synced"))
 }
 
 /// Whether `addr` holds what `expected` says for each key (a value of that generation, or a
@@ -436,6 +430,8 @@ struct CatchUp {
     serving: Option<Duration>,
     rss_serving_kib: u64,
     rejoined: Option<Duration>,
+    /// The returning node's own copies compared and brought up to date (its log).
+    own_copies: Option<Duration>,
     in_sync: Option<Duration>,
     digests_equal: Option<Duration>,
     /// Peak VmRSS (KiB) from the exec to serving, then to the rejoin seen in the log, then to in
@@ -451,7 +447,8 @@ async fn run(s: &Settings, root: &Path) -> Result<(), String> {
     let env = [
         ("DHT_STORE_REPLICAS", replicas.as_str()),
         ("DHT_STORE_CACHE_CAPACITY_MB", cache.as_str()),
-        ("RUST_LOG", "info"),
+        // "copy of its arc in sync" (nothing to move) is a debug line.
+        ("RUST_LOG", "info,dht_store::node::sync=debug"),
         ("NO_COLOR", "1"),
     ];
     let mut nodes = start_ring(root, s.nodes, &env).await;
@@ -506,9 +503,17 @@ async fn run(s: &Settings, root: &Path) -> Result<(), String> {
     let live: Vec<PeerAddr> = ring.iter().copied().filter(|a| *a != victim).collect();
     let stopped_at = Instant::now();
     let status = nodes[v].stop(if s.kill { libc::SIGKILL } else { libc::SIGTERM });
-    let took = wait_replicas(&live, s.replicas, Duration::from_secs(120)).await?;
+    // Not wait_replicas: its INF at every node is a full scan of a GiB each time.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while let Err(e) = ring_check(&live, 20).await {
+        if Instant::now() > deadline {
+            return Err(format!("the ring did not route around {victim}: {e}"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = stopped_at.elapsed();
     println!(
-        "stopped {victim} ({}; {status}); the other {} route around it and found their replicas after {:.1} s",
+        "stopped {victim} ({}; {status}); the other {} route around it after {:.1} s",
         if s.kill { "SIGKILL" } else { "SIGTERM" },
         live.len(),
         took.as_secs_f64()
@@ -546,7 +551,11 @@ async fn run(s: &Settings, root: &Path) -> Result<(), String> {
     for n in &nodes {
         log_start.insert(n.addr, n.log_text().len());
         if n.addr != victim {
-            before.insert(n.addr, sync_lines(n.addr).await?);
+            before.insert(n.addr, moved_at(n.addr).await?.0);
+        }
+    }
+    for n in &nodes {
+        if n.addr != victim {
             let pid = n.pid() as u32;
             hwm_base.insert(
                 n.addr,
@@ -564,8 +573,16 @@ async fn run(s: &Settings, root: &Path) -> Result<(), String> {
         down.as_secs_f64()
     );
     let sample: Vec<(HashKey, Write)> = changes.iter().take(s.samples).copied().collect();
+    // The arcs each node holds as copies: those of its `replicas` successors, in id order.
     let want_copies = s.replicas.min(s.nodes - 1);
+    let held: Vec<(usize, Vec<PeerAddr>)> = (0..s.nodes)
+        .map(|i| {
+            let owners = (1..=want_copies).map(|j| ring[(i + j) % s.nodes]).collect();
+            (i, owners)
+        })
+        .collect();
     let mut c = CatchUp::default();
+    let mut others_peak = HashMap::new();
     let mut last = String::new();
     loop {
         let el = t0.elapsed();
@@ -591,28 +608,47 @@ async fn run(s: &Settings, root: &Path) -> Result<(), String> {
                 c.rss_serving_kib = proc_kib(pid, "VmRSS").unwrap_or(0);
                 c.peaks[0] = sampler.take_peak();
             }
-        } else {
+        } else if c.in_sync.is_none() {
             let log = nodes[v].log_text();
             if c.rejoined.is_none() && log[log_start[&victim]..].contains("joined again through") {
                 c.rejoined = Some(el);
                 c.peaks[1] = sampler.take_peak();
             }
-            last = in_sync_now(&ring, victim, want_copies, el, &sample, s.value)
-                .await
-                .err()
-                .unwrap_or_default();
-            if last.is_empty() {
-                if c.in_sync.is_none() {
-                    c.in_sync = Some(el);
-                    c.peaks[2] = sampler.take_peak();
+            // Every node's last comparison of each copy it holds, since the restart, succeeded.
+            last.clear();
+            for (i, owners) in &held {
+                let n = &nodes[*i];
+                let log = n.log_text();
+                let since = &log[log_start[&n.addr].min(log.len())..];
+                for o in owners {
+                    if sync_logged(since, *o) != Some(true) {
+                        last = format!("{}: its copy of {o}'s arc not synced yet", n.addr);
+                    }
                 }
-                let d = digests_differing(&ring, s.replicas).await?;
-                if d == 0 {
-                    c.digests_equal = Some(t0.elapsed());
-                    break;
+                if *i == v && last.is_empty() && c.own_copies.is_none() {
+                    c.own_copies = Some(el);
                 }
-                last = format!("{d} segments differ between owners and replicas (VDG)");
             }
+            if last.is_empty() {
+                match samples_wrong(victim, &sample, s.value).await? {
+                    0 => {
+                        c.in_sync = Some(el);
+                        c.peaks[2] = sampler.take_peak();
+                        for n in nodes.iter().filter(|n| n.addr != victim) {
+                            others_peak.insert(n.addr, proc_kib(n.pid() as u32, "VmHWM"));
+                        }
+                    }
+                    w => last = format!("{w} of {} sampled changes not at {victim}", sample.len()),
+                }
+            }
+        } else {
+            let d = digests_differing(&ring, s.replicas).await?;
+            if d == 0 {
+                c.digests_equal = Some(t0.elapsed());
+                break;
+            }
+            last = format!("{d} segments differ between owners and replicas (VDG)");
+            tokio::time::sleep(Duration::from_millis(750)).await;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -624,9 +660,10 @@ async fn run(s: &Settings, root: &Path) -> Result<(), String> {
     println!();
     println!("== catch-up of {victim} (times from its exec)");
     println!(
-        "serving (PUL T) {}; rejoin handoff done {}; in sync (INF + {} VGT samples) {}; every arc's digests equal at owner and replicas {}",
+        "serving (PUL T) {}; rejoin handoff done {}; its own copies synced {}; in sync (every node's copies synced since the restart, and {} VGT samples at {victim}) {}; every arc's digests equal at owner and replicas {}",
         secs(c.serving),
         secs(c.rejoined),
+        secs(c.own_copies),
         sample.len(),
         secs(c.in_sync),
         secs(c.digests_equal)
@@ -646,8 +683,10 @@ async fn run(s: &Settings, root: &Path) -> Result<(), String> {
     }
     println!("anti-entropy since the restart (INF `sync moved`; in = taken + digests and key lists, out = given):");
     let mut moved_total = 0;
+    let mut inf_times = Vec::new();
     for n in &nodes {
-        let now = sync_lines(n.addr).await?;
+        let (now, took) = moved_at(n.addr).await?;
+        inf_times.push(format!("{:.2} s", took.as_secs_f64()));
         let d = match before.get(&n.addr) {
             Some(b) => now.minus(b),
             None => now,
@@ -712,17 +751,22 @@ async fn run(s: &Settings, root: &Path) -> Result<(), String> {
         s.cache_mb
     );
     for n in &nodes {
-        if let Some(Some(base)) = hwm_base.get(&n.addr) {
-            let peak = proc_kib(n.pid() as u32, "VmHWM").unwrap_or(0);
+        if let (Some(Some(base)), Some(Some(peak))) =
+            (hwm_base.get(&n.addr), others_peak.get(&n.addr))
+        {
             println!(
-                "memory of {} during the catch-up: VmRSS {:.1} MiB before, peak {:.1} MiB (growth {:.1} MiB)",
+                "memory of {} from the restart to in sync: VmRSS {:.1} MiB before, peak {:.1} MiB (growth {:.1} MiB)",
                 n.addr,
                 mib(*base),
-                mib(peak),
+                mib(*peak),
                 mib(peak.saturating_sub(*base))
             );
         }
     }
+    println!(
+        "(INF, read once per node for these figures after the digest check, took {}: it counts the keys held with a full scan, so the bench does not poll it)",
+        inf_times.join(", ")
+    );
     println!("log lines of the catch-up:");
     for n in &nodes {
         let log = n.log_text();
@@ -731,6 +775,7 @@ async fn run(s: &Settings, root: &Path) -> Result<(), String> {
             &[
                 "synced in",
                 "not synced",
+                "arc in sync",
                 "handoff done",
                 "joined again",
                 "replicas of our arc now",
@@ -752,31 +797,6 @@ async fn run(s: &Settings, root: &Path) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// `Ok` once every node's copies were synced since the restart (`el` ago) and `victim` holds
-/// what the sampled changes wrote; else what is not there yet.
-async fn in_sync_now(
-    ring: &[PeerAddr],
-    victim: PeerAddr,
-    want_copies: usize,
-    el: Duration,
-    sample: &[(HashKey, Write)],
-    size: usize,
-) -> Result<(), String> {
-    for a in ring {
-        let lines = sync_lines(*a).await?;
-        if !lines.synced_within(el.as_secs(), want_copies) {
-            return Err(format!("{a}: copies {:?}", lines.copies));
-        }
-    }
-    match samples_wrong(victim, sample, size).await? {
-        0 => Ok(()),
-        n => Err(format!(
-            "{n} of {} sampled changes not at {victim} yet",
-            sample.len()
-        )),
-    }
 }
 
 /// Bytes of the files under `dir`.
