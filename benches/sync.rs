@@ -437,6 +437,8 @@ struct CatchUp {
     /// Peak VmRSS (KiB) from the exec to serving, then to the rejoin seen in the log, then to in
     /// sync, then during the bench's own digest check; each as seen by the 250 ms polls.
     peaks: [u64; 4],
+    /// VmRSS (KiB) when the rejoin was seen.
+    rss_rejoined_kib: u64,
 }
 
 async fn run(s: &Settings, root: &Path) -> Result<(), String> {
@@ -613,6 +615,7 @@ async fn run(s: &Settings, root: &Path) -> Result<(), String> {
             if c.rejoined.is_none() && log[log_start[&victim]..].contains("joined again through") {
                 c.rejoined = Some(el);
                 c.peaks[1] = sampler.take_peak();
+                c.rss_rejoined_kib = proc_kib(pid, "VmRSS").unwrap_or(0);
             }
             // Every node's last comparison of each copy it holds, since the restart, succeeded.
             last.clear();
@@ -750,6 +753,14 @@ async fn run(s: &Settings, root: &Path) -> Result<(), String> {
         if mib(growth) <= budget { "within" } else { "OVER" },
         s.cache_mb
     );
+    if c.rejoined.is_some() {
+        println!(
+            "after the rejoin handoff alone (VmRSS {:.1} MiB when it was seen, peak {:.1} MiB until in sync): growth {:.1} MiB",
+            mib(c.rss_rejoined_kib),
+            mib(c.peaks[2]),
+            mib(c.peaks[2].saturating_sub(c.rss_rejoined_kib))
+        );
+    }
     for n in &nodes {
         if let (Some(Some(base)), Some(Some(peak))) =
             (hwm_base.get(&n.addr), others_peak.get(&n.addr))
