@@ -532,6 +532,17 @@ impl Node {
                 (format!("unknown ({e})"), "unknown".into(), "unknown".into())
             }
         };
+        // One count per arc we hold as a copy.
+        let copy_counts: Vec<(PeerAddr, String)> = sync::held_arcs(self)
+            .into_iter()
+            .map(|(owner, from, to)| {
+                let n = self.storage.count_arc(&from, &to);
+                (
+                    owner.addr,
+                    n.map_or_else(|e| format!("unknown ({e})"), |n| n.to_string()),
+                )
+            })
+            .collect();
         let replicas = match self.replication.current() {
             Some(set) if self.replicating() => {
                 let set: Vec<String> = set.iter().map(|p| p.to_string()).collect();
@@ -581,7 +592,7 @@ impl Node {
             tombstones,
             replicas,
             copies,
-            self.sync.lines(),
+            self.sync.lines(&copy_counts),
             crate::protocol::EXTENSIONS_LINE,
             extensions,
         )

@@ -103,12 +103,26 @@ impl Node {
     /// Our K nearest predecessors that advertise `replicas/1`, nearest first: fewer in a ring
     /// of fewer than K + 1 nodes, none in a ring of one.
     async fn find_replicas(&self) -> Result<Vec<PeerAddr>> {
-        let k = self.config.replicas;
+        let enc = self.config.address_encoding;
+        let preds = self.predecessors(self.config.replicas).await?;
+        let mut out = Vec::with_capacity(preds.len());
+        for p in preds {
+            // A peer of another implementation keeps no copies: it is not asked to.
+            if self.extensions.replicas(p, enc).await {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Our `n` nearest predecessors, nearest first, whatever they speak (fewer in a smaller
+    /// ring), by OWN walks.
+    pub async fn predecessors(&self, n: usize) -> Result<Vec<PeerAddr>> {
         let enc = self.config.address_encoding;
         let me = self.ring().me;
-        let mut preds: Vec<PeerAddr> = Vec::with_capacity(k);
+        let mut preds: Vec<PeerAddr> = Vec::with_capacity(n);
         let mut cur = me;
-        for _ in 0..k {
+        for _ in 0..n {
             let key = cur.id.prev();
             // The walk for the key below `cur` ends at its predecessor. From us it starts at
             // the closest peer we know; from a predecessor, at that predecessor.
@@ -128,14 +142,7 @@ impl Node {
             preds.push(pred);
             cur = Peer::new(pred);
         }
-        let mut out = Vec::with_capacity(preds.len());
-        for p in preds {
-            // A peer of another implementation keeps no copies: it is not asked to.
-            if self.extensions.replicas(p, enc).await {
-                out.push(p);
-            }
-        }
-        Ok(out)
+        Ok(preds)
     }
 
     /// The replicas a write must reach: as last found, or found now.
