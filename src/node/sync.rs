@@ -34,6 +34,8 @@ pub const LIST_MAX: u64 = 4096;
 /// Entries per segment the depth of a comparison aims at: few keys to list per differing
 /// segment, and few segments (8 bytes each) to send.
 const PER_SEGMENT: u64 = 16;
+/// VGT requests sent before their answers are read.
+const PULL_AHEAD: usize = 64;
 /// Entries in one VRP push.
 const PUSH_BATCH: usize = 256;
 /// Value bytes in one VRP push.
@@ -267,19 +269,30 @@ async fn sync_segment(
     if direction == Direction::Push {
         pull.clear();
     }
-    for key in pull {
-        let Some((version, value)) = c.vgt(&key).await? else {
-            continue; // gone there meanwhile (a collected tombstone, a dropped copy)
-        };
-        let len = value.as_ref().map_or(0, Vec::len);
-        let entry = Versioned {
-            version: Version(version),
-            value,
-        };
-        let (_, ticket) = node.storage_work(&key, len, || node.storage.apply(&key, entry))?;
+    // Requests go out PULL_AHEAD at a time before their answers are read, one value held at
+    // a time; one flush covers the segment.
+    let mut last = None;
+    for keys in pull.chunks(PULL_AHEAD) {
+        for key in keys {
+            c.vgt_send(key).await?;
+        }
+        for key in keys {
+            let Some((version, value)) = c.vgt_answer().await? else {
+                continue; // gone there meanwhile (a collected tombstone, a dropped copy)
+            };
+            let len = value.as_ref().map_or(0, Vec::len);
+            let entry = Versioned {
+                version: Version(version),
+                value,
+            };
+            let (_, ticket) = node.storage_work(key, len, || node.storage.apply(key, entry))?;
+            last = Some(ticket);
+            done.pulled += 1;
+            done.pulled_bytes += len as u64;
+        }
+    }
+    if let Some(ticket) = last {
         node.storage.sync(ticket).await?;
-        done.pulled += 1;
-        done.pulled_bytes += len as u64;
     }
     push_keys(node, c, &push, done).await
 }
