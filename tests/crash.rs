@@ -180,13 +180,21 @@ async fn con_crash(step: &str, kill_server: bool) {
 async fn dis_crash(step: &str, kill_leaver: bool) {
     let root = tempfile::tempdir().unwrap();
     let addrs = two_addrs();
-    let mut p = TestNode::new(&root.path().join("p"), addrs[0], &[]);
+    // A receiver that holds copies of the leaver's range writes in place; keys first is the
+    // path of one that holds nothing of it: one copy.
+    let args: &[&str] = if step.starts_with("keys-first:") {
+        &["--replicas", "0"]
+    } else {
+        &[]
+    };
+    let mut p = TestNode::new(&root.path().join("p"), addrs[0], args);
     if !kill_leaver {
         p.env = fault(step);
     }
     p.restart().await;
     let via = p.addr.to_string();
-    let mut l = TestNode::new(&root.path().join("l"), addrs[1], &["--join", &via]);
+    let l_args = [args, &["--join", &via]].concat();
+    let mut l = TestNode::new(&root.path().join("l"), addrs[1], &l_args);
     if kill_leaver {
         l.env = fault(step);
     }

@@ -23,14 +23,22 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{held_on_disk, keys_held_at, loopback_addrs, owner_of, ring_check, settle, TestNode};
+use common::{
+    held_on_disk, holders_of, keys_held_at, loopback_addrs, owner_of, ring_check, settle, TestNode,
+};
 use dht_store::client::{Client, Lookup, Router};
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr, Status};
 use dht_store::ring::id_of;
 
 /// Every node of these tests: misplaced entries go to their owners within a second or two
 /// (maintenance rounds are every 200 ms, `common::TestNode::spawn`).
-const ENV: &[(&str, &str)] = &[("DHT_STORE_REPAIR_INTERVAL_SECS", "1")];
+const ENV: &[(&str, &str)] = &[
+    ("DHT_STORE_REPAIR_INTERVAL_SECS", "1"),
+    ("DHT_STORE_REPLICAS", "2"),
+];
+
+/// Copies of every entry besides its owner's (`replicas`, as ENV sets it).
+const REPLICAS: usize = 2;
 
 const FAULT: &str = "con-join:before-ack";
 
@@ -321,7 +329,8 @@ async fn converge(what: &str, nodes: &mut [&mut TestNode], book: &Book) {
             logs(&refs)
         );
     }
-    // What each directory holds: nothing but the keys its node owns, at their last value.
+    // What each directory holds: the keys its node owns and those it keeps copies of (as the
+    // owner's predecessor: REPLICAS of them), at their last value, and nothing else.
     for n in nodes.iter_mut() {
         n.stop(libc::SIGTERM);
     }
@@ -337,13 +346,14 @@ async fn converge(what: &str, nodes: &mut [&mut TestNode], book: &Book) {
         };
         for (name, (k, want)) in &book.0 {
             let owner = owner_of(&live, k);
-            let should = if owner == n.addr { want.as_ref() } else { None };
+            let holds = holders_of(&live, k, REPLICAS).contains(&n.addr);
+            let should = if holds { want.as_ref() } else { None };
             let got = held.get(k);
             if got != should {
-                let role = if owner == n.addr {
-                    "its owner"
-                } else {
-                    "not its owner"
+                let role = match (owner == n.addr, holds) {
+                    (true, _) => "its owner",
+                    (false, true) => "a holder of a copy",
+                    (false, false) => "neither its owner nor a holder of a copy",
                 };
                 wrong.push(format!(
                     "{name} ({k}) in the directory of {} ({role}): {}, expected {}",

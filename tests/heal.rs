@@ -172,7 +172,12 @@ async fn two_then_three_adjacent_nodes_die_at_once_and_the_ring_heals() {
 async fn when_every_successor_is_dead_the_next_live_one_is_found_through_known_peers() {
     let root = tempfile::tempdir().unwrap();
     // A list of two: three adjacent deaths leave node 1 with no live successor it lists.
-    let env = [ENV, &[("DHT_STORE_SUCCESSORS", "2")]].concat();
+    // One copy: a list of two successors cannot hold the arcs of two replicas' successors.
+    let env = [
+        ENV,
+        &[("DHT_STORE_SUCCESSORS", "2"), ("DHT_STORE_REPLICAS", "0")],
+    ]
+    .concat();
     let mut nodes = start_ring(root.path(), 6, &env).await;
     let all = addrs_of(&nodes.iter().collect::<Vec<_>>());
     let refs: Vec<&TestNode> = nodes.iter().collect();

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{loopback_addrs, placement, settle, TestNode};
+use common::{loopback_addrs, placement, placement_within, settle, TestNode};
 use dht_store::client::Router;
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr};
 
@@ -44,19 +44,17 @@ fn writer(
 }
 
 /// Every acknowledged key is served by its owner (computed from the node ids), at once, and
-/// the nodes hold exactly as many entries in all as there are keys: no copy is left anywhere
-/// else (handed entries are deleted right after the switch: the last deletes get a moment).
-async fn check_placement(nodes: &[&TestNode], acked: &HashMap<HashKey, Vec<u8>>) {
+/// the arcs the nodes own (INF `keys`) add up to the keys written: no key is owned twice. A
+/// write not acknowledged may have been stored (a replica did not hold it in time), hence
+/// `not_acked` more at most.
+async fn check_placement(nodes: &[&TestNode], acked: &HashMap<HashKey, Vec<u8>>, not_acked: usize) {
     let addrs: Vec<PeerAddr> = nodes.iter().map(|n| n.addr).collect();
     if let Err(e) = placement(&addrs, acked, false).await {
         panic!("{e}");
     }
-    settle(
-        "no copies left behind",
-        Duration::from_secs(20),
-        nodes,
-        || placement(&addrs, acked, true),
-    )
+    settle("no key owned twice", Duration::from_secs(20), nodes, || {
+        placement_within(&addrs, acked, Some(not_acked))
+    })
     .await;
 }
 
@@ -90,7 +88,7 @@ async fn eight_nodes_join_through_random_entry_points_under_writes() {
         acked.len()
     );
     let refs: Vec<&TestNode> = nodes.iter().collect();
-    check_placement(&refs, &acked).await;
+    check_placement(&refs, &acked, failures).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,8 +136,9 @@ async fn a_leave_under_continuous_writes_loses_no_acknowledged_write() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, Ordering::Relaxed);
+    let mut failures = 0;
     for w in writers {
-        w.await.unwrap();
+        failures += w.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
     assert!(
@@ -150,5 +149,5 @@ async fn a_leave_under_continuous_writes_loses_no_acknowledged_write() {
     let left = nodes.remove(leaver);
     drop(left);
     let refs: Vec<&TestNode> = nodes.iter().collect();
-    check_placement(&refs, &acked).await;
+    check_placement(&refs, &acked, failures).await;
 }

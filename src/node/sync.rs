@@ -34,6 +34,8 @@ pub const LIST_MAX: u64 = 4096;
 /// Entries per segment the depth of a comparison aims at: few keys to list per differing
 /// segment, and few segments (8 bytes each) to send.
 const PER_SEGMENT: u64 = 16;
+/// VGT requests sent before their answers are read.
+const PULL_AHEAD: usize = 64;
 /// Entries in one VRP push.
 const PUSH_BATCH: usize = 256;
 /// Value bytes in one VRP push.
@@ -87,6 +89,8 @@ enum ArcSync {
     Synced(Instant),
     /// The last comparison failed at this time.
     Failed(Instant),
+    /// The owner does not speak `replicas/1`: it sends no copies and has none to compare.
+    Plain,
 }
 
 impl SyncState {
@@ -116,8 +120,9 @@ impl SyncState {
             .fetch_add(s.pushed_bytes, Ordering::Relaxed);
     }
 
-    /// INF's lines: what comparisons moved, and one line per arc held as a copy.
-    pub fn lines(&self) -> String {
+    /// INF's lines: what comparisons moved, and one line per arc held as a copy (`counts`:
+    /// its owner and the keys we hold of it).
+    pub fn lines(&self, counts: &[(PeerAddr, String)]) -> String {
         let mut out = format!(
             "sync moved in {} entries {} bytes, out {} entries {} bytes\n",
             self.moved_in.load(Ordering::Relaxed),
@@ -125,15 +130,20 @@ impl SyncState {
             self.moved_out.load(Ordering::Relaxed),
             self.moved_out_bytes.load(Ordering::Relaxed),
         );
-        for (owner, s) in self.arcs().iter() {
-            let what = match s {
-                ArcSync::Running { done, segments } => {
+        let arcs = self.arcs();
+        for (owner, keys) in counts {
+            let what = match arcs.iter().find(|(p, _)| p == owner).map(|(_, s)| s) {
+                Some(ArcSync::Running { done, segments }) => {
                     format!("syncing, {done} of {segments} differing segments")
                 }
-                ArcSync::Synced(at) => format!("synced {}s ago", at.elapsed().as_secs()),
-                ArcSync::Failed(at) => format!("sync failed {}s ago", at.elapsed().as_secs()),
+                Some(ArcSync::Synced(at)) => format!("synced {}s ago", at.elapsed().as_secs()),
+                Some(ArcSync::Failed(at)) => {
+                    format!("sync failed {}s ago", at.elapsed().as_secs())
+                }
+                Some(ArcSync::Plain) => "its owner keeps one copy (a plain peer)".into(),
+                None => "not compared yet".into(),
             };
-            out.push_str(&format!("copy of {owner}: {what}\n"));
+            out.push_str(&format!("copy of {owner}: {keys} keys, {what}\n"));
         }
         out
     }
@@ -259,19 +269,30 @@ async fn sync_segment(
     if direction == Direction::Push {
         pull.clear();
     }
-    for key in pull {
-        let Some((version, value)) = c.vgt(&key).await? else {
-            continue; // gone there meanwhile (a collected tombstone, a dropped copy)
-        };
-        let len = value.as_ref().map_or(0, Vec::len);
-        let entry = Versioned {
-            version: Version(version),
-            value,
-        };
-        let (_, ticket) = node.storage_work(&key, len, || node.storage.apply(&key, entry))?;
+    // Requests go out PULL_AHEAD at a time before their answers are read, one value held at
+    // a time; one flush covers the segment.
+    let mut last = None;
+    for keys in pull.chunks(PULL_AHEAD) {
+        for key in keys {
+            c.vgt_send(key).await?;
+        }
+        for key in keys {
+            let Some((version, value)) = c.vgt_answer().await? else {
+                continue; // gone there meanwhile (a collected tombstone, a dropped copy)
+            };
+            let len = value.as_ref().map_or(0, Vec::len);
+            let entry = Versioned {
+                version: Version(version),
+                value,
+            };
+            let (_, ticket) = node.storage_work(key, len, || node.storage.apply(key, entry))?;
+            last = Some(ticket);
+            done.pulled += 1;
+            done.pulled_bytes += len as u64;
+        }
+    }
+    if let Some(ticket) = last {
         node.storage.sync(ticket).await?;
-        done.pulled += 1;
-        done.pulled_bytes += len as u64;
     }
     push_keys(node, c, &push, done).await
 }
@@ -330,7 +351,7 @@ async fn list_all(
 }
 
 /// The arcs we hold as copies: `(owner, from, to)` for each of our `replicas` successors.
-fn held_arcs(node: &Node) -> Vec<(Peer, HashKey, HashKey)> {
+pub fn held_arcs(node: &Node) -> Vec<(Peer, HashKey, HashKey)> {
     let ring = node.ring().clone();
     if ring.is_alone() {
         return Vec::new();
@@ -360,7 +381,9 @@ pub async fn sync_held(node: &Node) -> bool {
     let mut all = true;
     for (owner, from, to) in arcs {
         if !node.extensions.replicas(owner.addr, enc).await {
-            continue; // a plain owner sends us no writes, and has no digests to compare
+            // A plain owner sends us no writes, and has no digests to compare.
+            node.sync.set(owner.addr, ArcSync::Plain);
+            continue;
         }
         let started = Instant::now();
         match sync_range(
@@ -527,4 +550,46 @@ pub async fn release_next_arc(node: &Node, ring: &RingState) -> Result<(HashKey,
         k + 1
     );
     Ok((to, dropped, ours.saturating_sub(dropped)))
+}
+
+/// Before we leave: each of our K + 1 nearest predecessors will hold one arc more than it does
+/// now (the i-th, the arc K + 1 - i places along from ours: the K-th successor's for the first,
+/// ours for the (K+1)-th), and our copies of those arcs go with us. So each first gets what it
+/// lacks of ours, and the copies of an entry do not fall below K + 1 while the ring catches
+/// up. Best effort: a predecessor that cannot be reached catches up by its own comparisons.
+pub async fn hand_copies_before_leaving(node: &Node) {
+    let k = node.config.replicas;
+    if k == 0 {
+        return;
+    }
+    let ring = node.ring().clone();
+    // Our arc, then those we hold as copies.
+    let mut arcs = vec![(ring.me, ring.me.id, ring.successor().id)];
+    arcs.extend(held_arcs(node));
+    let preds = match node.predecessors(k + 1).await {
+        Ok(p) => p,
+        Err(e) => {
+            warn!("leaving without first handing our copies to our predecessors: {e}");
+            return;
+        }
+    };
+    let enc = node.config.address_encoding;
+    for (i, pred) in preds.iter().enumerate() {
+        let Some((owner, from, to)) = (k + 1).checked_sub(i + 1).and_then(|j| arcs.get(j)) else {
+            continue;
+        };
+        if !node.extensions.replicas(*pred, enc).await {
+            continue;
+        }
+        match sync_range(node, *pred, *from, *to, Direction::Push, None).await {
+            Ok(s) => info!(
+                "before leaving: {pred} holds {}'s arc ({} entries it lacked given)",
+                owner.addr, s.pushed
+            ),
+            Err(e) => warn!(
+                "before leaving: {pred} did not take {}'s arc: {e}",
+                owner.addr
+            ),
+        }
+    }
 }

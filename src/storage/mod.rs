@@ -317,25 +317,31 @@ impl Storage {
     /// older copy of the value met later loses), and `true` comes back; an absent key or a
     /// tombstone stays as it is (`false`). Durable after [`Storage::sync`] of the ticket.
     pub fn remove(&self, key: &HashKey) -> Result<(bool, Ticket)> {
-        self.remove_versioned(key)
-            .map(|(version, t)| (version.is_some(), t))
+        self.remove_versioned(key, false)
+            .map(|(live, _, t)| (live, t))
     }
 
-    /// [`Storage::remove`], handing back the version of the tombstone it wrote, if it wrote
-    /// one (what its copies must carry).
-    pub fn remove_versioned(&self, key: &HashKey) -> Result<(Option<Version>, Ticket)> {
+    /// [`Storage::remove`], handing back whether the key held a value and the version of the
+    /// tombstone written, if one was (what its copies must carry). `always`: a key that holds
+    /// nothing gets a tombstone too (an owner with replicas: a copy elsewhere may hold a value
+    /// this node never saw, and the removal must win over it wherever they meet).
+    pub fn remove_versioned(
+        &self,
+        key: &HashKey,
+        always: bool,
+    ) -> Result<(bool, Option<Version>, Ticket)> {
         self.writable()?;
         self.preserve(key)?;
         let _stripe = self.stripe(key);
-        let live = match self.kv.get(Tree::Data, key.as_bytes())? {
+        let (live, tombstone) = match self.kv.get(Tree::Data, key.as_bytes())? {
             Some(e) => match Head::parse(key, &e)? {
-                Head::Value(_) => true,
-                Head::Tombstone(_) => false,
-                Head::Placeholder => self.has_pieces(key)?,
+                Head::Value(_) => (true, false),
+                Head::Tombstone(_) => (false, true),
+                Head::Placeholder => (self.has_pieces(key)?, false),
             },
-            None => self.has_pieces(key)?,
+            None => (self.has_pieces(key)?, false),
         };
-        let written = if live {
+        let written = if live || (always && !tombstone) {
             let version = self.clock.next(&self.kv)?;
             // Replaces pieces as a short value does, leftovers included.
             self.write_locked(key, Versioned::tombstone(version), Span::ANYTHING)?;
@@ -346,7 +352,7 @@ impl Storage {
             self.remove_in_batches(&leftovers)?;
             None
         };
-        Ok((written, self.commit.note_write()))
+        Ok((live, written, self.commit.note_write()))
     }
 
     /// Applies an entry received from a peer (a value or a tombstone with the version it was
