@@ -296,8 +296,8 @@ async fn moved_at(addr: PeerAddr) -> Result<(Moved, Duration), String> {
 fn sync_logged(log: &str, owner: PeerAddr) -> Option<bool> {
     let tag = format!("owner={owner}");
     log.lines()
-        .filter(|l| l.contains("copy of its arc") && l.trim_end().ends_with(&tag))
-        .last()
+        .rev()
+        .find(|l| l.contains("copy of its arc") && l.trim_end().ends_with(&tag))
         .map(|l| !l.contains("not synced"))
 }
 
