@@ -51,6 +51,8 @@
 //!   `BENCH_SYNC_CONNS`, `BENCH_SYNC_CACHE_MB`, `BENCH_SYNC_SAMPLES`, `BENCH_SYNC_LIMIT_SECS`
 //! - `BENCH_SYNC_SEED` the keys' seed (default 17)
 //! - `BENCH_SYNC_KEEP_LOGS=DIR` copy the nodes' logs to DIR at the end
+//! - `BENCH_SYNC_RUST_LOG` more `RUST_LOG` directives for the nodes (they log at `info`, and
+//!   `dht_store::node::sync` at `debug`), e.g. `dht_store::node::extensions=debug`
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -88,6 +90,8 @@ struct Settings {
     limit: Duration,
     seed: u64,
     keep_logs: Option<String>,
+    /// `BENCH_SYNC_RUST_LOG`: more directives for the nodes' `RUST_LOG`.
+    rust_log: Option<String>,
 }
 
 fn parse_size(v: &str) -> Option<u64> {
@@ -136,6 +140,7 @@ impl Settings {
             limit: Duration::from_secs(num("BENCH_SYNC_LIMIT_SECS", 1800)),
             seed: num("BENCH_SYNC_SEED", 17),
             keep_logs: var("BENCH_SYNC_KEEP_LOGS"),
+            rust_log: var("BENCH_SYNC_RUST_LOG"),
         }
     }
 }
@@ -446,11 +451,15 @@ async fn run(s: &Settings, root: &Path) -> Result<(), String> {
     let copies = (s.replicas + 1).min(s.nodes);
     let cache = s.cache_mb.to_string();
     let replicas = s.replicas.to_string();
+    let rust_log = match &s.rust_log {
+        Some(more) => format!("info,dht_store::node::sync=debug,{more}"),
+        None => "info,dht_store::node::sync=debug".to_string(),
+    };
     let env = [
         ("DHT_STORE_REPLICAS", replicas.as_str()),
         ("DHT_STORE_CACHE_CAPACITY_MB", cache.as_str()),
         // "copy of its arc in sync" (nothing to move) is a debug line.
-        ("RUST_LOG", "info,dht_store::node::sync=debug"),
+        ("RUST_LOG", rust_log.as_str()),
         ("NO_COLOR", "1"),
     ];
     let mut nodes = start_ring(root, s.nodes, &env).await;
