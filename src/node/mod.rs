@@ -148,9 +148,10 @@ impl Node {
     }
 
     /// Whether `key` lies in the range we hold: our arc, or the arc of one of our `replicas`
-    /// successors, of which we keep a copy.
+    /// successors, of which we keep a copy (unless that successor keeps no replicas).
     pub fn holds(&self, key: &HashKey) -> bool {
-        !self.departed() && self.ring().holds(key, self.config.replicas)
+        let plain = self.sync.plain_owners();
+        !self.departed() && self.ring().holds(key, self.config.replicas, &plain)
     }
 
     /// Replaces the in-memory ring state and persists it (with the handoff record change
