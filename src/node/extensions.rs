@@ -35,6 +35,10 @@ pub struct Advertised {
 pub struct Extensions {
     /// What each peer advertised, and when it said so.
     known: Mutex<HashMap<PeerAddr, (Advertised, Instant)>>,
+    /// Held while a peer is asked: an INF answer is a scan of the peer's store (seconds for
+    /// gigabytes), so those who want the same peer's answer meanwhile wait for it instead of
+    /// asking again.
+    asking: Mutex<HashMap<PeerAddr, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Extensions {
@@ -51,10 +55,19 @@ impl Extensions {
     /// What `peer` advertises. A peer that does not answer is taken as one that advertises
     /// nothing (plain exchanges work with every peer), and is asked again next time.
     pub async fn advertised(&self, peer: PeerAddr, enc: AddressEncoding) -> Advertised {
-        if let Some((yes, at)) = self.lock().get(&peer).copied() {
-            if at.elapsed() < REMEMBERED_FOR {
-                return yes;
+        if let Some(yes) = self.remembered(peer) {
+            return yes;
+        }
+        let asking = {
+            let mut m = self.asking.lock().unwrap_or_else(|e| e.into_inner());
+            if m.len() >= 256 {
+                m.retain(|_, a| std::sync::Arc::strong_count(a) > 1);
             }
+            m.entry(peer).or_default().clone()
+        };
+        let _one = asking.lock().await;
+        if let Some(yes) = self.remembered(peer) {
+            return yes;
         }
         let limits = Limits {
             idle_timeout: Some(INF_TIMEOUT),
@@ -88,6 +101,14 @@ impl Extensions {
                 Advertised::default()
             }
         }
+    }
+
+    /// What `peer` advertised, if it said so lately.
+    fn remembered(&self, peer: PeerAddr) -> Option<Advertised> {
+        self.lock()
+            .get(&peer)
+            .filter(|(_, at)| at.elapsed() < REMEMBERED_FOR)
+            .map(|(yes, _)| *yes)
     }
 
     /// Forgets what `peer` advertised (an extension exchange with it failed).
