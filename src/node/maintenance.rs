@@ -280,6 +280,9 @@ async fn refresh_successors(node: &Node, ring: &RingState) -> Result<()> {
         change
     })
     .await?;
+    if !broken && node.ring().successor() == succ {
+        node.note_successors_fresh();
+    }
     Ok(())
 }
 

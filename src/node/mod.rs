@@ -91,6 +91,10 @@ pub struct Node {
     replication: replication::Replication,
     /// What anti-entropy moved, and where each copy we hold stands.
     sync: sync::SyncState,
+    /// Whether the successor list was rebuilt (ABD down the ring) since the ring state last
+    /// switched: after a start or a join it holds two peers, and the arcs we hold as copies are
+    /// known only once it is whole.
+    successors_fresh: AtomicBool,
 }
 
 /// How long a peer counts as alive after it last answered.
@@ -120,6 +124,7 @@ impl Node {
             extensions: extensions::Extensions::default(),
             replication: replication::Replication::default(),
             sync: sync::SyncState::default(),
+            successors_fresh: AtomicBool::new(false),
         }
     }
 
@@ -154,6 +159,16 @@ impl Node {
         !self.departed() && self.ring().holds(key, self.config.replicas, &plain)
     }
 
+    /// Whether the successor list was rebuilt since the ring state last switched.
+    pub fn successors_fresh(&self) -> bool {
+        self.successors_fresh.load(Ordering::Acquire)
+    }
+
+    /// Notes that the successor list was just rebuilt from the live ring.
+    pub fn note_successors_fresh(&self) {
+        self.successors_fresh.store(true, Ordering::Release);
+    }
+
     /// Replaces the in-memory ring state and persists it (with the handoff record change
     /// given), under the write gate so that every write sees the switch atomically. `None`
     /// means we left: we own nothing and the ring state is removed. Returns once durable.
@@ -171,6 +186,7 @@ impl Node {
                     None => Change::Clear,
                 };
                 let t = self.storage.save_state(ring, handoff)?;
+                self.successors_fresh.store(false, Ordering::Release);
                 match state {
                     Some(s) => *self.ring.write().unwrap_or_else(|e| e.into_inner()) = s,
                     None => self.departed.store(true, Ordering::Release),

@@ -456,6 +456,11 @@ pub async fn sync_loop(node: Arc<Node>) {
         if node.departed() {
             return;
         }
+        // After a start or a join the list holds two peers: until it is rebuilt, the arcs
+        // past them would look like ours to hold, and a comparison would pull them.
+        if !node.successors_fresh() {
+            continue;
+        }
         let arcs: Vec<(PeerAddr, HashKey)> = held_arcs(&node)
             .iter()
             .map(|(o, _, to)| (o.addr, *to))
