@@ -2,6 +2,7 @@
 //! directories in temp dirs, talked to over real TCP.
 #![allow(dead_code)]
 
+pub mod model;
 pub mod process;
 pub mod pty;
 pub mod sample;
@@ -94,13 +95,13 @@ impl TestNode {
             .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
-    /// Entries the node holds (from INF), owned or not.
+    /// Entries the node holds (from INF: `keys`, the arc it owns, and `copies`, the rest),
+    /// owned or not.
     pub async fn keys_held(&self) -> u64 {
         let text = self.client().await.inf().await.expect("INF");
-        text.lines()
-            .find_map(|l| l.strip_prefix("keys "))
-            .and_then(|n| n.trim().parse().ok())
-            .expect("INF has a keys line")
+        Held::of(&text)
+            .unwrap_or_else(|e| panic!("INF at {}: {e}: {text}", self.addr))
+            .total()
     }
 
     /// Runs `dht-store leave --data DIR`; returns (exit code, stdout+stderr).
@@ -372,7 +373,8 @@ pub async fn ring_check(live: &[PeerAddr], walks: usize) -> Result<(), String> {
 }
 
 /// One look at the data among `live`: every key of `acked` served by its owner with its value.
-/// `exact`: and the nodes hold no other entries (no copy left anywhere else).
+/// `exact`: and the nodes hold no other entries: one owned entry per key, and K copies more of
+/// each (the nodes' `replicas`, fewer in a ring of at most K nodes), no copy left anywhere else.
 pub async fn placement(
     live: &[PeerAddr],
     acked: &std::collections::HashMap<dht_store::protocol::HashKey, Vec<u8>>,
@@ -407,20 +409,76 @@ pub async fn placement(
         ));
     }
     if exact {
-        let mut total = 0;
-        for c in clients.values_mut() {
+        // Each key on its owner and its K predecessors (issue 17): the nodes own (INF `keys`)
+        // one entry per key in all, and hold (INF `copies`) K copies more of each, K as low as
+        // the ring is small (every node holds everything in a ring of at most K + 1).
+        let (mut owned, mut copies, mut k) = (0, 0, None);
+        for (a, c) in clients.iter_mut() {
             let text = c.inf().await.map_err(|e| e.to_string())?;
-            total += text
-                .lines()
-                .find_map(|l| l.strip_prefix("keys "))
-                .and_then(|n| n.trim().parse::<u64>().ok())
-                .unwrap_or(0);
+            let held = Held::of(&text).map_err(|e| format!("INF at {a}: {e}"))?;
+            owned += held.owned;
+            copies += held.copies;
+            if *k.get_or_insert(held.replicas) != held.replicas {
+                return Err(format!("the nodes keep different numbers of replicas: {a}"));
+            }
         }
-        if total != acked.len() as u64 {
-            return Err(format!("{total} entries held for {} keys", acked.len()));
+        let k = k.unwrap_or(0).min(live.len().saturating_sub(1)) as u64;
+        let n = acked.len() as u64;
+        if owned != n || copies != k * n {
+            return Err(format!(
+                "{owned} entries owned and {copies} copies held for {n} keys (K = {k}: \
+                 {n} and {} expected)",
+                k * n
+            ));
         }
     }
     Ok(())
+}
+
+/// What a node's INF says it holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    /// `keys`: live entries in the arc the node owns.
+    pub owned: u64,
+    /// `copies`: the other live entries it holds (copies of its successors' arcs, and any it
+    /// should not hold); 0 for a node of before issue 17.
+    pub copies: u64,
+    /// `replicas`: the copies it keeps besides the owner's, K (0 for a node of before).
+    pub replicas: usize,
+}
+
+impl Held {
+    pub fn of(text: &str) -> Result<Held, String> {
+        let line = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(|n| n.parse::<u64>().map_err(|e| format!("{name}{n}: {e}")))
+        };
+        Ok(Held {
+            owned: line("keys ").ok_or("no keys line")??,
+            copies: line("copies ").transpose()?.unwrap_or(0),
+            replicas: line("replicas ").transpose()?.unwrap_or(0) as usize,
+        })
+    }
+
+    /// Every live entry the node holds, owned or not.
+    pub fn total(&self) -> u64 {
+        self.owned + self.copies
+    }
+}
+
+/// What the node at `addr` holds, from its INF.
+pub async fn held_at(addr: PeerAddr) -> Result<Held, String> {
+    let text = async {
+        Client::connect(addr, AddressEncoding::Compact)
+            .await?
+            .inf()
+            .await
+    }
+    .await
+    .map_err(|e| format!("INF at {addr}: {e}"))?;
+    Held::of(&text).map_err(|e| format!("INF at {addr}: {e}: {text}"))
 }
 
 /// Retries `check` every 300 ms until it passes; after `limit`, fails with the last thing it
@@ -496,21 +554,10 @@ impl Rng {
     }
 }
 
-/// The entries a node holds, owned or not, as its INF `keys` line counts them (live entries:
-/// what GET would return at that node if it owned the key).
+/// The entries a node holds, owned or not, as its INF counts them (`keys`, live entries of the
+/// arc it owns, plus `copies`, the other live entries it holds: issue 17).
 pub async fn keys_held_at(addr: PeerAddr) -> Result<u64, String> {
-    let text = async {
-        Client::connect(addr, AddressEncoding::Compact)
-            .await?
-            .inf()
-            .await
-    }
-    .await
-    .map_err(|e| format!("INF at {addr}: {e}"))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("keys "))
-        .and_then(|n| n.trim().parse().ok())
-        .ok_or_else(|| format!("INF at {addr} has no keys line: {text}"))
+    held_at(addr).await.map(|h| h.total())
 }
 
 /// Which of `keys` the data directory `data` holds, with their values, read from the directory
