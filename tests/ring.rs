@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{loopback_addrs, placement, settle, TestNode};
+use common::{loopback_addrs, placement, placement_unsure, settle, TestNode};
 use dht_store::client::Router;
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr};
 
@@ -44,9 +44,11 @@ fn writer(
 }
 
 /// Every acknowledged key is served by its owner (computed from the node ids), at once, and
-/// the nodes hold exactly as many entries in all as there are keys: no copy is left anywhere
-/// else (handed entries are deleted right after the switch: the last deletes get a moment).
-async fn check_placement(nodes: &[&TestNode], acked: &HashMap<HashKey, Vec<u8>>) {
+/// the nodes own exactly as many entries in all as there are keys and hold K copies of each:
+/// no copy is left anywhere else (handed entries are deleted right after the switch: the last
+/// deletes get a moment). `unsure`: writes not acknowledged, each of a key of its own, which
+/// with replicas may be stored (answered `F` because a replica did not hold it in time).
+async fn check_placement(nodes: &[&TestNode], acked: &HashMap<HashKey, Vec<u8>>, unsure: usize) {
     let addrs: Vec<PeerAddr> = nodes.iter().map(|n| n.addr).collect();
     if let Err(e) = placement(&addrs, acked, false).await {
         panic!("{e}");
@@ -55,7 +57,7 @@ async fn check_placement(nodes: &[&TestNode], acked: &HashMap<HashKey, Vec<u8>>)
         "no copies left behind",
         Duration::from_secs(20),
         nodes,
-        || placement(&addrs, acked, true),
+        || placement_unsure(&addrs, acked, true, unsure),
     )
     .await;
 }
@@ -90,7 +92,7 @@ async fn eight_nodes_join_through_random_entry_points_under_writes() {
         acked.len()
     );
     let refs: Vec<&TestNode> = nodes.iter().collect();
-    check_placement(&refs, &acked).await;
+    check_placement(&refs, &acked, failures).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,10 +140,15 @@ async fn a_leave_under_continuous_writes_loses_no_acknowledged_write() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, Ordering::Relaxed);
+    let mut failures = 0;
     for w in writers {
-        w.await.unwrap();
+        failures += w.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
+    eprintln!(
+        "{} keys acknowledged, {failures} writes not acknowledged",
+        acked.len()
+    );
     assert!(
         acked.len() > before + 50,
         "writes went on during the leave ({before} -> {})",
@@ -150,5 +157,5 @@ async fn a_leave_under_continuous_writes_loses_no_acknowledged_write() {
     let left = nodes.remove(leaver);
     drop(left);
     let refs: Vec<&TestNode> = nodes.iter().collect();
-    check_placement(&refs, &acked).await;
+    check_placement(&refs, &acked, failures).await;
 }

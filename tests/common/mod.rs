@@ -380,6 +380,19 @@ pub async fn placement(
     acked: &std::collections::HashMap<dht_store::protocol::HashKey, Vec<u8>>,
     exact: bool,
 ) -> Result<(), String> {
+    placement_unsure(live, acked, exact, 0).await
+}
+
+/// [`placement`] when up to `unsure` more keys may exist: writes answered `F` or not answered,
+/// which with replicas may have been stored at the owner (a replica did not hold the write in
+/// time) and then belong to the owner's arc and its copies like any other. `exact`: the nodes
+/// own between `acked.len()` and `acked.len() + unsure` entries, and hold K copies of each.
+pub async fn placement_unsure(
+    live: &[PeerAddr],
+    acked: &std::collections::HashMap<dht_store::protocol::HashKey, Vec<u8>>,
+    exact: bool,
+    unsure: usize,
+) -> Result<(), String> {
     let mut clients = std::collections::HashMap::new();
     for a in live {
         let c = Client::connect(*a, AddressEncoding::Compact)
@@ -424,11 +437,17 @@ pub async fn placement(
         }
         let k = k.unwrap_or(0).min(live.len().saturating_sub(1)) as u64;
         let n = acked.len() as u64;
-        if owned != n || copies != k * n {
+        let most = n + unsure as u64;
+        if owned < n || owned > most || copies != k * owned {
+            let owned_range = if unsure == 0 {
+                n.to_string()
+            } else {
+                format!("{n} to {most}")
+            };
             return Err(format!(
-                "{owned} entries owned and {copies} copies held for {n} keys (K = {k}: \
-                 {n} and {} expected)",
-                k * n
+                "{owned} entries owned and {copies} copies held for {n} keys acknowledged and \
+                 {unsure} unsure (K = {k}: {owned_range} owned and K times as many copies \
+                 expected)"
             ));
         }
     }
