@@ -315,8 +315,18 @@ impl Client {
     /// VGT (extension `replicas/1`): the entry of `key` with its version (`Some(None)`: a
     /// tombstone), or `None` when the peer holds nothing under it.
     pub async fn vgt(&mut self, key: &HashKey) -> Result<Option<(u64, Option<Vec<u8>>)>> {
-        self.conn.write_request(&Request::Vgt(*key)).await?;
-        self.conn.flush().await?;
+        self.vgt_send(key).await?;
+        self.vgt_answer().await
+    }
+
+    /// The request half of [`Client::vgt`]: several may be sent before their answers are read
+    /// (in order, with [`Client::vgt_answer`]), so that many keys cost one round trip.
+    pub async fn vgt_send(&mut self, key: &HashKey) -> Result<()> {
+        self.conn.write_request(&Request::Vgt(*key)).await
+    }
+
+    /// The answer to the oldest [`Client::vgt_send`] not yet answered.
+    pub async fn vgt_answer(&mut self) -> Result<Option<(u64, Option<Vec<u8>>)>> {
         match named(self.peer, self.conn.limits(), self.conn.read_status().await)? {
             Status::T => Ok(Some(named(
                 self.peer,

@@ -180,25 +180,23 @@ async fn con_crash(step: &str, kill_server: bool) {
 async fn dis_crash(step: &str, kill_leaver: bool) {
     let root = tempfile::tempdir().unwrap();
     let addrs = two_addrs();
-    let mut p = TestNode::new(&root.path().join("p"), addrs[0], &[]);
-    // A DIS receiver writes keys first only where it holds nothing of the leaver's range; with
-    // replicas it holds a copy of it (and receives in place), so the keys-first step is tested
-    // with one copy of each entry.
-    let single: Vec<(String, String)> = if step.starts_with("keys-first:") {
-        vec![("DHT_STORE_REPLICAS".into(), "0".into())]
+    // A receiver that holds copies of the leaver's range writes in place; keys first is the
+    // path of one that holds nothing of it: one copy.
+    let args: &[&str] = if step.starts_with("keys-first:") {
+        &["--replicas", "0"]
     } else {
-        Vec::new()
+        &[]
     };
-    p.env = single.clone();
+    let mut p = TestNode::new(&root.path().join("p"), addrs[0], args);
     if !kill_leaver {
-        p.env.extend(fault(step));
+        p.env = fault(step);
     }
     p.restart().await;
     let via = p.addr.to_string();
-    let mut l = TestNode::new(&root.path().join("l"), addrs[1], &["--join", &via]);
-    l.env = single.clone();
+    let l_args = [args, &["--join", &via]].concat();
+    let mut l = TestNode::new(&root.path().join("l"), addrs[1], &l_args);
     if kill_leaver {
-        l.env.extend(fault(step));
+        l.env = fault(step);
     }
     l.restart().await;
     let mut acked = preload(p.addr, value_size(step)).await;
@@ -215,7 +213,7 @@ async fn dis_crash(step: &str, kill_leaver: bool) {
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     victim.stop(libc::SIGKILL);
-    victim.env = single;
+    victim.env.clear();
     let out = leave.join().unwrap();
     if step == "dis-leave:after-switch" {
         // P's T arrived and the switch is durable: the leave has happened, and says so; the

@@ -28,9 +28,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::model::{copies_right, holders_of};
+use common::model::copies_right;
 use common::{
-    held_at, held_on_disk, keys_held_at, loopback_addrs, owner_of, ring_check, settle, TestNode,
+    held_at, held_on_disk, holders_of, keys_held_at, loopback_addrs, owner_of, ring_check, settle,
+    TestNode,
 };
 use dht_store::client::{Client, Lookup, Router};
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr, Status};

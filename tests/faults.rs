@@ -34,10 +34,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::model::{copies_right, holders_of, show, verify, writer, KeyLog, Model, State};
+use common::model::{copies_right, show, verify, writer, KeyLog, Model, State};
 use common::{
-    held_on_disk, keys_held_at, loopback_addrs, ring_check, settle, start_ring, wait_serving, Rng,
-    TestNode,
+    held_on_disk, holders_of, keys_held_at, loopback_addrs, ring_check, settle, start_ring,
+    wait_serving, Rng, TestNode,
 };
 use dht_store::client::Client;
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr};

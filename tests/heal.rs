@@ -171,10 +171,8 @@ async fn two_then_three_adjacent_nodes_die_at_once_and_the_ring_heals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_successor_is_dead_the_next_live_one_is_found_through_known_peers() {
     let root = tempfile::tempdir().unwrap();
-    // A list of two: three adjacent deaths leave node 1 with no live successor it lists. One
-    // copy of each entry: a list of two is too short for replicas (a node must know the
-    // successor past the K it holds copies for), and three adjacent deaths are more than two
-    // replicas survive; what this test checks is the ring.
+    // A list of two: three adjacent deaths leave node 1 with no live successor it lists.
+    // One copy: a list of two successors cannot hold the arcs of two replicas' successors.
     let env = [
         ENV,
         &[("DHT_STORE_SUCCESSORS", "2"), ("DHT_STORE_REPLICAS", "0")],

@@ -310,3 +310,72 @@ async fn past_the_connection_limit_peers_wait_instead_of_failing() {
         "it waited for a free slot"
     );
 }
+
+/// The replication extension's commands (docs/EXTENSIONS.md, `replicas/1`) are hostile input
+/// too: a batch count, a depth or a value size beyond the limits closes that one connection
+/// (after `F` where a Status is left, for a value), before anything is allocated for it.
+#[tokio::test]
+async fn replication_commands_past_their_limits_close_only_that_connection() {
+    let root = tempfile::tempdir().unwrap();
+    let node = TestNode::start_new(root.path(), &["--max-value-size", "1024"]).await;
+    let k = key("replica-hostile");
+
+    // A VRP batch of 2^40 entries: refused before one is read.
+    let mut b = b"VRP".to_vec();
+    b.extend_from_slice(&(1u64 << 40).to_be_bytes());
+    assert!(send_and_expect_close(&node, &b, "VRP 2^40")
+        .await
+        .is_empty());
+    still_serving(&node, "vrp-count").await;
+
+    // A copy whose value is over the limit: F, then the connection closes.
+    let mut b = b"VRP".to_vec();
+    b.extend_from_slice(&1u64.to_be_bytes());
+    b.extend_from_slice(k.as_bytes());
+    b.extend_from_slice(&7u64.to_be_bytes());
+    b.push(b'V');
+    b.extend_from_slice(&(1u64 << 50).to_be_bytes());
+    assert_eq!(
+        send_and_expect_close(&node, &b, "VRP value 2^50").await,
+        b"F"
+    );
+    still_serving(&node, "vrp-value").await;
+
+    // A kind that is neither V nor X.
+    let mut b = b"VRP".to_vec();
+    b.extend_from_slice(&1u64.to_be_bytes());
+    b.extend_from_slice(k.as_bytes());
+    b.extend_from_slice(&7u64.to_be_bytes());
+    b.push(b'?');
+    assert!(send_and_expect_close(&node, &b, "VRP kind ?")
+        .await
+        .is_empty());
+
+    // Digests of 2^99 segments.
+    let mut b = b"VDG".to_vec();
+    b.extend_from_slice(HashKey::ZERO.as_bytes());
+    b.extend_from_slice(HashKey::ZERO.as_bytes());
+    b.extend_from_slice(&99u64.to_be_bytes());
+    assert!(send_and_expect_close(&node, &b, "VDG depth 99")
+        .await
+        .is_empty());
+
+    // A listing of u64::MAX keys is answered with at most the node's page, then N or F.
+    let mut c = node.client().await;
+    assert_eq!(c.ins(&k, b"one").await.unwrap(), Status::T);
+    let (listed, more) = c
+        .vkl(&HashKey::ZERO, &HashKey::ZERO, u64::MAX)
+        .await
+        .unwrap();
+    assert!(!more && listed.iter().any(|e| e.0 == k), "{listed:?}");
+    // Copies held as they come, newer wins: an older copy does not replace the value.
+    let (version, _) = c.vgt(&k).await.unwrap().expect("held");
+    assert_eq!(
+        c.vrp(&[(k, version - 1, Some(b"older".to_vec()))])
+            .await
+            .unwrap(),
+        Status::T
+    );
+    assert_eq!(c.get(&k).await.unwrap(), Lookup::Found(b"one".to_vec()));
+    still_serving(&node, "replica-commands").await;
+}

@@ -268,8 +268,13 @@ async fn status_shows_a_handoff_while_it_runs() {
 #[tokio::test]
 async fn info_owner_and_verify_print_json() {
     let root = tempfile::tempdir().unwrap();
-    let a = TestNode::start_new(root.path(), &[]).await;
-    let b = TestNode::start_new(root.path(), &["--join", &a.addr.to_string()]).await;
+    // One copy: A's backup then holds exactly the keys A owns.
+    let a = TestNode::start_new(root.path(), &["--replicas", "0"]).await;
+    let b = TestNode::start_new(
+        root.path(),
+        &["--replicas", "0", "--join", &a.addr.to_string()],
+    )
+    .await;
     let addrs = [a.addr, b.addr];
     settle(
         "a ring of two",

@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::model::{book_insert, copies_right, holders_of, verify_by, writer, Model, Read};
-use common::{owner_of, ring_check, settle, start_ring, wait_serving, TestNode};
+use common::model::{book_insert, copies_right, verify_by, writer, Model, Read};
+use common::{holders_of, owner_of, ring_check, settle, start_ring, wait_serving, TestNode};
 use dht_store::client::{Client, Router};
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr};
 use dht_store::ring::{id_of, in_arc};

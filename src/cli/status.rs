@@ -66,6 +66,12 @@ fn text(s: &NodeStatus) -> String {
                 "keys {at_least}{k}\nvalue bytes {at_least}{b} ({})\n",
                 mib(b)
             );
+            if let (Some(c), Some(cb)) = (s.copies, s.copy_bytes) {
+                out += &format!(
+                    "copies {at_least}{c}\ncopy bytes {at_least}{cb} ({})\n",
+                    mib(cb)
+                );
+            }
         }
         (_, _, e) => out += &format!("keys unknown ({})\n", e.as_deref().unwrap_or("not counted")),
     }

@@ -45,9 +45,8 @@ pub async fn execute<S: AsyncRead + AsyncWrite>(
         // The extension `replicas/1`: see `replica`.
         Request::Vrp(n) => super::replica::vrp(node, conn, n).await?,
         Request::Vgt(key) => super::replica::vgt(node, conn, key).await?,
-        Request::Vdg(..) | Request::Vkl(..) => {
-            return Err(crate::error::Error::UnknownCommand(req.name().into()))
-        }
+        Request::Vdg(from, to, depth) => super::replica::vdg(node, conn, (from, to, depth)).await?,
+        Request::Vkl(from, to, max) => super::replica::vkl(node, conn, (from, to, max)).await?,
         Request::Pul => conn.write_status(Status::T).await?,
         // INF counts the keys with a full scan (seconds for millions): inline, it stalled the
         // tasks queued on this worker, and a predecessor whose PULs went unanswered took us

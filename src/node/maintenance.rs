@@ -566,8 +566,15 @@ async fn repair(node: &Node) -> Result<(u64, u64)> {
     if end == me {
         return Ok((0, 0)); // a ring of at most K + 1 nodes: every node holds everything
     }
+    // The arc just past ours goes once its holders confirmed; what lies further, entry by
+    // entry to its owner.
+    let (mut cursor, dropped, unconfirmed) = super::sync::release_next_arc(node, &ring).await?;
+    moved += dropped;
+    kept += unconfirmed;
+    if cursor == me.id {
+        return Ok((moved, kept));
+    }
     let mut router = Router::new(ring.successor().addr, node.config.address_encoding);
-    let mut cursor = end.id;
     loop {
         if node.departed() || node.ring().held_until(k) != end {
             break; // the ring changed: the next pass starts from the new bounds

@@ -15,6 +15,7 @@ mod replica;
 mod replication;
 mod server;
 pub mod status;
+mod sync;
 mod walk;
 mod work;
 
@@ -88,6 +89,8 @@ pub struct Node {
     pub extensions: extensions::Extensions,
     /// Our replicas and the connections that carry our writes to them.
     replication: replication::Replication,
+    /// What anti-entropy moved, and where each copy we hold stands.
+    sync: sync::SyncState,
 }
 
 /// How long a peer counts as alive after it last answered.
@@ -116,6 +119,7 @@ impl Node {
             started: Instant::now(),
             extensions: extensions::Extensions::default(),
             replication: replication::Replication::default(),
+            sync: sync::SyncState::default(),
         }
     }
 
@@ -320,7 +324,9 @@ impl Node {
     }
 
     /// Removes `key` if we own it, and returns once the removal is flushed (here and at every
-    /// replica: the tombstone travels as a write does).
+    /// replica: the tombstone travels as a write does). With replicas, a key we do not hold
+    /// gets a tombstone too (answered `F`): after a failover our copy may lack a value that a
+    /// replica still holds, which would otherwise come back at the next comparison.
     pub async fn remove(&self, key: &HashKey) -> Result<Written> {
         let applied = self
             .gate
@@ -329,22 +335,18 @@ impl Node {
                     return Ok(None);
                 }
                 Ok(Some(self.storage_work(key, 0, || {
-                    self.storage.remove_versioned(key)
+                    self.storage.remove_versioned(key, self.replicating())
                 })?))
             })
             .await?;
-        let Some((version, ticket)) = applied else {
+        let Some((live, version, ticket)) = applied else {
             return Ok(Written::NotMine);
         };
         let copy = version
             .filter(|_| self.replicating())
             .map(|v| replication::copy_of(*key, v, None));
         self.durable_everywhere(ticket, copy).await?;
-        Ok(if version.is_some() {
-            Written::Done
-        } else {
-            Written::Absent
-        })
+        Ok(if live { Written::Done } else { Written::Absent })
     }
 
     /// Runs `f`, storage work on `key` that writes `len` bytes, in [`blocking`] when it handles
@@ -530,6 +532,17 @@ impl Node {
                 (format!("unknown ({e})"), "unknown".into(), "unknown".into())
             }
         };
+        // One count per arc we hold as a copy.
+        let copy_counts: Vec<(PeerAddr, String)> = sync::held_arcs(self)
+            .into_iter()
+            .map(|(owner, from, to)| {
+                let n = self.storage.count_arc(&from, &to);
+                (
+                    owner.addr,
+                    n.map_or_else(|e| format!("unknown ({e})"), |n| n.to_string()),
+                )
+            })
+            .collect();
         let replicas = match self.replication.current() {
             Some(set) if self.replicating() => {
                 let set: Vec<String> = set.iter().map(|p| p.to_string()).collect();
@@ -549,7 +562,7 @@ impl Node {
         format!(
             "dht-store {}\naddress {}\nid {}\nsuccessor {}\nsecond successor {}\nsuccessors {}\n\
              predecessor {}\nfingers {}\nknown peers {}\nkeys {}\naddress encoding {}\nhandoff {}\n\
-             state {}\nuptime {}s\nmax value size {}\ntombstones {}\nreplicas {}\ncopies {}\n{} {}\n",
+             state {}\nuptime {}s\nmax value size {}\ntombstones {}\nreplicas {}\ncopies {}\n{}{} {}\n",
             env!("CARGO_PKG_VERSION"),
             ring.me.addr,
             ring.me.id,
@@ -579,6 +592,7 @@ impl Node {
             tombstones,
             replicas,
             copies,
+            self.sync.lines(&copy_counts),
             crate::protocol::EXTENSIONS_LINE,
             extensions,
         )
@@ -744,6 +758,7 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<()> {
         tokio::spawn(maintenance::repair_loop(node.clone())),
         tokio::spawn(maintenance::tombstone_loop(node.clone())),
         tokio::spawn(replication::replica_loop(node.clone())),
+        tokio::spawn(sync::sync_loop(node.clone())),
     ];
     let stop = {
         let node = node.clone();

@@ -6,10 +6,10 @@
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::warn;
 
-use super::{replication::MAX_BATCH, Node};
+use super::{replication::MAX_BATCH, sync::LIST_MAX, Node};
 use crate::error::{Error, Result};
-use crate::protocol::{Connection, HashKey, Status};
-use crate::storage::{Version, Versioned};
+use crate::protocol::{Connection, HashKey, Kind, Status};
+use crate::storage::{Segments, Version, Versioned, MAX_DEPTH};
 
 /// VRP: `n` versioned entries, each applied if newer than ours; `T` once all are durable, `F`
 /// if one could not be stored (the rest of the batch is still read, so the connection stays
@@ -76,4 +76,61 @@ pub async fn vgt<S: AsyncRead + AsyncWrite>(
         }
         None => conn.write_status(Status::F).await,
     }
+}
+
+/// VDG: the digests of `[from, to)` in `2^depth` segments, after a scan of the range (on a
+/// blocking thread). A depth over `storage::MAX_DEPTH` is a broken peer: the connection ends.
+pub async fn vdg<S: AsyncRead + AsyncWrite>(
+    node: &Node,
+    conn: &mut Connection<S>,
+    (from, to, depth): (HashKey, HashKey, u64),
+) -> Result<()> {
+    if depth > u64::from(MAX_DEPTH) {
+        return Err(Error::Peer(format!(
+            "VDG asked for depth {depth}, over {MAX_DEPTH}"
+        )));
+    }
+    let segments = Segments::new(from, to, depth as u8)?;
+    let digests = node
+        .arc_work("digests of a range", move |s| s.digests(&segments))
+        .await?;
+    conn.write_int(digests.len() as u64).await?;
+    for d in digests {
+        conn.write_int(d).await?;
+    }
+    Ok(())
+}
+
+/// VKL: the keys of `[from, to)` with their versions, `T` before each; then `F` (that was
+/// all) or `N` (stopped at `max`, at most `sync::LIST_MAX`: ask again after the last key).
+pub async fn vkl<S: AsyncRead + AsyncWrite>(
+    node: &Node,
+    conn: &mut Connection<S>,
+    (from, to, max): (HashKey, HashKey, u64),
+) -> Result<()> {
+    let max = max.clamp(1, LIST_MAX) as usize;
+    // One more than asked for says whether more follow; held in memory: at most LIST_MAX
+    // keys and versions (about 120 KiB).
+    let mut listed: Vec<(HashKey, Version, bool)> = node
+        .arc_work("listing a range", move |s| {
+            s.versions_in(&from, &to)
+                .take(max + 1)
+                .collect::<Result<Vec<_>>>()
+        })
+        .await?;
+    let more = listed.len() > max;
+    listed.truncate(max);
+    for (key, version, tombstone) in listed {
+        conn.write_status(Status::T).await?;
+        conn.write_key(&key).await?;
+        conn.write_int(version.0).await?;
+        let kind = if tombstone {
+            Kind::Tombstone
+        } else {
+            Kind::Value
+        };
+        conn.write_kind(kind).await?;
+    }
+    conn.write_status(if more { Status::N } else { Status::F })
+        .await
 }

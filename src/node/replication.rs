@@ -51,6 +51,8 @@ pub struct Replication {
     /// One queue per replica, each drained by a task that owns the connection to it (the task
     /// ends when its queue is dropped here).
     links: Mutex<HashMap<PeerAddr, mpsc::Sender<Job>>>,
+    /// Held while a write finds the replicas, so that writes failing together search once.
+    finding: tokio::sync::Mutex<()>,
 }
 
 impl Replication {
@@ -101,12 +103,26 @@ impl Node {
     /// Our K nearest predecessors that advertise `replicas/1`, nearest first: fewer in a ring
     /// of fewer than K + 1 nodes, none in a ring of one.
     async fn find_replicas(&self) -> Result<Vec<PeerAddr>> {
-        let k = self.config.replicas;
+        let enc = self.config.address_encoding;
+        let preds = self.predecessors(self.config.replicas).await?;
+        let mut out = Vec::with_capacity(preds.len());
+        for p in preds {
+            // A peer of another implementation keeps no copies: it is not asked to.
+            if self.extensions.replicas(p, enc).await {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Our `n` nearest predecessors, nearest first, whatever they speak (fewer in a smaller
+    /// ring), by OWN walks.
+    pub async fn predecessors(&self, n: usize) -> Result<Vec<PeerAddr>> {
         let enc = self.config.address_encoding;
         let me = self.ring().me;
-        let mut preds: Vec<PeerAddr> = Vec::with_capacity(k);
+        let mut preds: Vec<PeerAddr> = Vec::with_capacity(n);
         let mut cur = me;
-        for _ in 0..k {
+        for _ in 0..n {
             let key = cur.id.prev();
             // The walk for the key below `cur` ends at its predecessor. From us it starts at
             // the closest peer we know; from a predecessor, at that predecessor.
@@ -126,18 +142,16 @@ impl Node {
             preds.push(pred);
             cur = Peer::new(pred);
         }
-        let mut out = Vec::with_capacity(preds.len());
-        for p in preds {
-            // A peer of another implementation keeps no copies: it is not asked to.
-            if self.extensions.replicas(p, enc).await {
-                out.push(p);
-            }
-        }
-        Ok(out)
+        Ok(preds)
     }
 
     /// The replicas a write must reach: as last found, or found now.
     async fn replicas_for_write(&self) -> Result<Vec<PeerAddr>> {
+        if let Some(set) = self.replication.current() {
+            return Ok(set);
+        }
+        // One search at a time: the writes that found the set gone wait for it.
+        let _one = self.replication.finding.lock().await;
         if let Some(set) = self.replication.current() {
             return Ok(set);
         }
@@ -146,55 +160,67 @@ impl Node {
 
     /// Sends a write of ours to every replica of our arc and returns once each holds it
     /// durably; an error if one did not within `replica_timeout_ms` (the write is then answered
-    /// `F`, and the replicas are found again before the next one).
+    /// `F`). A replica that fails makes us find the replicas again at once and send to the
+    /// new ones: after a death the ring may already name another predecessor.
     pub async fn replicate(&self, copy: Copy) -> Result<()> {
         if self.config.replicas == 0 {
             return Ok(());
         }
         let timeout = Duration::from_millis(self.config.replica_timeout_ms);
-        let set = match tokio::time::timeout(timeout, self.replicas_for_write()).await {
-            Ok(Ok(set)) => set,
-            Ok(Err(e)) => {
-                return Err(Error::Replicas(format!("our replicas were not found: {e}")));
-            }
-            Err(_) => {
-                return Err(Error::Replicas(format!(
-                    "our replicas were not found within {timeout:?}"
-                )))
-            }
-        };
-        if set.is_empty() {
-            return Ok(());
-        }
-        let mut waits = Vec::with_capacity(set.len());
-        for peer in &set {
-            let (done, wait) = oneshot::channel();
-            let job = Job {
-                copy: copy.clone(),
-                done,
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut held: Vec<PeerAddr> = Vec::new();
+        let mut failed = String::new();
+        for attempt in 0..2 {
+            // The first attempt gets half the time: a replica that stopped answering (frozen,
+            // cut off) would otherwise leave none for the replicas the ring names now.
+            let wait_until = if attempt == 0 {
+                tokio::time::Instant::now() + timeout / 2
+            } else {
+                deadline
             };
-            let queue = self.link(*peer);
-            if queue.send(job).await.is_err() {
-                self.replication.invalidate();
-                return Err(Error::Replicas(format!("the link to {peer} closed")));
+            let set = match tokio::time::timeout_at(deadline, self.replicas_for_write()).await {
+                Ok(Ok(set)) => set,
+                Ok(Err(e)) => {
+                    return Err(Error::Replicas(format!("our replicas were not found: {e}")));
+                }
+                Err(_) => {
+                    return Err(Error::Replicas(format!(
+                        "our replicas were not found within {timeout:?}"
+                    )))
+                }
+            };
+            let todo: Vec<PeerAddr> = set.into_iter().filter(|p| !held.contains(p)).collect();
+            if todo.is_empty() {
+                return Ok(());
             }
-            waits.push((*peer, wait));
-        }
-        let all = async {
-            let mut failed = None;
-            for (peer, wait) in waits {
-                if !matches!(wait.await, Ok(true)) {
-                    failed = Some(peer);
+            let mut waits = Vec::with_capacity(todo.len());
+            for peer in todo {
+                let (done, wait) = oneshot::channel();
+                let job = Job {
+                    copy: copy.clone(),
+                    done,
+                };
+                if self.link(peer).send(job).await.is_ok() {
+                    waits.push((peer, wait));
                 }
             }
-            failed
-        };
-        let failed = match tokio::time::timeout(timeout, all).await {
-            Ok(None) => return Ok(()),
-            Ok(Some(peer)) => format!("{peer} did not hold it"),
-            Err(_) => format!("not every replica answered within {timeout:?}"),
-        };
-        self.replication.invalidate();
+            let mut missing = Vec::new();
+            for (peer, wait) in waits {
+                match tokio::time::timeout_at(wait_until, wait).await {
+                    Ok(Ok(true)) => held.push(peer),
+                    _ => missing.push(peer),
+                }
+            }
+            if missing.is_empty() {
+                return Ok(());
+            }
+            let names: Vec<String> = missing.iter().map(|p| p.to_string()).collect();
+            failed = format!("{} did not hold it in time", names.join(", "));
+            self.replication.invalidate();
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+        }
         Err(Error::Replicas(failed))
     }
 

@@ -53,11 +53,17 @@ pub struct NodeStatus {
     /// Every peer the node has known, in the order met, and what it last saw of each: where
     /// it looks for the ring when its successors are all dead.
     pub known_peers: Vec<KnownPeer>,
-    /// Keys held (the same count as INF's `keys`); `None` if the count failed.
+    /// Keys in the arc the node owns (the same count as INF's `keys`); `None` if the count
+    /// failed.
     pub keys: Option<u64>,
-    /// Value bytes held: the sum of the values' lengths, not the space sled uses on disk;
-    /// `None` if the count failed.
+    /// Value bytes of those keys: the sum of the values' lengths, not the space sled uses on
+    /// disk; `None` if the count failed.
     pub value_bytes: Option<u64>,
+    /// Keys held besides: copies of the arcs of the node's `replicas` successors (INF's
+    /// `copies`), and entries waiting for the repair pass.
+    pub copies: Option<u64>,
+    /// Value bytes of those copies.
+    pub copy_bytes: Option<u64>,
     /// `false` if the count stopped after its time limit: `keys` and `value_bytes` are then
     /// lower bounds.
     pub count_complete: bool,
@@ -226,8 +232,12 @@ pub async fn status(node: &Node, backups: &Backups) -> NodeStatus {
     let counted = {
         let _one = COUNTING.lock().await;
         let deadline = Instant::now() + COUNT_FOR;
-        node.arc_work("counting for status", move |s| s.tally(deadline))
-            .await
+        let ring = node.ring().clone();
+        let (from, to) = (ring.me.id, ring.successor().id);
+        node.arc_work("counting for status", move |s| {
+            Ok((s.tally_arc(&from, &to, Some(deadline))?, s.tally(deadline)?))
+        })
+        .await
     };
     let ring = node.ring().clone();
     let departed = node.departed();
@@ -267,9 +277,18 @@ pub async fn status(node: &Node, backups: &Backups) -> NodeStatus {
         value_bytes: b.bytes.load(Ordering::Relaxed),
         seconds: b.started.elapsed().as_secs_f64(),
     });
-    let (keys, value_bytes, count_complete, count_error) = match counted {
-        Ok(t) => (Some(t.keys), Some(t.value_bytes), t.complete, None),
-        Err(e) => (None, None, false, Some(e.to_string())),
+    let (keys, value_bytes, copies, count_complete, count_error) = match counted {
+        Ok((owned, all)) => (
+            Some(owned.keys),
+            Some(owned.value_bytes),
+            Some((
+                all.keys.saturating_sub(owned.keys),
+                all.value_bytes.saturating_sub(owned.value_bytes),
+            )),
+            owned.complete && all.complete,
+            None,
+        ),
+        Err(e) => (None, None, None, false, Some(e.to_string())),
     };
     NodeStatus {
         version: env!("CARGO_PKG_VERSION").into(),
@@ -303,6 +322,8 @@ pub async fn status(node: &Node, backups: &Backups) -> NodeStatus {
             .collect(),
         keys,
         value_bytes,
+        copies: copies.map(|c| c.0),
+        copy_bytes: copies.map(|c| c.1),
         count_complete,
         count_error,
         uptime_secs: node.started.elapsed().as_secs(),

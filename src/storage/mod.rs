@@ -46,8 +46,8 @@
 //! Tombstones (and placeholders) are invisible to every reader and counter of values: GET,
 //! EXI, `contains`, `iter_arc`, `tally`'s keys and bytes, `count_arc`, a backup's cut, the
 //! counts of `delete_arc`, as an absent key is. They are seen where versions are compared
-//! (`entry`, `apply`, `iter_arc_versioned`, imports in place) and go with
-//! [`Storage::collect_tombstones`].
+//! (`entry`, `apply`, `iter_arc_versioned`, `versions_in` and `digests`, imports in place)
+//! and go with [`Storage::collect_tombstones`].
 //!
 //!
 //! Because keys are the big-endian numbers, sled's byte order is ring order: an arc of the ring
@@ -59,7 +59,8 @@
 //! (ring state, handoff record, known peers), `value` (what one key holds), `pieces` (values
 //! over `INLINE_MAX`), `bulk` (batch imports), `arc` (scans, counts and deletes of an arc),
 //! `tally` (keys and value bytes held, for `status`), `cut` (a backup's point-in-time
-//! cut), `version` (versions, tombstones and the clock), `migrate` (older layouts, at open)
+//! cut), `digest` (an arc's segments, their digests and versions, for anti-entropy),
+//! `version` (versions, tombstones and the clock), `migrate` (older layouts, at open)
 //! and `tombstones` (their collection). This file is the facade: [`Storage`], its opening,
 //! and the operations on one key.
 
@@ -67,6 +68,7 @@ mod arc;
 mod bulk;
 mod commit;
 mod cut;
+mod digest;
 mod dir;
 mod kv;
 mod meta;
@@ -103,6 +105,7 @@ pub use arc::reclaim;
 pub use bulk::{BatchWrite, Batcher, Import, BATCH_ENTRIES, IMPORT_QUEUE};
 pub use commit::{metric, Ticket};
 pub use cut::CutEntries;
+pub use digest::{entry_digest, Segments, MAX_DEPTH};
 pub use dir::{forget_lock, holds_database};
 pub use meta::{Change, HandoffRecord, Phase, RingRecord};
 pub use pieces::INLINE_MAX;
@@ -314,25 +317,31 @@ impl Storage {
     /// older copy of the value met later loses), and `true` comes back; an absent key or a
     /// tombstone stays as it is (`false`). Durable after [`Storage::sync`] of the ticket.
     pub fn remove(&self, key: &HashKey) -> Result<(bool, Ticket)> {
-        self.remove_versioned(key)
-            .map(|(version, t)| (version.is_some(), t))
+        self.remove_versioned(key, false)
+            .map(|(live, _, t)| (live, t))
     }
 
-    /// [`Storage::remove`], handing back the version of the tombstone it wrote, if it wrote
-    /// one (what its copies must carry).
-    pub fn remove_versioned(&self, key: &HashKey) -> Result<(Option<Version>, Ticket)> {
+    /// [`Storage::remove`], handing back whether the key held a value and the version of the
+    /// tombstone written, if one was (what its copies must carry). `always`: a key that holds
+    /// nothing gets a tombstone too (an owner with replicas: a copy elsewhere may hold a value
+    /// this node never saw, and the removal must win over it wherever they meet).
+    pub fn remove_versioned(
+        &self,
+        key: &HashKey,
+        always: bool,
+    ) -> Result<(bool, Option<Version>, Ticket)> {
         self.writable()?;
         self.preserve(key)?;
         let _stripe = self.stripe(key);
-        let live = match self.kv.get(Tree::Data, key.as_bytes())? {
+        let (live, tombstone) = match self.kv.get(Tree::Data, key.as_bytes())? {
             Some(e) => match Head::parse(key, &e)? {
-                Head::Value(_) => true,
-                Head::Tombstone(_) => false,
-                Head::Placeholder => self.has_pieces(key)?,
+                Head::Value(_) => (true, false),
+                Head::Tombstone(_) => (false, true),
+                Head::Placeholder => (self.has_pieces(key)?, false),
             },
-            None => self.has_pieces(key)?,
+            None => (self.has_pieces(key)?, false),
         };
-        let written = if live {
+        let written = if live || (always && !tombstone) {
             let version = self.clock.next(&self.kv)?;
             // Replaces pieces as a short value does, leftovers included.
             self.write_locked(key, Versioned::tombstone(version), Span::ANYTHING)?;
@@ -343,7 +352,7 @@ impl Storage {
             self.remove_in_batches(&leftovers)?;
             None
         };
-        Ok((written, self.commit.note_write()))
+        Ok((live, written, self.commit.note_write()))
     }
 
     /// Applies an entry received from a peer (a value or a tombstone with the version it was

@@ -41,7 +41,7 @@ impl Storage {
 
     /// [`Storage::tally`] of the arc `[from, to)`, to its end unless `deadline` comes first
     /// (the one counting scan: `count_arc` is its key count).
-    pub(super) fn tally_arc(
+    pub fn tally_arc(
         &self,
         from: &HashKey,
         to: &HashKey,

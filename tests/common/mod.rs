@@ -232,6 +232,25 @@ pub async fn wait_serving(
     }
 }
 
+/// The nodes that hold `key` with `k` copies besides the owner's: its owner and the owner's
+/// `k` predecessors among `addrs`, nearest first (all of them in a ring of at most k + 1).
+pub fn holders_of(
+    addrs: &[PeerAddr],
+    key: &dht_store::protocol::HashKey,
+    k: usize,
+) -> Vec<PeerAddr> {
+    let mut ring: Vec<(dht_store::protocol::HashKey, PeerAddr)> = addrs
+        .iter()
+        .map(|a| (dht_store::ring::id_of(a), *a))
+        .collect();
+    ring.sort();
+    let owner = owner_of(addrs, key);
+    let at = ring.iter().position(|(_, a)| *a == owner).expect("owner");
+    (0..=k.min(ring.len() - 1))
+        .map(|i| ring[(at + ring.len() - i) % ring.len()].1)
+        .collect()
+}
+
 /// The owner of `key` among nodes with these addresses, computed from their ids here, not by
 /// asking any node: the largest id <= key, else the largest id.
 pub fn owner_of(addrs: &[PeerAddr], key: &dht_store::protocol::HashKey) -> PeerAddr {
@@ -380,18 +399,17 @@ pub async fn placement(
     acked: &std::collections::HashMap<dht_store::protocol::HashKey, Vec<u8>>,
     exact: bool,
 ) -> Result<(), String> {
-    placement_unsure(live, acked, exact, 0).await
+    placement_within(live, acked, exact.then_some(0)).await
 }
 
-/// [`placement`] when up to `unsure` more keys may exist: writes answered `F` or not answered,
-/// which with replicas may have been stored at the owner (a replica did not hold the write in
-/// time) and then belong to the owner's arc and its copies like any other. `exact`: the nodes
-/// own between `acked.len()` and `acked.len() + unsure` entries, and hold K copies of each.
-pub async fn placement_unsure(
+/// [`placement`], where the owners' `keys` may add up to `extra` more than the keys acknowledged:
+/// a write answered `F` (or not at all) may have been stored (at its owner, when a replica did
+/// not hold it in time), and then has its copies like any other. `None`: the totals are not
+/// checked.
+pub async fn placement_within(
     live: &[PeerAddr],
     acked: &std::collections::HashMap<dht_store::protocol::HashKey, Vec<u8>>,
-    exact: bool,
-    unsure: usize,
+    extra: Option<usize>,
 ) -> Result<(), String> {
     let mut clients = std::collections::HashMap::new();
     for a in live {
@@ -421,7 +439,7 @@ pub async fn placement_unsure(
             acked.len()
         ));
     }
-    if exact {
+    if let Some(unsure) = extra {
         // Each key on its owner and its K predecessors (issue 17): the nodes own (INF `keys`)
         // one entry per key in all, and hold (INF `copies`) K copies more of each, K as low as
         // the ring is small (every node holds everything in a ring of at most K + 1).

@@ -14,9 +14,8 @@ use std::time::Duration;
 
 use dht_store::client::{Client, Lookup, Router};
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr};
-use dht_store::ring::id_of;
 
-use super::{owner_of, Rng};
+use super::{holders_of, owner_of, Rng};
 
 /// What a key holds after an operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -292,23 +291,6 @@ pub fn show(s: &State) -> String {
         State::Present(v) => format!("{:?}", String::from_utf8_lossy(v)),
         State::Absent => "absent".into(),
     }
-}
-
-/// The nodes of `live` that hold `key` when every entry is on its owner and its `k`
-/// predecessors (issue 17): the owner first, then its predecessors nearest first; every node
-/// in a ring of at most `k + 1`.
-pub fn holders_of(live: &[PeerAddr], key: &HashKey, k: usize) -> Vec<PeerAddr> {
-    let mut sorted = live.to_vec();
-    sorted.sort_by_key(id_of);
-    let owner = owner_of(live, key);
-    let at = sorted
-        .iter()
-        .position(|a| *a == owner)
-        .expect("owner is live");
-    let n = sorted.len();
-    (0..(k + 1).min(n))
-        .map(|i| sorted[(at + n - i) % n])
-        .collect()
 }
 
 /// An entry as VGT shows it: `None` nothing, `Some((version, None))` a tombstone.

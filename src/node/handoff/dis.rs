@@ -142,6 +142,9 @@ pub async fn serve_dis<S: AsyncRead + AsyncWrite>(
 /// Leaves the ring: hands everything we own to our predecessor with DIS. On success the node
 /// owns nothing, its data directory is emptied, and the caller stops it.
 pub async fn leave(node: &Arc<Node>) -> Result<String> {
+    if !node.departed() {
+        crate::node::sync::hand_copies_before_leaving(node).await;
+    }
     let _one = node.handoff.lock().await;
     let ring = node.ring().clone();
     if node.departed() {
