@@ -366,7 +366,7 @@ impl Run {
     }
 
     /// Waits until the ring of the nodes up has settled and every one of them says (INF) that
-    /// it holds copies of the arcs of its K successors, each synced; fails the run after
+    /// it holds copies of the arcs of its K successors, each synced since; fails the run after
     /// [`SYNCED_WITHIN`] (a lost directory's copies must come back: issue 17, failover).
     async fn wait_synced(&mut self) {
         let started = Instant::now();
@@ -376,10 +376,20 @@ impl Run {
             .map(|i| self.members[*i].node.addr)
             .collect();
         let mut last;
+        let mut settled: Option<Instant> = None;
         loop {
-            last = match synced(&up).await {
-                Ok(()) => break,
-                Err(e) => e,
+            last = match ring_check(&up, 16).await {
+                Ok(()) => {
+                    let since = *settled.get_or_insert_with(Instant::now);
+                    match synced(&up, since).await {
+                        Ok(()) => break,
+                        Err(e) => e,
+                    }
+                }
+                Err(e) => {
+                    settled = None;
+                    e
+                }
             };
             if started.elapsed() > SYNCED_WITHIN {
                 let logs: Vec<String> = self
@@ -513,11 +523,11 @@ async fn only_owners_hold(
     }
 }
 
-/// Whether every node of `up` (in any order) has settled in the ring and says (INF `copy of
-/// ADDR: synced`) that it holds synced copies of the arcs of its K successors, those and no
-/// others; `Err` says what is not so yet.
-async fn synced(up: &[PeerAddr]) -> Result<(), String> {
-    ring_check(up, 16).await?;
+/// Whether every node of `up` (in any order) says (INF `copy of ADDR: N keys, synced S s ago`)
+/// that it holds copies of the arcs of its K successors, those and no others, each compared
+/// with its owner's since `since` (the ring settled then: a comparison from before may have
+/// been of other arcs); `Err` says what is not so yet.
+async fn synced(up: &[PeerAddr], since: Instant) -> Result<(), String> {
     let mut sorted = up.to_vec();
     sorted.sort_by_key(id_of);
     let n = sorted.len();
@@ -534,22 +544,30 @@ async fn synced(up: &[PeerAddr]) -> Result<(), String> {
             .map(|j| sorted[(i + j) % n].to_string())
             .collect();
         want.sort();
-        let lines: Vec<&str> = text
+        let lines: Vec<(&str, &str)> = text
             .lines()
             .filter_map(|l| l.strip_prefix("copy of "))
+            .filter_map(|l| l.split_once(": "))
             .collect();
-        let mut of: Vec<String> = lines
-            .iter()
-            .map(|l| l.split_once(": ").map_or(*l, |(a, _)| a).to_string())
-            .collect();
+        let mut of: Vec<String> = lines.iter().map(|(o, _)| o.to_string()).collect();
         of.sort();
         if of != want {
             return Err(format!(
                 "{a} holds copies of {of:?}, its successors are {want:?}"
             ));
         }
-        if let Some(l) = lines.iter().find(|l| !l.ends_with(": synced")) {
-            return Err(format!("{a}: copy of {l}"));
+        for (owner, state) in lines {
+            // "N keys, synced S s ago": S whole seconds, so the comparison ended less than
+            // S + 1 s ago; it must have ended after `since` (and a second more, for the
+            // nodes' own view of the ring to follow).
+            let ago = state
+                .split_once(", synced ")
+                .and_then(|(_, t)| t.strip_suffix("s ago"))
+                .and_then(|t| t.parse::<u64>().ok());
+            match ago {
+                Some(s) if Duration::from_secs(s + 2) <= since.elapsed() => {}
+                _ => return Err(format!("{a}: copy of {owner}: {state}")),
+            }
         }
     }
     Ok(())
