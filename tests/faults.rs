@@ -47,8 +47,10 @@ use dht_store::ring::id_of;
 const SEEDS: &[u64] = &[1, 2, 3, 4, 5];
 /// The seeds every run of the suite replays, replicated mode.
 const REPLICATED_SEEDS: &[u64] = &[1, 2, 3];
-/// Faults per run.
+/// Faults per run (single-copy mode; the replicated mode, whose steps include directory
+/// losses, takes [`REPLICATED_STEPS`]).
 const STEPS: usize = 8;
+const REPLICATED_STEPS: usize = 12;
 /// Most nodes in the ring at once.
 const MAX_NODES: usize = 8;
 /// Fewest nodes left up by a kill or a leave.
@@ -80,6 +82,13 @@ impl Mode {
             ]),
         }
         env
+    }
+
+    fn steps(self) -> usize {
+        match self {
+            Mode::Single => STEPS,
+            Mode::Replicated => REPLICATED_STEPS,
+        }
     }
 
     fn k(self) -> usize {
@@ -652,7 +661,7 @@ async fn run(seed: u64, mode: Mode) {
             ))
         })
         .collect();
-    for _ in 0..STEPS {
+    for _ in 0..mode.steps() {
         let pause = Duration::from_millis(800 + run.rng.below(1700));
         tokio::time::sleep(pause).await;
         run.restart_due(false).await;
@@ -689,6 +698,8 @@ async fn run(seed: u64, mode: Mode) {
     // non-owner; with replicas, anywhere but its owner and K predecessors, and each of those
     // with the owner's version), within 60 s.
     let checked = Instant::now();
+    // What was still wrong, and when (printed if the data took long to be right).
+    let mut seen_wrong: Vec<(Duration, String)> = Vec::new();
     let counted = loop {
         let look = match verify(&live, &model).await {
             Ok(v) => match mode {
@@ -702,10 +713,25 @@ async fn run(seed: u64, mode: Mode) {
         match look {
             Ok(counted) => break Ok(counted),
             Err(e) if checked.elapsed() > Duration::from_secs(60) => break Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            Err(e) => {
+                let at = checked.elapsed();
+                if seen_wrong
+                    .last()
+                    .is_none_or(|(t, _)| at >= *t + Duration::from_secs(10))
+                {
+                    seen_wrong.push((at, e));
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await
+            }
         }
     };
     let took = checked.elapsed();
+    if took > Duration::from_secs(10) {
+        for (at, e) in &seen_wrong {
+            let e = e.replace('\n', "; ");
+            println!("[seed {seed}] still wrong {at:.1?} after the ring settled: {e}");
+        }
+    }
     // What the directories hold, the nodes stopped: no key of the run where it should not be.
     for m in run.members.iter_mut() {
         if m.node.child.is_some() {
