@@ -13,6 +13,14 @@ use common::{loopback_addrs, placement, placement_within, settle, TestNode};
 use dht_store::client::Router;
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr};
 
+/// Every node: copies of arcs a node no longer holds are released by its repair pass, and
+/// copies a write answered `F` did not reach are filled by anti-entropy, every 2 s here (60 s
+/// and 300 s by default, longer than these tests wait for them).
+const ENV: &[(&str, &str)] = &[
+    ("DHT_STORE_REPAIR_INTERVAL_SECS", "2"),
+    ("DHT_STORE_SYNC_INTERVAL_SECS", "2"),
+];
+
 /// Acknowledged writes: key -> the value the last acknowledged INS stored.
 type Acked = Arc<Mutex<HashMap<HashKey, Vec<u8>>>>;
 
@@ -66,7 +74,7 @@ async fn check_placement(nodes: &[&TestNode], acked: &HashMap<HashKey, Vec<u8>>,
 async fn eight_nodes_join_through_random_entry_points_under_writes() {
     let root = tempfile::tempdir().unwrap();
     let addrs = loopback_addrs(9);
-    let mut nodes = vec![TestNode::start(&root.path().join("n0"), addrs[0], &[]).await];
+    let mut nodes = vec![TestNode::start_env(&root.path().join("n0"), addrs[0], &[], ENV).await];
     let acked: Acked = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let w = writer(addrs[0], "join", stop.clone(), acked.clone());
@@ -74,7 +82,13 @@ async fn eight_nodes_join_through_random_entry_points_under_writes() {
     for (i, addr) in addrs.iter().enumerate().skip(1) {
         // Any member may be the entry point.
         let via = nodes[(i * 7919) % nodes.len()].addr.to_string();
-        let n = TestNode::start(&root.path().join(format!("n{i}")), *addr, &["--join", &via]).await;
+        let n = TestNode::start_env(
+            &root.path().join(format!("n{i}")),
+            *addr,
+            &["--join", &via],
+            ENV,
+        )
+        .await;
         nodes.push(n);
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
@@ -99,11 +113,17 @@ async fn eight_nodes_join_through_random_entry_points_under_writes() {
 async fn a_leave_under_continuous_writes_loses_no_acknowledged_write() {
     let root = tempfile::tempdir().unwrap();
     let addrs = loopback_addrs(4);
-    let mut nodes = vec![TestNode::start(&root.path().join("n0"), addrs[0], &[]).await];
+    let mut nodes = vec![TestNode::start_env(&root.path().join("n0"), addrs[0], &[], ENV).await];
     for (i, addr) in addrs.iter().enumerate().skip(1) {
         let via = addrs[0].to_string();
         nodes.push(
-            TestNode::start(&root.path().join(format!("n{i}")), *addr, &["--join", &via]).await,
+            TestNode::start_env(
+                &root.path().join(format!("n{i}")),
+                *addr,
+                &["--join", &via],
+                ENV,
+            )
+            .await,
         );
     }
     // Preload, so that the leaver has a range worth moving.

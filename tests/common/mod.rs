@@ -55,6 +55,22 @@ impl TestNode {
         n
     }
 
+    /// [`TestNode::start`] with `env` for the process.
+    pub async fn start_env(
+        data: &Path,
+        addr: PeerAddr,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestNode {
+        let mut n = TestNode::new(data, addr, extra);
+        n.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        n.restart().await;
+        n
+    }
+
     /// A node that is not started yet.
     pub fn new(data: &Path, addr: PeerAddr, extra: &[&str]) -> TestNode {
         TestNode {
