@@ -162,9 +162,23 @@ impl RingState {
     }
 
     /// Whether `key` lies in the range this node holds with `k` copies (see
-    /// [`RingState::held_until`]).
-    pub fn holds(&self, key: &HashKey, k: usize) -> bool {
-        in_arc(key, &self.me.id, &self.held_until(k).id)
+    /// [`RingState::held_until`]), leaving out the arcs of the successors `plain` names
+    /// (peers that keep no replicas: they send no copies, so ours could only grow stale).
+    pub fn holds(&self, key: &HashKey, k: usize, plain: &[PeerAddr]) -> bool {
+        if !in_arc(key, &self.me.id, &self.held_until(k).id) {
+            return false;
+        }
+        if self.owns(key) || plain.is_empty() {
+            return true;
+        }
+        // The copy arc the key lies in, `[successors[i], successors[i + 1])`: the successor
+        // nearest below it.
+        let owner = self
+            .successors
+            .iter()
+            .take(k)
+            .min_by_key(|p| distance(&p.id, key));
+        owner.is_none_or(|o| !plain.contains(&o.addr))
     }
 
     /// Whether we are alone in the ring.
@@ -436,17 +450,21 @@ mod tests {
         r.me = me;
         r.successors = vec![me];
         assert_eq!(r.held_until(2), me, "a ring of one holds everything");
-        assert!(r.holds(&k(5), 2));
+        assert!(r.holds(&k(5), 2, &[]));
         r.successors = vec![p(200), p(300), p(400), p(50)];
         assert_eq!(r.held_until(0), p(200));
         assert_eq!(r.held_until(2), p(400));
-        assert!(r.holds(&k(100), 2) && r.holds(&k(399), 2));
-        assert!(!r.holds(&k(400), 2) && !r.holds(&k(99), 2) && !r.holds(&k(60), 2));
-        assert!(!r.holds(&k(200), 0));
+        assert!(r.holds(&k(100), 2, &[]) && r.holds(&k(399), 2, &[]));
+        assert!(!r.holds(&k(400), 2, &[]) && !r.holds(&k(99), 2, &[]));
+        assert!(!r.holds(&k(60), 2, &[]) && !r.holds(&k(200), 0, &[]));
+        // A plain successor's arc is not held as a copy; the others are, and ours always.
+        let plain = [p(300).addr];
+        assert!(r.holds(&k(150), 2, &plain) && r.holds(&k(250), 2, &plain));
+        assert!(!r.holds(&k(300), 2, &plain) && !r.holds(&k(399), 2, &plain));
         // Three nodes: the list ends before the k-th successor; everything is held.
         r.successors = vec![p(200), p(300)];
         assert_eq!(r.held_until(2), me);
-        assert!(r.holds(&k(50), 2));
+        assert!(r.holds(&k(50), 2, &[]));
         assert_eq!(r.held_until(1), p(300));
     }
 }

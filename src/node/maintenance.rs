@@ -563,8 +563,11 @@ async fn repair(node: &Node) -> Result<(u64, u64)> {
     }
     let k = node.config.replicas;
     let (me, end) = (ring.me, ring.held_until(k));
+    // Copies of plain owners' arcs go first.
+    moved += super::sync::drop_plain_copies(node, &ring).await?;
     if end == me {
-        return Ok((0, 0)); // a ring of at most K + 1 nodes: every node holds everything
+        // A ring of at most K + 1 nodes: every node holds everything.
+        return Ok((moved, kept));
     }
     // The arc just past ours goes once its holders confirmed; what lies further, entry by
     // entry to its owner.

@@ -148,9 +148,10 @@ impl Node {
     }
 
     /// Whether `key` lies in the range we hold: our arc, or the arc of one of our `replicas`
-    /// successors, of which we keep a copy.
+    /// successors, of which we keep a copy (unless that successor keeps no replicas).
     pub fn holds(&self, key: &HashKey) -> bool {
-        !self.departed() && self.ring().holds(key, self.config.replicas)
+        let plain = self.sync.plain_owners();
+        !self.departed() && self.ring().holds(key, self.config.replicas, &plain)
     }
 
     /// Replaces the in-memory ring state and persists it (with the handoff record change
@@ -515,34 +516,49 @@ impl Node {
             .collect();
         fingers.dedup();
         let handoff = self.progress.line().unwrap_or_else(|| "none".into());
-        // One scan for the totals, one for our arc; INF has always counted in full (no
-        // deadline). `keys` is what we own and serve; `copies` what we hold besides.
-        let owned = self.storage.count_arc(&ring.me.id, &ring.successor().id);
-        let (keys, copies, tombstones) = match (
-            self.storage
-                .tally(Instant::now() + Duration::from_secs(86400)),
-            owned,
-        ) {
-            (Ok(t), Ok(owned)) => (
-                owned.to_string(),
-                t.keys.saturating_sub(owned).to_string(),
-                t.tombstones.to_string(),
-            ),
-            (Err(e), _) | (_, Err(e)) => {
-                (format!("unknown ({e})"), "unknown".into(), "unknown".into())
-            }
-        };
-        // One count per arc we hold as a copy.
-        let copy_counts: Vec<(PeerAddr, String)> = sync::held_arcs(self)
-            .into_iter()
-            .map(|(owner, from, to)| {
-                let n = self.storage.count_arc(&from, &to);
-                (
-                    owner.addr,
-                    n.map_or_else(|e| format!("unknown ({e})"), |n| n.to_string()),
-                )
-            })
+        // One pass over the whole store, range by range: our arc, each arc we hold as a copy,
+        // and the rest (entries waiting for the repair pass); INF has always counted in full
+        // (no deadline). `keys` is what we own and serve; `copies` what we hold besides.
+        let mut ranges = vec![(ring.me.addr, ring.me.id, ring.successor().id)];
+        let held = sync::held_arcs(self);
+        let copies_held = held.len();
+        ranges.extend(
+            held.into_iter()
+                .map(|(owner, from, to)| (owner.addr, from, to)),
+        );
+        let end = ranges.last().map_or(ring.me.id, |r| r.2);
+        if !ring.is_alone() && end != ring.me.id {
+            ranges.push((ring.me.addr, end, ring.me.id));
+        }
+        let tallies: Result<Vec<crate::storage::Tally>> = ranges
+            .iter()
+            .map(|(_, from, to)| self.storage.tally_arc(from, to, None))
             .collect();
+        let (keys, copies, tombstones, copy_counts) = match tallies {
+            Ok(t) => {
+                let all: u64 = t.iter().map(|t| t.keys).sum();
+                // The arcs held as copies: between our arc and the rest.
+                let copy_counts: Vec<(PeerAddr, String)> = ranges
+                    .iter()
+                    .zip(&t)
+                    .skip(1)
+                    .take(copies_held)
+                    .map(|((owner, _, _), t)| (*owner, t.keys.to_string()))
+                    .collect();
+                (
+                    t[0].keys.to_string(),
+                    all.saturating_sub(t[0].keys).to_string(),
+                    t.iter().map(|t| t.tombstones).sum::<u64>().to_string(),
+                    copy_counts,
+                )
+            }
+            Err(e) => (
+                format!("unknown ({e})"),
+                "unknown".into(),
+                "unknown".into(),
+                Vec::new(),
+            ),
+        };
         let replicas = match self.replication.current() {
             Some(set) if self.replicating() => {
                 let set: Vec<String> = set.iter().map(|p| p.to_string()).collect();

@@ -80,6 +80,18 @@ pub struct SyncState {
     arcs: Mutex<Vec<(PeerAddr, ArcSync)>>,
 }
 
+impl SyncState {
+    /// The successors among our K whose arcs we keep no copy of: peers that keep no
+    /// replicas (found when our copies were last compared).
+    pub fn plain_owners(&self) -> Vec<PeerAddr> {
+        self.arcs()
+            .iter()
+            .filter(|(_, s)| matches!(s, ArcSync::Plain))
+            .map(|(p, _)| *p)
+            .collect()
+    }
+}
+
 /// Where the copy of one arc stands.
 #[derive(Clone, Copy, Debug)]
 enum ArcSync {
@@ -451,6 +463,11 @@ pub async fn sync_loop(node: Arc<Node>) {
         let due = next.is_none_or(|t| Instant::now() >= t);
         if arcs != last_arcs || due {
             let all = sync_held(&node).await;
+            if arcs != last_arcs {
+                // What we held and hold no more (or a plain owner's arc) goes now, not at the
+                // next periodic repair pass.
+                node.repair.notify_one();
+            }
             last_arcs = arcs;
             next = Some(Instant::now() + if all { every } else { RETRY_AFTER });
         }
@@ -498,51 +515,9 @@ pub async fn release_next_arc(node: &Node, ring: &RingState) -> Result<(HashKey,
             return Ok((to, 0, ours));
         }
     }
-    let mut dropped = 0;
-    let mut cursor = from;
-    loop {
-        if node.departed() || node.ring().held_until(k) != end {
-            return Ok((to, dropped, ours.saturating_sub(dropped)));
-        }
-        let c = cursor;
-        let chunk: Vec<(HashKey, Version, bool)> = node
-            .arc_work("listing a range", move |s| {
-                s.versions_in(&c, &to)
-                    .take(DROP_CHUNK)
-                    .collect::<Result<Vec<_>>>()
-            })
-            .await?;
-        let Some(last) = chunk.last().map(|e| e.0) else {
-            break;
-        };
-        // Never while a handoff runs (see the repair pass), and under the gate so that a key
-        // that became ours meanwhile stays.
-        let ticket = {
-            let _no_handoff = node.handoff.lock().await;
-            node.gate
-                .exclusive(|| -> Result<_> {
-                    let mut last = None;
-                    for (key, version, _) in &chunk {
-                        if node.holds(key) {
-                            continue;
-                        }
-                        let (gone, t) =
-                            super::blocking(|| node.storage.remove_if_version(key, *version))?;
-                        dropped += u64::from(gone);
-                        last = Some(t);
-                    }
-                    Ok(last)
-                })
-                .await?
-        };
-        if let Some(t) = ticket {
-            node.storage.sync(t).await?;
-        }
-        if chunk.len() < DROP_CHUNK {
-            break;
-        }
-        cursor = last.wrapping_add(&HashKey::pow2(0));
-    }
+    let Some(dropped) = drop_range(node, from, to, end, k).await? else {
+        return Ok((to, 0, ours));
+    };
     info!(
         "dropped our copy of {} entries of {}'s arc, which its {} holders now hold",
         dropped,
@@ -592,4 +567,93 @@ pub async fn hand_copies_before_leaving(node: &Node) {
             ),
         }
     }
+}
+
+/// Drops what we hold of `[from, to)` that we do not hold any more (`Node::holds`), entry by
+/// entry unless it changed since it was listed, while our held range still ends at `end`.
+/// `None` if the ring changed first (what was dropped until then stays dropped).
+async fn drop_range(
+    node: &Node,
+    from: HashKey,
+    to: HashKey,
+    end: Peer,
+    k: usize,
+) -> Result<Option<u64>> {
+    let mut dropped = 0;
+    let mut cursor = from;
+    loop {
+        if node.departed() || node.ring().held_until(k) != end {
+            return Ok(None);
+        }
+        let c = cursor;
+        let chunk: Vec<(HashKey, Version, bool)> = node
+            .arc_work("listing a range", move |s| {
+                s.versions_in(&c, &to)
+                    .take(DROP_CHUNK)
+                    .collect::<Result<Vec<_>>>()
+            })
+            .await?;
+        let Some(last) = chunk.last().map(|e| e.0) else {
+            break;
+        };
+        // Never while a handoff runs (see the repair pass), and under the gate so that a key
+        // that became ours meanwhile stays.
+        let ticket = {
+            let _no_handoff = node.handoff.lock().await;
+            node.gate
+                .exclusive(|| -> Result<_> {
+                    let mut last = None;
+                    for (key, version, _) in &chunk {
+                        if node.holds(key) {
+                            continue;
+                        }
+                        let (gone, t) =
+                            super::blocking(|| node.storage.remove_if_version(key, *version))?;
+                        dropped += u64::from(gone);
+                        last = Some(t);
+                    }
+                    Ok(last)
+                })
+                .await?
+        };
+        if let Some(t) = ticket {
+            node.storage.sync(t).await?;
+        }
+        if chunk.len() < DROP_CHUNK {
+            break;
+        }
+        cursor = last.wrapping_add(&HashKey::pow2(0));
+    }
+    Ok(Some(dropped))
+}
+
+/// Drops our copies of the arcs of successors that keep no replicas (plain peers), among the
+/// K whose arcs we would hold. Such an owner sends us no writes and has no digests to compare,
+/// so a copy there could only grow stale, and serving it after a failover would undo the
+/// owner's removals and overwrites. The owner got its arc by a CON (which we or another owner
+/// served), so our copy is not handed to it: it is dropped.
+pub async fn drop_plain_copies(node: &Node, ring: &RingState) -> Result<u64> {
+    let k = node.config.replicas;
+    let plain = node.sync.plain_owners();
+    if k == 0 || plain.is_empty() || ring.is_alone() {
+        return Ok(0);
+    }
+    let end = ring.held_until(k);
+    let mut dropped = 0;
+    for (i, owner) in ring.successors.iter().take(k).enumerate() {
+        if !plain.contains(&owner.addr) {
+            continue;
+        }
+        let to = ring.successors.get(i + 1).copied().unwrap_or(ring.me).id;
+        if let Some(n) = drop_range(node, owner.id, to, end, k).await? {
+            if n > 0 {
+                info!(
+                    "dropped our copy of {n} entries of {}'s arc: it keeps no replicas",
+                    owner.addr
+                );
+            }
+            dropped += n;
+        }
+    }
+    Ok(dropped)
 }
