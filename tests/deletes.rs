@@ -12,10 +12,15 @@
 //!
 //! Afterwards, once the ring has settled: every key reads as its last acknowledged write
 //! through the ring (an OWN walk from every node), directly at its owner (GET and EXI), and
-//! `N` at every other node; every node holds (INF `keys`) exactly the keys it owns that should
-//! exist; still so a few maintenance rounds and repair passes later; and, with the nodes
-//! stopped, no data directory holds a removed key, an older value, or a key its node does not
-//! own.
+//! `N` at every other node; every node holds (INF `keys` and `copies`) exactly the keys it owns
+//! that should exist and, with replicas, the copies of its K successors' keys that should;
+//! every copy (VGT) is the owner's; still so a few maintenance rounds and repair passes later;
+//! and, with the nodes stopped, no data directory holds a removed key, an older value, or a key
+//! its node should not hold.
+//!
+//! Each test runs twice: with `replicas = 0` (one copy, the behaviour of before issue 17) and
+//! with `replicas = 2` (issue 17: a key removed while one of its replicas was away must not come
+//! back when that replica returns, nor after its arc changes hands).
 
 mod common;
 
@@ -23,22 +28,22 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::model::copies_right;
 use common::{
-    held_on_disk, holders_of, keys_held_at, loopback_addrs, owner_of, ring_check, settle, TestNode,
+    held_at, held_on_disk, holders_of, keys_held_at, loopback_addrs, owner_of, ring_check, settle,
+    TestNode,
 };
 use dht_store::client::{Client, Lookup, Router};
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr, Status};
 use dht_store::ring::id_of;
 
 /// Every node of these tests: misplaced entries go to their owners within a second or two
-/// (maintenance rounds are every 200 ms, `common::TestNode::spawn`).
+/// (maintenance rounds are every 200 ms, `common::TestNode::spawn`), and anti-entropy runs every
+/// 2 s when there are replicas.
 const ENV: &[(&str, &str)] = &[
     ("DHT_STORE_REPAIR_INTERVAL_SECS", "1"),
-    ("DHT_STORE_REPLICAS", "2"),
+    ("DHT_STORE_SYNC_INTERVAL_SECS", "2"),
 ];
-
-/// Copies of every entry besides its owner's (`replicas`, as ENV sets it).
-const REPLICAS: usize = 2;
 
 const FAULT: &str = "con-join:before-ack";
 
@@ -72,26 +77,33 @@ fn temp_root() -> Root {
     }
 }
 
-fn env(fault: bool) -> Vec<(String, String)> {
+fn env(fault: bool, k: usize) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = ENV
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+    env.push(("DHT_STORE_REPLICAS".into(), k.to_string()));
     if fault {
         env.push(("DHT_STORE_FAULT".into(), FAULT.into()));
     }
     env
 }
 
-/// A node on `addr` in `root/name` with [`ENV`], started and serving.
-async fn node(root: &Path, name: &str, addr: PeerAddr, join: Option<PeerAddr>) -> TestNode {
+/// A node on `addr` in `root/name` with [`ENV`] and `k` replicas, started and serving.
+async fn node(
+    root: &Path,
+    name: &str,
+    addr: PeerAddr,
+    join: Option<PeerAddr>,
+    k: usize,
+) -> TestNode {
     let join = join.map(|a| a.to_string());
     let args: Vec<&str> = match &join {
         Some(j) => vec!["--join", j],
         None => vec![],
     };
     let mut n = TestNode::new(&root.join(name), addr, &args);
-    n.env = env(false);
+    n.env = env(false, k);
     n.restart().await;
     n
 }
@@ -169,11 +181,13 @@ async fn rem_at(c: &mut Client, name: &str, book: &mut Book) {
     book.set(name, k, None);
 }
 
-/// One look at the ring `live` (every node of it): what is wrong, one line each.
-async fn look(live: &[PeerAddr], book: &Book) -> Vec<String> {
+/// One look at the ring `live` (every node of it) with `replicas` copies: what is wrong, one line
+/// each.
+async fn look(live: &[PeerAddr], book: &Book, replicas: usize) -> Vec<String> {
     let mut wrong = Vec::new();
     // Directly at each node: the owner answers with the key's state, every other node N; and
-    // the node holds (INF keys, owned or not) just the keys it owns that should exist.
+    // the node holds just the keys it owns that should exist (INF keys) and the copies it
+    // should hold of its K successors' keys (INF copies).
     for &at in live {
         let mut c = match Client::connect(at, AddressEncoding::Compact).await {
             Ok(c) => c,
@@ -182,9 +196,12 @@ async fn look(live: &[PeerAddr], book: &Book) -> Vec<String> {
                 continue;
             }
         };
-        let mut should_hold = 0;
+        let (mut should_hold, mut should_copy) = (0, 0);
         for (name, (k, want)) in &book.0 {
             let owner = owner_of(live, k);
+            if owner != at && want.is_some() && holders_of(live, k, replicas).contains(&at) {
+                should_copy += 1;
+            }
             let (want_get, want_exi) = match want {
                 _ if owner != at => (Lookup::NotMine, Status::N),
                 Some(v) => (Lookup::Found(v.clone()), Status::T),
@@ -214,13 +231,22 @@ async fn look(live: &[PeerAddr], book: &Book) -> Vec<String> {
                 )),
             }
         }
-        match keys_held_at(at).await {
-            Ok(held) if held == should_hold => {}
+        match held_at(at).await {
+            Ok(held) if held.owned == should_hold && held.copies == should_copy => {}
             Ok(held) => wrong.push(format!(
-                "{at} holds {held} entries (INF keys) and owns {should_hold} keys that should \
-                 exist: an entry more is a key it does not own, or one removed"
+                "{at} holds {} entries of its arc (INF keys) and {} copies, and owns \
+                 {should_hold} keys that should exist and should hold {should_copy} copies: an \
+                 entry more is a key it should not hold, or one removed",
+                held.owned, held.copies
             )),
             Err(e) => wrong.push(e),
+        }
+    }
+    // Every copy where it belongs, the owner's (VGT).
+    if replicas > 0 {
+        let keys: Vec<HashKey> = book.0.values().map(|(k, _)| *k).collect();
+        if let Err(e) = copies_right(live, keys.iter(), replicas).await {
+            wrong.push(e);
         }
     }
     // Through the ring: an OWN walk from every node, then GET at the end of it.
@@ -286,7 +312,7 @@ fn logs(nodes: &[&TestNode]) -> String {
 /// Waits for the ring of `nodes` to settle and every key in `book` to be right (see [`look`]);
 /// checks it is still right [`STILL_RIGHT_AFTER`] later; then stops the nodes and checks what
 /// their directories hold.
-async fn converge(what: &str, nodes: &mut [&mut TestNode], book: &Book) {
+async fn converge(what: &str, nodes: &mut [&mut TestNode], book: &Book, replicas: usize) {
     let started = Instant::now();
     let live: Vec<PeerAddr> = nodes.iter().map(|n| n.addr).collect();
     {
@@ -301,7 +327,7 @@ async fn converge(what: &str, nodes: &mut [&mut TestNode], book: &Book) {
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let wrong = look(&live, book).await;
+        let wrong = look(&live, book, replicas).await;
         if wrong.is_empty() {
             break;
         }
@@ -318,7 +344,7 @@ async fn converge(what: &str, nodes: &mut [&mut TestNode], book: &Book) {
     }
     let right_after = started.elapsed();
     tokio::time::sleep(STILL_RIGHT_AFTER).await;
-    let wrong = look(&live, book).await;
+    let wrong = look(&live, book, replicas).await;
     if !wrong.is_empty() {
         let refs: Vec<&TestNode> = nodes.iter().map(|n| &**n).collect();
         panic!(
@@ -329,8 +355,8 @@ async fn converge(what: &str, nodes: &mut [&mut TestNode], book: &Book) {
             logs(&refs)
         );
     }
-    // What each directory holds: the keys its node owns and those it keeps copies of (as the
-    // owner's predecessor: REPLICAS of them), at their last value, and nothing else.
+    // What each directory holds: nothing but the keys its node owns or holds copies of, at
+    // their last value.
     for n in nodes.iter_mut() {
         n.stop(libc::SIGTERM);
     }
@@ -346,14 +372,16 @@ async fn converge(what: &str, nodes: &mut [&mut TestNode], book: &Book) {
         };
         for (name, (k, want)) in &book.0 {
             let owner = owner_of(&live, k);
-            let holds = holders_of(&live, k, REPLICAS).contains(&n.addr);
+            let holds = holders_of(&live, k, replicas).contains(&n.addr);
             let should = if holds { want.as_ref() } else { None };
             let got = held.get(k);
             if got != should {
-                let role = match (owner == n.addr, holds) {
-                    (true, _) => "its owner",
-                    (false, true) => "a holder of a copy",
-                    (false, false) => "neither its owner nor a holder of a copy",
+                let role = if owner == n.addr {
+                    "its owner"
+                } else if holds {
+                    "a replica"
+                } else {
+                    "not its owner"
                 };
                 wrong.push(format!(
                     "{name} ({k}) in the directory of {} ({role}): {}, expected {}",
@@ -380,9 +408,9 @@ async fn converge(what: &str, nodes: &mut [&mut TestNode], book: &Book) {
 
 /// Launches `j` with the fault pause, waits until it stops dead there, SIGKILLs it, and waits
 /// until `p` (serving the CON) has aborted it.
-async fn kill_at_the_fault(j: &mut TestNode, p: &TestNode) {
+async fn kill_at_the_fault(j: &mut TestNode, p: &TestNode, replicas: usize) {
     let from = p.log_text().len();
-    j.env = env(true);
+    j.env = env(true, replicas);
     j.launch();
     j.wait_log(
         &format!("fault point {FAULT} reached"),
@@ -390,7 +418,7 @@ async fn kill_at_the_fault(j: &mut TestNode, p: &TestNode) {
     )
     .await;
     j.stop(libc::SIGKILL);
-    j.env = env(false);
+    j.env = env(false, replicas);
     wait_log_after(p, from, "CON aborted").await;
 }
 
@@ -400,12 +428,21 @@ async fn kill_at_the_fault(j: &mut TestNode, p: &TestNode) {
 /// its directory and address, without the fault, and joins again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_joiner_killed_before_its_t_brings_back_no_key_removed_meanwhile() {
+    a_fresh_joiner(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replicas_a_fresh_joiner_killed_before_its_t_brings_back_no_key_removed_meanwhile() {
+    a_fresh_joiner(2).await;
+}
+
+async fn a_fresh_joiner(k: usize) {
     let root = temp_root();
     let mut a = loopback_addrs(3);
     a.sort_by_key(id_of);
     let (qa, pa, ja) = (a[0], a[1], a[2]);
-    let mut q = node(root.path(), "q", qa, None).await;
-    let mut p = node(root.path(), "p", pa, Some(qa)).await;
+    let mut q = node(root.path(), "q", qa, None, k).await;
+    let mut p = node(root.path(), "p", pa, Some(qa), k).await;
     ring_formed(&[&q, &p]).await;
     let mut book = Book::default();
     // In the ring of three: 14 keys J owns (all P's until J joins), 4 P keeps, 4 of Q's.
@@ -416,7 +453,7 @@ async fn a_fresh_joiner_killed_before_its_t_brings_back_no_key_removed_meanwhile
     write_all(qa, &names, &mut book).await;
 
     let mut j = TestNode::new(&root.path().join("j"), ja, &["--join", &pa.to_string()]);
-    kill_at_the_fault(&mut j, &p).await;
+    kill_at_the_fault(&mut j, &p, k).await;
     // P kept the range: 6 keys of J's arc removed, 5 overwritten, 3 left alone.
     let mut c = p.client().await;
     for name in &js[..6] {
@@ -427,7 +464,13 @@ async fn a_fresh_joiner_killed_before_its_t_brings_back_no_key_removed_meanwhile
     }
     drop(c);
     j.restart().await;
-    converge("A, a fresh joiner", &mut [&mut q, &mut p, &mut j], &book).await;
+    converge(
+        &format!("A, a fresh joiner, replicas {k}"),
+        &mut [&mut q, &mut p, &mut j],
+        &book,
+        k,
+    )
+    .await;
 }
 
 /// A, the joiner not fresh: J, a member, is SIGKILLed and given up (P adopts Q); at P, keys of
@@ -436,13 +479,22 @@ async fn a_fresh_joiner_killed_before_its_t_brings_back_no_key_removed_meanwhile
 /// there keys J received in that CON are removed and overwritten. J restarts again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejoining_node_killed_before_its_t_brings_back_no_key_removed_meanwhile() {
+    a_rejoining_node(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replicas_a_rejoining_node_killed_before_its_t_brings_back_no_key_removed_meanwhile() {
+    a_rejoining_node(2).await;
+}
+
+async fn a_rejoining_node(k: usize) {
     let root = temp_root();
     let mut a = loopback_addrs(3);
     a.sort_by_key(id_of);
     let (qa, pa, ja) = (a[0], a[1], a[2]);
-    let mut q = node(root.path(), "q", qa, None).await;
-    let mut p = node(root.path(), "p", pa, Some(qa)).await;
-    let mut j = node(root.path(), "j", ja, Some(pa)).await;
+    let mut q = node(root.path(), "q", qa, None, k).await;
+    let mut p = node(root.path(), "p", pa, Some(qa), k).await;
+    let mut j = node(root.path(), "j", ja, Some(pa), k).await;
     ring_formed(&[&q, &p, &j]).await;
     let mut book = Book::default();
     let old = names_owned_by("an-j", 8, &a, ja);
@@ -465,7 +517,7 @@ async fn a_rejoining_node_killed_before_its_t_brings_back_no_key_removed_meanwhi
     }
     drop(c);
 
-    kill_at_the_fault(&mut j, &p).await;
+    kill_at_the_fault(&mut j, &p, k).await;
     // J holds all of those now, from the CON P aborted. At P: 3 new keys and 2 of the
     // overwritten removed, one of each overwritten again.
     let mut c = p.client().await;
@@ -476,7 +528,13 @@ async fn a_rejoining_node_killed_before_its_t_brings_back_no_key_removed_meanwhi
     ins_at(&mut c, &old[2], 3, &mut book).await;
     drop(c);
     j.restart().await;
-    converge("A, a rejoining node", &mut [&mut q, &mut p, &mut j], &book).await;
+    converge(
+        &format!("A, a rejoining node, replicas {k}"),
+        &mut [&mut q, &mut p, &mut j],
+        &book,
+        k,
+    )
+    .await;
 }
 
 /// B: a ring of four; N is SIGKILLed and given up (its predecessor P adopts a successor past N
@@ -484,8 +542,19 @@ async fn a_rejoining_node_killed_before_its_t_brings_back_no_key_removed_meanwhi
 /// written anew, all in N's arc. N restarts on its directory and address and joins again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b_a_node_given_up_and_back_brings_back_no_key_removed_while_it_was_away() {
+    b_a_node_given_up(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replicas_b_a_node_given_up_and_back_brings_back_no_key_removed_while_it_was_away() {
+    b_a_node_given_up(2).await;
+}
+
+async fn b_a_node_given_up(replicas: usize) {
     let root = temp_root();
-    let mut nodes = common::start_ring(root.path(), 4, ENV).await;
+    let env = env(false, replicas);
+    let env: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let mut nodes = common::start_ring(root.path(), 4, &env).await;
     ring_formed(&nodes.iter().collect::<Vec<_>>()).await;
     let all: Vec<PeerAddr> = nodes.iter().map(|n| n.addr).collect();
     let (pa, na) = (all[1], all[2]);
@@ -521,7 +590,13 @@ async fn b_a_node_given_up_and_back_brings_back_no_key_removed_while_it_was_away
     drop(c);
     nodes[2].restart().await;
     let mut refs: Vec<&mut TestNode> = nodes.iter_mut().collect();
-    converge("B, a node given up and back", &mut refs, &book).await;
+    converge(
+        &format!("B, a node given up and back, replicas {replicas}"),
+        &mut refs,
+        &book,
+        replicas,
+    )
+    .await;
 }
 
 /// A node's INF `tombstones` line.

@@ -9,13 +9,23 @@
 //! value may be one nobody wrote, and no acknowledged REM or overwrite may be undone by an older
 //! copy of the key (issue 16: before versions and tombstones, a node given up and back, or a
 //! joiner killed before its `T`, brought removed keys back). Then no node may hold a key it does
-//! not own: each node's INF `keys` (every entry it holds, owned or not) must equal the number of
-//! keys it serves as their owner; and once the nodes are stopped, no data directory may hold any
-//! key of the run that its node does not own (read from the directory itself, which names the
-//! key: a running node answers `N` for a key it does not own, whether it holds it or not).
+//! not own: each node's INF `keys` and `copies` (every entry it holds, owned or not) must add
+//! up to the number of keys it serves as their owner; and once the nodes are stopped, no data
+//! directory may hold any key of the run that its node does not own (read from the directory
+//! itself, which names the key: a running node answers `N` for a key it does not own, whether
+//! it holds it or not).
+//!
+//! That is the single-copy mode (`replicas = 0`, [`Mode::Single`]), the behaviour of before
+//! issue 17. The replicated mode ([`Mode::Replicated`], `replicas = 2`) also kills one node or
+//! two neighbours with SIGKILL and deletes their directories (they never come back), only when
+//! no node is down and every node says its copies are synced, so that no arc ever loses more
+//! than two of its three holders; at the end every acknowledged write is read at its owner as
+//! above, every key is held (VGT) by its owner and its two predecessors with the owner's version
+//! and value and by no other node, and no stopped node's directory holds a key it should not.
 //!
 //! Each run prints its seed and what it did. `FAULT_SEEDS=7,8 cargo test --test faults --
-//! --nocapture` replays or explores other seeds; a seed that once failed joins [`SEEDS`].
+//! --nocapture` replays or explores other seeds (in both modes; name one test to run one); a
+//! seed that once failed joins [`SEEDS`] or [`REPLICATED_SEEDS`].
 
 mod common;
 
@@ -24,147 +34,69 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::model::{copies_right, show, verify, writer, KeyLog, Model, State};
 use common::{
-    held_on_disk, keys_held_at, loopback_addrs, owner_of, ring_check, settle, start_ring,
+    held_on_disk, holders_of, keys_held_at, loopback_addrs, ring_check, settle, start_ring,
     wait_serving, Rng, TestNode,
 };
-use dht_store::client::{Client, Lookup, Router};
+use dht_store::client::Client;
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr};
 use dht_store::ring::id_of;
 
-/// The seeds every run of the suite replays.
+/// The seeds every run of the suite replays, single-copy mode.
 const SEEDS: &[u64] = &[1, 2, 3, 4, 5];
-/// Faults per run.
+/// The seeds every run of the suite replays, replicated mode.
+const REPLICATED_SEEDS: &[u64] = &[1, 2, 3];
+/// Faults per run (single-copy mode; the replicated mode, whose steps include directory
+/// losses, takes [`REPLICATED_STEPS`]).
 const STEPS: usize = 8;
+const REPLICATED_STEPS: usize = 12;
 /// Most nodes in the ring at once.
 const MAX_NODES: usize = 8;
 /// Fewest nodes left up by a kill or a leave.
 const MIN_UP: usize = 3;
 /// Every node: misplaced entries go to their owners within seconds.
 const ENV: &[(&str, &str)] = &[("DHT_STORE_REPAIR_INTERVAL_SECS", "2")];
+/// The replicas of the replicated mode (K).
+const K: usize = 2;
+/// How long the driver waits for every copy to be synced before it deletes a directory.
+const SYNCED_WITHIN: Duration = Duration::from_secs(40);
 
-/// What a key holds after an operation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum State {
-    Present(Vec<u8>),
-    Absent,
+/// How many copies of each entry the nodes keep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// `replicas = 0`: an entry on its owner alone (the nodes' behaviour before issue 17).
+    Single,
+    /// `replicas = 2`: on its owner and its two predecessors; directories may be lost.
+    Replicated,
 }
 
-/// One key's history as the writer saw it.
-#[derive(Default)]
-struct KeyLog {
-    /// After the last acknowledged operation (`None`: none was acknowledged).
-    acked: Option<State>,
-    /// Every value an acknowledged INS stored under the key.
-    values: Vec<Vec<u8>>,
-    /// An operation after the last acknowledged one whose answer never came: either state may
-    /// be the final one, and the writer leaves the key alone from then on.
-    unsure: Option<State>,
-}
+impl Mode {
+    fn env(self) -> Vec<(&'static str, &'static str)> {
+        let mut env = ENV.to_vec();
+        match self {
+            Mode::Single => env.push(("DHT_STORE_REPLICAS", "0")),
+            Mode::Replicated => env.extend([
+                ("DHT_STORE_REPLICAS", "2"),
+                ("DHT_STORE_SYNC_INTERVAL_SECS", "2"),
+            ]),
+        }
+        env
+    }
 
-type Model = Arc<Mutex<HashMap<HashKey, KeyLog>>>;
-
-/// What a writer did.
-#[derive(Default, Debug)]
-struct Tally {
-    inserts: u64,
-    overwrites: u64,
-    removes: u64,
-    unanswered: u64,
-    /// REMs answered `F` (absent) for a key an INS stored: its holder was down.
-    removes_while_away: u64,
-}
-
-/// Inserts, overwrites and removes its own keys through random live nodes until `stop`.
-async fn writer(
-    id: u64,
-    seed: u64,
-    up: Arc<Mutex<Vec<PeerAddr>>>,
-    stop: Arc<AtomicBool>,
-    model: Model,
-) -> Tally {
-    let mut rng = Rng::new(seed.wrapping_mul(31).wrapping_add(id));
-    let mut tally = Tally::default();
-    let mut present: Vec<HashKey> = Vec::new();
-    let mut next = 0u64;
-    let mut router: Option<Router> = None;
-    let mut seq = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let r = match router.as_mut() {
-            Some(r) => r,
-            None => {
-                let entries = up.lock().unwrap().clone();
-                let entry = entries[rng.below(entries.len() as u64) as usize];
-                router.insert(Router::new(entry, AddressEncoding::Compact))
-            }
-        };
-        seq += 1;
-        let roll = rng.below(100);
-        let (key, is_new) = if present.is_empty() || roll < 45 {
-            next += 1;
-            (HashKey::of(format!("w{id}-{next}").as_bytes()), true)
-        } else {
-            (present[rng.below(present.len() as u64) as usize], false)
-        };
-        let intended = if !is_new && roll >= 80 {
-            State::Absent
-        } else {
-            let mut v = format!("w{id} {key} #{seq}").into_bytes();
-            if rng.below(25) == 0 {
-                // Some values in pieces (over 6 KiB), so that handoffs move those too.
-                v.resize(
-                    (8 << 10) + rng.below(8 << 10) as usize,
-                    b'a' + (seq % 26) as u8,
-                );
-            }
-            State::Present(v)
-        };
-        let limit = Duration::from_secs(30);
-        let answer = match &intended {
-            State::Absent => tokio::time::timeout(limit, r.remove(&key)).await,
-            State::Present(v) => tokio::time::timeout(limit, r.put(&key, v)).await,
-        };
-        let mut m = model.lock().unwrap();
-        let log = m.entry(key).or_default();
-        match (answer, intended) {
-            // `F` (absent) to the REM of a key an INS stored: either the node that holds it is
-            // down, and its predecessor serves the arc without it until it is back (no copies
-            // elsewhere yet: K-safety, issue 17), so nothing was removed; or the router's first
-            // attempt removed it at a node that died before answering, and its retry found it
-            // absent at the next owner (seed 2: a tombstone of the first attempt, durable
-            // before the kill, reached the owner later). Either is right; the key is left
-            // alone from here on.
-            (Ok(Ok(false)), State::Absent) => {
-                tally.removes_while_away += 1;
-                log.unsure = Some(State::Absent);
-                present.retain(|k| *k != key);
-            }
-            (Ok(Ok(true)), State::Absent) => {
-                log.acked = Some(State::Absent);
-                present.retain(|k| *k != key);
-                tally.removes += 1;
-            }
-            (Ok(Ok(true)), State::Present(v)) => {
-                log.values.push(v.clone());
-                log.acked = Some(State::Present(v));
-                if is_new {
-                    present.push(key);
-                    tally.inserts += 1;
-                } else {
-                    tally.overwrites += 1;
-                }
-            }
-            // `F` to an INS, an error or no answer: the outcome is unknown (an F can follow a
-            // write whose flush failed). The key is left alone from here on.
-            (_, intended) => {
-                log.unsure = Some(intended);
-                present.retain(|k| *k != key);
-                tally.unanswered += 1;
-                router = None;
-            }
+    fn steps(self) -> usize {
+        match self {
+            Mode::Single => STEPS,
+            Mode::Replicated => REPLICATED_STEPS,
         }
     }
-    tally
+
+    fn k(self) -> usize {
+        match self {
+            Mode::Single => 0,
+            Mode::Replicated => K,
+        }
+    }
 }
 
 /// Where a joiner is SIGKILLed in its first join.
@@ -189,6 +121,8 @@ struct Member {
     restart_at: Option<Instant>,
     /// Left the ring for good (its data went to its predecessor).
     left: bool,
+    /// Killed and its directory deleted: never back (replicated mode).
+    gone: bool,
 }
 
 /// Waits until `node` answers PUL (a join may take a while under faults).
@@ -203,6 +137,9 @@ async fn serving(node: &mut TestNode, limit: Duration) -> Result<(), String> {
 
 struct Run {
     seed: u64,
+    mode: Mode,
+    /// A directory was lost since every node last said its copies were synced.
+    unsynced_loss: bool,
     rng: Rng,
     root: std::path::PathBuf,
     members: Vec<Member>,
@@ -318,7 +255,9 @@ impl Run {
             addr,
             &["--join", &join],
         );
-        node.env = ENV
+        node.env = self
+            .mode
+            .env()
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
@@ -359,6 +298,7 @@ impl Run {
                     up: false,
                     restart_at: Some(Instant::now() + back),
                     left: false,
+                    gone: false,
                 });
             }
             None => {
@@ -376,6 +316,7 @@ impl Run {
                     up: true,
                     restart_at: None,
                     left: false,
+                    gone: false,
                 });
             }
         }
@@ -412,12 +353,129 @@ impl Run {
         self.publish_up();
     }
 
+    /// Nodes down, to be restarted.
+    fn down(&self) -> usize {
+        self.members
+            .iter()
+            .filter(|m| m.restart_at.is_some())
+            .count()
+    }
+
+    /// Replicated mode: whether `n` more nodes may go down now. At most two down or lost at
+    /// once among the three holders of an arc: no more than two down in all, and none while a
+    /// lost directory's copies are not synced yet (the driver waits for that first).
+    async fn may_kill(&mut self, n: usize) -> bool {
+        if self.mode == Mode::Single {
+            return true;
+        }
+        if self.unsynced_loss {
+            self.wait_synced().await;
+        }
+        self.down() + n <= 2
+    }
+
+    /// Waits until the ring of the nodes up has settled and every one of them says (INF) that
+    /// it holds copies of the arcs of its K successors, each synced since; fails the run after
+    /// [`SYNCED_WITHIN`] (a lost directory's copies must come back: issue 17, failover).
+    async fn wait_synced(&mut self) {
+        let started = Instant::now();
+        let up: Vec<PeerAddr> = self
+            .up_in_ring_order()
+            .iter()
+            .map(|i| self.members[*i].node.addr)
+            .collect();
+        let mut last;
+        let mut settled: Option<Instant> = None;
+        loop {
+            last = match ring_check(&up, 16).await {
+                Ok(()) => {
+                    let since = *settled.get_or_insert_with(Instant::now);
+                    match synced(&up, since).await {
+                        Ok(()) => break,
+                        Err(e) => e,
+                    }
+                }
+                Err(e) => {
+                    settled = None;
+                    e
+                }
+            };
+            if started.elapsed() > SYNCED_WITHIN {
+                let logs: Vec<String> = self
+                    .members
+                    .iter()
+                    .map(|m| format!("== {}\n{}", m.node.addr, m.node.log_text()))
+                    .collect();
+                panic!(
+                    "seed {}: copies not synced within {SYNCED_WITHIN:?}: {last}\nactions: \
+                     {}\n--- logs ---\n{}",
+                    self.seed,
+                    self.actions.join("; "),
+                    logs.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        self.unsynced_loss = false;
+        self.note(format!("every copy synced ({:?})", started.elapsed()));
+    }
+
+    /// Replicated mode: SIGKILLs one node, or two neighbours at once, and deletes their
+    /// directories; only with no node down and every copy synced, and three nodes left.
+    async fn lose_disks(&mut self) {
+        if self.down() > 0 {
+            self.note("no directory lost: a node is down".into());
+            return;
+        }
+        self.wait_synced().await;
+        let up = self.up_in_ring_order();
+        let two = self.rng.chance(0.6);
+        let n = if two { 2 } else { 1 };
+        if up.len() < MIN_UP + n {
+            self.note(format!("no directory lost: {} nodes up", up.len()));
+            return;
+        }
+        let k = self.rng.below(up.len() as u64) as usize;
+        let lost: Vec<usize> = (0..n).map(|j| up[(k + j) % up.len()]).collect();
+        for &i in &lost {
+            // SAFETY: kill(2) on a child of ours that is running.
+            unsafe {
+                libc::kill(self.members[i].node.pid(), libc::SIGKILL);
+            }
+        }
+        let mut names = Vec::new();
+        for &i in &lost {
+            let m = &mut self.members[i];
+            m.node.stop(libc::SIGKILL);
+            std::fs::remove_dir_all(&m.node.data).unwrap();
+            m.up = false;
+            m.gone = true;
+            names.push(m.node.addr.to_string());
+        }
+        self.unsynced_loss = true;
+        self.note(format!(
+            "SIGKILL {} and deleted the director{} (never back)",
+            names.join(" and "),
+            if n == 2 { "ies: neighbours" } else { "y" }
+        ));
+        self.publish_up();
+    }
+
     /// One fault, chosen at random among those the ring can take now.
     async fn step(&mut self) {
+        if self.mode == Mode::Replicated && self.rng.chance(0.3) {
+            return self.lose_disks().await;
+        }
         let up = self.up_in_ring_order();
-        let total = self.members.iter().filter(|m| !m.left).count();
+        let total = self.members.iter().filter(|m| !m.left && !m.gone).count();
         let roll = self.rng.below(100);
-        if roll < 25 && up.len() > MIN_UP {
+        if roll < 55
+            && !self
+                .may_kill(if (25..45).contains(&roll) { 2 } else { 1 })
+                .await
+        {
+            self.note(format!("no kill: {} nodes down", self.down()));
+        } else if roll < 25 && up.len() > MIN_UP {
             let i = up[self.rng.below(up.len() as u64) as usize];
             self.kill(i, libc::SIGKILL);
         } else if roll < 45 && up.len() > MIN_UP + 1 {
@@ -431,7 +489,7 @@ impl Run {
             self.kill(i, libc::SIGTERM);
         } else if roll < 70 && total < MAX_NODES {
             self.new_node(None).await;
-        } else if roll < 80 && total < MAX_NODES {
+        } else if roll < 80 && total < MAX_NODES && self.may_kill(1).await {
             // Killed mid-join: after a random delay, or in the window between storing the arc
             // (and the ring state) and the final T, the serving side then aborting the CON.
             let how = if self.rng.chance(0.5) {
@@ -449,92 +507,10 @@ impl Run {
     }
 }
 
-/// Reads every key at its owner among `live`. `Err` if an acknowledged operation is lost (a
-/// key missing, or a value nobody wrote), undone (a key back at a value from before its last
-/// acknowledged REM or INS: an older copy won, issue 16), or the ring does not answer yet;
-/// `Ok` with how many keys each owner serves.
-async fn verify(
-    live: &[PeerAddr],
-    model: &HashMap<HashKey, KeyLog>,
-) -> Result<HashMap<PeerAddr, u64>, String> {
-    let mut clients = HashMap::new();
-    for a in live {
-        let c = Client::connect(*a, AddressEncoding::Compact)
-            .await
-            .map_err(|e| e.to_string())?;
-        clients.insert(*a, c);
-    }
-    let (mut lost, mut undone) = (Vec::new(), Vec::new());
-    let mut served: HashMap<PeerAddr, u64> = HashMap::new();
-    for (k, log) in model {
-        let owner = owner_of(live, k);
-        let seen = match clients
-            .get_mut(&owner)
-            .unwrap()
-            .get(k)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            Lookup::Found(v) => State::Present(v),
-            Lookup::Absent => State::Absent,
-            Lookup::NotMine => return Err(format!("{owner} says it does not own {k}")),
-        };
-        if seen != State::Absent {
-            *served.entry(owner).or_default() += 1;
-        }
-        let acked = log.acked.clone().unwrap_or(State::Absent);
-        let fine: Vec<&State> = std::iter::once(&acked).chain(log.unsure.as_ref()).collect();
-        if fine.contains(&&seen) {
-            continue;
-        }
-        let expected = fine
-            .iter()
-            .map(|s| show(s))
-            .collect::<Vec<_>>()
-            .join(" or ");
-        match &seen {
-            State::Present(v) if log.values.contains(v) => undone.push(format!(
-                "{k} at {owner}: {} again after {} answered T; expected {expected}",
-                show(&seen),
-                if acked == State::Absent {
-                    "a REM"
-                } else {
-                    "a later INS"
-                },
-            )),
-            _ => lost.push(format!(
-                "{k} at {owner}: {}, expected {expected}",
-                show(&seen),
-            )),
-        }
-    }
-    let mut wrong = Vec::new();
-    if !lost.is_empty() {
-        wrong.push(format!(
-            "{} acknowledged operations lost, e.g. {}",
-            lost.len(),
-            lost[..lost.len().min(3)].join("; ")
-        ));
-    }
-    if !undone.is_empty() {
-        let removes = undone.iter().filter(|u| u.contains("after a REM")).count();
-        wrong.push(format!(
-            "{} acknowledged operations undone by an older copy ({removes} REMs, {} overwrites): {}",
-            undone.len(),
-            undone.len() - removes,
-            undone[..undone.len().min(8)].join("; ")
-        ));
-    }
-    if !wrong.is_empty() {
-        return Err(wrong.join("\n"));
-    }
-    Ok(served)
-}
-
-/// Every node in `live` holds (INF `keys`: every entry, owned or not) just the keys it serves as
-/// their owner (`served`, from [`verify`]): an entry more is a key at a node that does not own
-/// it (no key outside the model is ever written). INF does not say which: the directories do,
-/// once the nodes are stopped ([`misplaced_on_disk`]).
+/// Every node in `live` holds (INF `keys` and `copies`: every entry, owned or not) just the
+/// keys it serves as their owner (`served`, from [`verify`]): an entry more is a key at a node
+/// that does not own it (no key outside the model is ever written). INF does not say which: the
+/// directories do, once the nodes are stopped ([`misplaced_on_disk`]). Single-copy mode.
 async fn only_owners_hold(
     live: &[PeerAddr],
     served: &HashMap<PeerAddr, u64>,
@@ -545,7 +521,7 @@ async fn only_owners_hold(
         let owns = served.get(a).copied().unwrap_or(0);
         if held != owns {
             wrong.push(format!(
-                "{a} holds {held} entries (INF keys) and serves {owns} keys it owns"
+                "{a} holds {held} entries (INF keys and copies) and serves {owns} keys it owns"
             ));
         }
     }
@@ -556,22 +532,75 @@ async fn only_owners_hold(
     }
 }
 
-/// Keys of `model` that a stopped node's directory holds although another node of `live` owns
-/// them, named (the run's nodes, including those that left: they must hold nothing).
+/// Whether every node of `up` (in any order) says (INF `copy of ADDR: N keys, synced S s ago`)
+/// that it holds copies of the arcs of its K successors, those and no others, each compared
+/// with its owner's since `since` (the ring settled then: a comparison from before may have
+/// been of other arcs); `Err` says what is not so yet.
+async fn synced(up: &[PeerAddr], since: Instant) -> Result<(), String> {
+    let mut sorted = up.to_vec();
+    sorted.sort_by_key(id_of);
+    let n = sorted.len();
+    for (i, a) in sorted.iter().enumerate() {
+        let text = async {
+            Client::connect(*a, AddressEncoding::Compact)
+                .await?
+                .inf()
+                .await
+        }
+        .await
+        .map_err(|e| format!("INF at {a}: {e}"))?;
+        let mut want: Vec<String> = (1..=K.min(n - 1))
+            .map(|j| sorted[(i + j) % n].to_string())
+            .collect();
+        want.sort();
+        let lines: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("copy of "))
+            .filter_map(|l| l.split_once(": "))
+            .collect();
+        let mut of: Vec<String> = lines.iter().map(|(o, _)| o.to_string()).collect();
+        of.sort();
+        if of != want {
+            return Err(format!(
+                "{a} holds copies of {of:?}, its successors are {want:?}"
+            ));
+        }
+        for (owner, state) in lines {
+            // "N keys, synced S s ago": S whole seconds, so the comparison ended less than
+            // S + 1 s ago; it must have ended after `since` (and a second more, for the
+            // nodes' own view of the ring to follow).
+            let ago = state
+                .split_once(", synced ")
+                .and_then(|(_, t)| t.strip_suffix("s ago"))
+                .and_then(|t| t.parse::<u64>().ok());
+            match ago {
+                Some(s) if Duration::from_secs(s + 2) <= since.elapsed() => {}
+                _ => return Err(format!("{a}: copy of {owner}: {state}")),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Keys of `model` that a stopped node's directory holds although it should not: with `k`
+/// replicas, a key is held by its owner among `live` and the owner's `k` predecessors (the
+/// run's nodes, including those that left: they must hold nothing; not those whose directory
+/// was deleted).
 fn misplaced_on_disk(
     members: &[Member],
     live: &[PeerAddr],
     model: &HashMap<HashKey, KeyLog>,
+    k: usize,
 ) -> Vec<String> {
     let mut wrong = Vec::new();
-    for m in members {
+    for m in members.iter().filter(|m| !m.gone) {
         match held_on_disk(&m.node.data, model.keys()) {
             Ok(held) => {
-                for (k, v) in held {
-                    let owner = owner_of(live, &k);
-                    if owner != m.node.addr {
+                for (key, v) in held {
+                    let holders = holders_of(live, &key, k);
+                    if !holders.contains(&m.node.addr) {
                         wrong.push(format!(
-                            "{k} in the directory of {} (owner {owner}): {}",
+                            "{key} in the directory of {} (held by {holders:?}): {}",
                             m.node.addr,
                             show(&State::Present(v))
                         ));
@@ -584,16 +613,8 @@ fn misplaced_on_disk(
     wrong
 }
 
-fn show(s: &State) -> String {
-    match s {
-        State::Present(v) if v.len() > 64 => format!("a value of {} bytes", v.len()),
-        State::Present(v) => format!("{:?}", String::from_utf8_lossy(v)),
-        State::Absent => "absent".into(),
-    }
-}
-
-async fn run(seed: u64) {
-    println!("fault run, seed {seed}");
+async fn run(seed: u64, mode: Mode) {
+    println!("fault run, seed {seed}, {mode:?}");
     let dir = tempfile::tempdir().unwrap();
     if std::env::var_os("FAULT_KEEP").is_some() {
         println!(
@@ -603,9 +624,11 @@ async fn run(seed: u64) {
     }
     let mut rng = Rng::new(seed);
     let n = 5 + rng.below(2) as usize;
-    let nodes = start_ring(dir.path(), n, ENV).await;
+    let nodes = start_ring(dir.path(), n, &mode.env()).await;
     let mut run = Run {
         seed,
+        mode,
+        unsynced_loss: false,
         rng,
         root: dir.path().to_path_buf(),
         members: nodes
@@ -615,6 +638,7 @@ async fn run(seed: u64) {
                 up: true,
                 restart_at: None,
                 left: false,
+                gone: false,
             })
             .collect(),
         up: Arc::new(Mutex::new(Vec::new())),
@@ -633,10 +657,11 @@ async fn run(seed: u64) {
                 run.up.clone(),
                 stop.clone(),
                 model.clone(),
+                Vec::new(),
             ))
         })
         .collect();
-    for _ in 0..STEPS {
+    for _ in 0..mode.steps() {
         let pause = Duration::from_millis(800 + run.rng.below(1700));
         tokio::time::sleep(pause).await;
         run.restart_due(false).await;
@@ -659,7 +684,7 @@ async fn run(seed: u64) {
         .map(|m| m.node.addr)
         .collect();
     let logs: Vec<&TestNode> = run.members.iter().map(|m| &m.node).collect();
-    let context = format!("seed {seed} (actions: {})", run.actions.join("; "));
+    let context = format!("seed {seed} {mode:?} (actions: {})", run.actions.join("; "));
     let took = settle(
         &format!("a settled ring, {context}"),
         Duration::from_secs(60),
@@ -669,29 +694,53 @@ async fn run(seed: u64) {
     .await;
     println!("[seed {seed}] ring settled {took:?} after the last restart");
     let model = std::mem::take(&mut *model.lock().unwrap());
-    // Every acknowledged operation seen, none undone, and no key at a non-owner, within 60 s.
+    // Every acknowledged operation seen, none undone, and no key where it should not be (at a
+    // non-owner; with replicas, anywhere but its owner and K predecessors, and each of those
+    // with the owner's version), within 60 s.
     let checked = Instant::now();
-    let served = loop {
+    // What was still wrong, and when (printed if the data took long to be right).
+    let mut seen_wrong: Vec<(Duration, String)> = Vec::new();
+    let counted = loop {
         let look = match verify(&live, &model).await {
-            Ok(served) => only_owners_hold(&live, &served).await.map(|()| served),
+            Ok(v) => match mode {
+                Mode::Single => only_owners_hold(&live, &v.served).await.map(|()| (v, None)),
+                Mode::Replicated => copies_right(&live, model.keys(), K)
+                    .await
+                    .map(|c| (v, Some(c))),
+            },
             Err(e) => Err(e),
         };
         match look {
-            Ok(served) => break Ok(served),
+            Ok(counted) => break Ok(counted),
             Err(e) if checked.elapsed() > Duration::from_secs(60) => break Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            Err(e) => {
+                let at = checked.elapsed();
+                if seen_wrong
+                    .last()
+                    .is_none_or(|(t, _)| at >= *t + Duration::from_secs(10))
+                {
+                    seen_wrong.push((at, e));
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await
+            }
         }
     };
     let took = checked.elapsed();
-    // What the directories hold, the nodes stopped: no key of the run at a non-owner.
+    if took > Duration::from_secs(10) {
+        for (at, e) in &seen_wrong {
+            let e = e.replace('\n', "; ");
+            println!("[seed {seed}] still wrong {at:.1?} after the ring settled: {e}");
+        }
+    }
+    // What the directories hold, the nodes stopped: no key of the run where it should not be.
     for m in run.members.iter_mut() {
         if m.node.child.is_some() {
             m.node.stop(libc::SIGTERM);
         }
     }
-    let misplaced = misplaced_on_disk(&run.members, &live, &model);
+    let misplaced = misplaced_on_disk(&run.members, &live, &model, mode.k());
     let misplaced_text = format!(
-        "{} keys in the directory of a node that does not own them{}{}",
+        "{} keys in the directory of a node that should not hold them{}{}",
         misplaced.len(),
         if misplaced.is_empty() { "" } else { ": " },
         misplaced[..misplaced.len().min(8)].join("; ")
@@ -708,7 +757,7 @@ async fn run(seed: u64) {
     } else {
         Some(dir)
     };
-    match served {
+    match counted {
         Err(e) => {
             println!("[seed {seed}] FAILED: {e}\n[seed {seed}] {misplaced_text}");
             panic!(
@@ -724,22 +773,48 @@ async fn run(seed: u64) {
                 logs.join("\n")
             );
         }
-        Ok(_) => println!(
-            "[seed {seed}] all {} keys checked {took:?} later: none lost, no REM or overwrite \
-             undone, none at a non-owner (INF, then the directories)",
-            model.len()
+        Ok((v, copies)) => println!(
+            "[seed {seed}] all {} keys checked {took:?} later ({} acknowledged, {} unsure): none \
+             lost, no REM or overwrite undone, {} (INF or VGT, then the directories); the run \
+             took {:?}",
+            v.checked,
+            v.acked,
+            v.unsure,
+            match copies {
+                None => "none at a non-owner".to_string(),
+                Some(c) => format!(
+                    "every one of the {} present on its owner and {K} predecessors ({} copies), \
+                     nowhere else",
+                    c.present, c.copies
+                ),
+            },
+            run.started.elapsed()
         ),
     }
     drop(dir);
 }
 
+fn seeds(default: &[u64]) -> Vec<u64> {
+    match std::env::var("FAULT_SEEDS") {
+        Ok(s) => s.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
+        Err(_) => default.to_vec(),
+    }
+}
+
+/// Single-copy mode (`replicas = 0`): the behaviour this test checked before issue 17, with
+/// its assertion that only the owner holds a key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_kills_restarts_joins_and_leaves_under_writers_end_in_a_settled_ring() {
-    let seeds: Vec<u64> = match std::env::var("FAULT_SEEDS") {
-        Ok(s) => s.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
-        Err(_) => SEEDS.to_vec(),
-    };
-    for seed in seeds {
-        run(seed).await;
+    for seed in seeds(SEEDS) {
+        run(seed, Mode::Single).await;
+    }
+}
+
+/// Replicated mode (`replicas = 2`): also directories lost for good, one node or two
+/// neighbours at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replicas_random_kills_disk_losses_joins_and_leaves_lose_no_acknowledged_write() {
+    for seed in seeds(REPLICATED_SEEDS) {
+        run(seed, Mode::Replicated).await;
     }
 }

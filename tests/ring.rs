@@ -13,6 +13,14 @@ use common::{loopback_addrs, placement, placement_within, settle, TestNode};
 use dht_store::client::Router;
 use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr};
 
+/// Every node: copies of arcs a node no longer holds are released by its repair pass, and
+/// copies a write answered `F` did not reach are filled by anti-entropy, every 2 s here (60 s
+/// and 300 s by default, longer than these tests wait for them).
+const ENV: &[(&str, &str)] = &[
+    ("DHT_STORE_REPAIR_INTERVAL_SECS", "2"),
+    ("DHT_STORE_SYNC_INTERVAL_SECS", "2"),
+];
+
 /// Acknowledged writes: key -> the value the last acknowledged INS stored.
 type Acked = Arc<Mutex<HashMap<HashKey, Vec<u8>>>>;
 
@@ -44,17 +52,21 @@ fn writer(
 }
 
 /// Every acknowledged key is served by its owner (computed from the node ids), at once, and
-/// the arcs the nodes own (INF `keys`) add up to the keys written: no key is owned twice. A
-/// write not acknowledged may have been stored (a replica did not hold it in time), hence
-/// `not_acked` more at most.
+/// the arcs the nodes own (INF `keys`) add up to the keys written: no key is owned twice; and
+/// the nodes hold (INF `copies`) K copies of each, no copy left anywhere else. A write not
+/// acknowledged may have been stored (a replica did not hold it in time), hence `not_acked`
+/// more at most.
 async fn check_placement(nodes: &[&TestNode], acked: &HashMap<HashKey, Vec<u8>>, not_acked: usize) {
     let addrs: Vec<PeerAddr> = nodes.iter().map(|n| n.addr).collect();
     if let Err(e) = placement(&addrs, acked, false).await {
         panic!("{e}");
     }
-    settle("no key owned twice", Duration::from_secs(20), nodes, || {
-        placement_within(&addrs, acked, Some(not_acked))
-    })
+    settle(
+        "no key owned twice, K copies of each",
+        Duration::from_secs(20),
+        nodes,
+        || placement_within(&addrs, acked, Some(not_acked)),
+    )
     .await;
 }
 
@@ -62,7 +74,7 @@ async fn check_placement(nodes: &[&TestNode], acked: &HashMap<HashKey, Vec<u8>>,
 async fn eight_nodes_join_through_random_entry_points_under_writes() {
     let root = tempfile::tempdir().unwrap();
     let addrs = loopback_addrs(9);
-    let mut nodes = vec![TestNode::start(&root.path().join("n0"), addrs[0], &[]).await];
+    let mut nodes = vec![TestNode::start_env(&root.path().join("n0"), addrs[0], &[], ENV).await];
     let acked: Acked = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let w = writer(addrs[0], "join", stop.clone(), acked.clone());
@@ -70,7 +82,13 @@ async fn eight_nodes_join_through_random_entry_points_under_writes() {
     for (i, addr) in addrs.iter().enumerate().skip(1) {
         // Any member may be the entry point.
         let via = nodes[(i * 7919) % nodes.len()].addr.to_string();
-        let n = TestNode::start(&root.path().join(format!("n{i}")), *addr, &["--join", &via]).await;
+        let n = TestNode::start_env(
+            &root.path().join(format!("n{i}")),
+            *addr,
+            &["--join", &via],
+            ENV,
+        )
+        .await;
         nodes.push(n);
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
@@ -95,11 +113,17 @@ async fn eight_nodes_join_through_random_entry_points_under_writes() {
 async fn a_leave_under_continuous_writes_loses_no_acknowledged_write() {
     let root = tempfile::tempdir().unwrap();
     let addrs = loopback_addrs(4);
-    let mut nodes = vec![TestNode::start(&root.path().join("n0"), addrs[0], &[]).await];
+    let mut nodes = vec![TestNode::start_env(&root.path().join("n0"), addrs[0], &[], ENV).await];
     for (i, addr) in addrs.iter().enumerate().skip(1) {
         let via = addrs[0].to_string();
         nodes.push(
-            TestNode::start(&root.path().join(format!("n{i}")), *addr, &["--join", &via]).await,
+            TestNode::start_env(
+                &root.path().join(format!("n{i}")),
+                *addr,
+                &["--join", &via],
+                ENV,
+            )
+            .await,
         );
     }
     // Preload, so that the leaver has a range worth moving.

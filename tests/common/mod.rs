@@ -2,6 +2,7 @@
 //! directories in temp dirs, talked to over real TCP.
 #![allow(dead_code)]
 
+pub mod model;
 pub mod process;
 pub mod pty;
 pub mod sample;
@@ -54,6 +55,22 @@ impl TestNode {
         n
     }
 
+    /// [`TestNode::start`] with `env` for the process.
+    pub async fn start_env(
+        data: &Path,
+        addr: PeerAddr,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestNode {
+        let mut n = TestNode::new(data, addr, extra);
+        n.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        n.restart().await;
+        n
+    }
+
     /// A node that is not started yet.
     pub fn new(data: &Path, addr: PeerAddr, extra: &[&str]) -> TestNode {
         TestNode {
@@ -94,13 +111,13 @@ impl TestNode {
             .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
-    /// Entries the node holds (from INF), owned or not.
+    /// Entries the node holds (from INF: `keys`, the arc it owns, and `copies`, the rest),
+    /// owned or not.
     pub async fn keys_held(&self) -> u64 {
         let text = self.client().await.inf().await.expect("INF");
-        text.lines()
-            .find_map(|l| l.strip_prefix("keys "))
-            .and_then(|n| n.trim().parse().ok())
-            .expect("INF has a keys line")
+        Held::of(&text)
+            .unwrap_or_else(|e| panic!("INF at {}: {e}: {text}", self.addr))
+            .total()
     }
 
     /// Runs `dht-store leave --data DIR`; returns (exit code, stdout+stderr).
@@ -231,10 +248,8 @@ pub async fn wait_serving(
     }
 }
 
-/// The owner of `key` among nodes with these addresses, computed from their ids here, not by
-/// asking any node: the largest id <= key, else the largest id.
 /// The nodes that hold `key` with `k` copies besides the owner's: its owner and the owner's
-/// `k` predecessors among `addrs` (all of them in a ring of at most k + 1).
+/// `k` predecessors among `addrs`, nearest first (all of them in a ring of at most k + 1).
 pub fn holders_of(
     addrs: &[PeerAddr],
     key: &dht_store::protocol::HashKey,
@@ -252,6 +267,8 @@ pub fn holders_of(
         .collect()
 }
 
+/// The owner of `key` among nodes with these addresses, computed from their ids here, not by
+/// asking any node: the largest id <= key, else the largest id.
 pub fn owner_of(addrs: &[PeerAddr], key: &dht_store::protocol::HashKey) -> PeerAddr {
     let ids: Vec<_> = addrs
         .iter()
@@ -391,7 +408,8 @@ pub async fn ring_check(live: &[PeerAddr], walks: usize) -> Result<(), String> {
 }
 
 /// One look at the data among `live`: every key of `acked` served by its owner with its value.
-/// `exact`: and the nodes hold no other entries (no copy left anywhere else).
+/// `exact`: and the nodes hold no other entries: one owned entry per key, and K copies more of
+/// each (the nodes' `replicas`, fewer in a ring of at most K nodes), no copy left anywhere else.
 pub async fn placement(
     live: &[PeerAddr],
     acked: &std::collections::HashMap<dht_store::protocol::HashKey, Vec<u8>>,
@@ -402,7 +420,8 @@ pub async fn placement(
 
 /// [`placement`], where the owners' `keys` may add up to `extra` more than the keys acknowledged:
 /// a write answered `F` (or not at all) may have been stored (at its owner, when a replica did
-/// not hold it in time). `None`: the totals are not checked.
+/// not hold it in time), and then has its copies like any other. `None`: the totals are not
+/// checked.
 pub async fn placement_within(
     live: &[PeerAddr],
     acked: &std::collections::HashMap<dht_store::protocol::HashKey, Vec<u8>>,
@@ -436,24 +455,76 @@ pub async fn placement_within(
             acked.len()
         ));
     }
-    if let Some(extra) = extra {
-        let mut total = 0;
-        for c in clients.values_mut() {
+    if let Some(unsure) = extra {
+        // Each key on its owner and its K predecessors (issue 17): the nodes own (INF `keys`)
+        // one entry per key in all, and hold (INF `copies`) K copies more of each, K as low as
+        // the ring is small (every node holds everything in a ring of at most K + 1).
+        let (mut owned, mut copies, mut k) = (0, 0, None);
+        for (a, c) in clients.iter_mut() {
             let text = c.inf().await.map_err(|e| e.to_string())?;
-            total += text
-                .lines()
-                .find_map(|l| l.strip_prefix("keys "))
-                .and_then(|n| n.trim().parse::<u64>().ok())
-                .unwrap_or(0);
+            let held = Held::of(&text).map_err(|e| format!("INF at {a}: {e}"))?;
+            owned += held.owned;
+            copies += held.copies;
+            if *k.get_or_insert(held.replicas) != held.replicas {
+                return Err(format!("the nodes keep different numbers of replicas: {a}"));
+            }
         }
-        if total < acked.len() as u64 || total > (acked.len() + extra) as u64 {
+        let k = k.unwrap_or(0).min(live.len().saturating_sub(1)) as u64;
+        let n = acked.len() as u64;
+        let most = n + unsure as u64;
+        if owned < n || owned > most || copies != k * owned {
+            let owned_range = if unsure == 0 {
+                n.to_string()
+            } else {
+                format!("{n} to {most}")
+            };
             return Err(format!(
-                "{total} entries owned for {} keys acknowledged (and {extra} not)",
-                acked.len()
+                "{owned} entries owned and {copies} copies held for {n} keys acknowledged and \
+                 {unsure} unsure (K = {k}: {owned_range} owned and K times as many copies \
+                 expected)"
             ));
         }
     }
     Ok(())
+}
+
+/// What a node's INF says it holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    /// `keys`: live entries in the arc the node owns.
+    pub owned: u64,
+    /// `copies`: the other live entries it holds (copies of its successors' arcs, and any it
+    /// should not hold); 0 for a node of before issue 17.
+    pub copies: u64,
+    /// `replicas`: the copies it keeps besides the owner's, K (0 for a node of before).
+    pub replicas: usize,
+}
+
+impl Held {
+    pub fn of(text: &str) -> Result<Held, String> {
+        let line = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(|n| n.parse::<u64>().map_err(|e| format!("{name}{n}: {e}")))
+        };
+        Ok(Held {
+            owned: line("keys ").ok_or("no keys line")??,
+            copies: line("copies ").transpose()?.unwrap_or(0),
+            replicas: line("replicas ").transpose()?.unwrap_or(0) as usize,
+        })
+    }
+
+    /// Every live entry the node holds, owned or not.
+    pub fn total(&self) -> u64 {
+        self.owned + self.copies
+    }
+}
+
+/// What the node at `addr` holds, from its INF.
+pub async fn held_at(addr: PeerAddr) -> Result<Held, String> {
+    let text = inf_at(addr).await?;
+    Held::of(&text).map_err(|e| format!("INF at {addr}: {e}: {text}"))
 }
 
 /// Retries `check` every 300 ms until it passes; after `limit`, fails with the last thing it
@@ -583,14 +654,10 @@ pub async fn wait_replicas(
     }
 }
 
-/// The entries a node holds, owned or not, as its INF `keys` line counts them (live entries:
-/// what GET would return at that node if it owned the key).
+/// The entries a node holds, owned or not, as its INF counts them (`keys`, live entries of the
+/// arc it owns, plus `copies`, the other live entries it holds: issue 17).
 pub async fn keys_held_at(addr: PeerAddr) -> Result<u64, String> {
-    let text = inf_at(addr).await?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("keys "))
-        .and_then(|n| n.trim().parse().ok())
-        .ok_or_else(|| format!("INF at {addr} has no keys line: {text}"))
+    held_at(addr).await.map(|h| h.total())
 }
 
 /// Which of `keys` the data directory `data` holds, with their values, read from the directory
