@@ -25,7 +25,17 @@ async fn put_keys(entry: PeerAddr, tag: &str, n: usize) -> HashMap<HashKey, Vec<
     for i in 0..n {
         let k = HashKey::of(format!("{tag}-{i}").as_bytes());
         let v = format!("{tag} value {i}").into_bytes();
-        assert!(r.put(&k, &v).await.unwrap(), "{tag}-{i} not stored");
+        // Right after a death an owner may still name the dead node among its replicas (until
+        // it finds them again, within a maintenance round): `F`, and the client retries.
+        let mut stored = false;
+        for _ in 0..10 {
+            stored = r.put(&k, &v).await.unwrap();
+            if stored {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(stored, "{tag}-{i} not stored in 10 tries");
         acked.insert(k, v);
     }
     acked

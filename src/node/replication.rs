@@ -126,15 +126,30 @@ impl Node {
             let key = cur.id.prev();
             // The walk for the key below `cur` ends at its predecessor. From us it starts at
             // the closest peer we know; from a predecessor, at that predecessor.
-            let start = if cur == me {
+            let mut start = if cur == me {
                 self.own_answer(&key).await
             } else {
                 cur.addr
             };
-            let pred = if start == me.addr {
-                me.addr
-            } else {
-                walk::walk(start, &key, me.addr, enc).await?
+            // A peer that just left or died may still be the one we would start from (it
+            // answered lately, so OWN names it without a PUL): found failing, it is dropped and
+            // the walk starts again from the closest peer we know after it.
+            let mut tries = 0;
+            let pred = loop {
+                if start == me.addr {
+                    break me.addr;
+                }
+                match walk::walk(start, &key, me.addr, enc).await {
+                    Ok(p) => break p,
+                    Err(e) if tries < 2 => {
+                        tries += 1;
+                        self.mark_failed(start, "OWN walk for our replicas");
+                        self.forget(start);
+                        debug!(%start, "the walk for our replicas failed there ({e}): again");
+                        start = self.own_answer(&key).await;
+                    }
+                    Err(e) => return Err(e),
+                }
             };
             if pred == me.addr || preds.contains(&pred) {
                 break; // round the ring: it has fewer than K + 1 nodes
