@@ -164,15 +164,17 @@ async fn two_then_three_adjacent_nodes_die_at_once_and_the_ring_heals() {
     for n in &refs {
         let text = n.log_text();
         for dead in [2, 3, 5, 6, 7] {
-            let lines = text
+            let said: Vec<&str> = text
                 .lines()
                 .filter(|l| l.contains("does not answer") && l.contains(&all[dead].to_string()))
-                .count();
+                .collect();
             assert!(
-                lines <= 1,
-                "{} logged {lines} times that {} does not answer",
+                said.len() <= 1,
+                "{} logged {} times that {} does not answer:\n{}",
                 n.addr,
-                all[dead]
+                said.len(),
+                all[dead],
+                said.join("\n")
             );
         }
     }

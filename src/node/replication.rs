@@ -141,9 +141,10 @@ impl Node {
                 }
                 match walk::walk(start, &key, me.addr, enc).await {
                     Ok(p) => break p,
-                    Err(e) if tries < 2 => {
+                    // Only when `start` itself is gone: a walk may fail further on.
+                    Err(e) if tries < 2 && !walk::pul(start, enc).await => {
                         tries += 1;
-                        self.mark_failed(start, "OWN walk for our replicas");
+                        self.mark_failed(start, "PUL after an OWN walk for our replicas failed");
                         self.forget(start);
                         debug!(%start, "the walk for our replicas failed there ({e}): again");
                         start = self.own_answer(&key).await;
