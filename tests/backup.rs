@@ -436,17 +436,11 @@ async fn a_restored_node_in_a_changed_ring_serves_what_it_owns_and_the_rest_reac
     for i in (0..600).step_by(3) {
         let k = HashKey::of(format!("r-{i}").as_bytes());
         let v = format!("new {i}").into_bytes();
-        // Right after a leave and a join an owner may still name the leaver among its replicas
-        // (until it finds them again, within a maintenance round): `F`, and the client retries.
-        let mut stored = false;
-        for _ in 0..10 {
-            stored = r.put(&k, &v).await.unwrap();
-            if stored {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        assert!(stored, "r-{i} not stored in 10 tries");
+        // Right after a leave and a join: see `put_retrying`.
+        assert!(
+            common::put_retrying(&mut r, &k, &v).await,
+            "r-{i} not stored in 10 tries"
+        );
         acked.insert(k, v);
     }
     // Restore node 1's archive into a fresh dir and start it at its old address.

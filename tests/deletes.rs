@@ -51,32 +51,6 @@ const FAULT: &str = "con-join:before-ack";
 /// dozen maintenance rounds.
 const STILL_RIGHT_AFTER: Duration = Duration::from_secs(3);
 
-/// The test's directory (data and logs), removed at the end unless `DELETES_KEEP` is set.
-struct Root {
-    _dir: Option<tempfile::TempDir>,
-    path: std::path::PathBuf,
-}
-
-impl Root {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-fn temp_root() -> Root {
-    let dir = tempfile::tempdir().unwrap();
-    if std::env::var_os("DELETES_KEEP").is_some() {
-        let path = dir.keep();
-        println!("data and logs kept in {}", path.display());
-        return Root { _dir: None, path };
-    }
-    let path = dir.path().to_path_buf();
-    Root {
-        _dir: Some(dir),
-        path,
-    }
-}
-
 fn env(fault: bool, k: usize) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = ENV
         .iter()
@@ -437,7 +411,7 @@ async fn with_replicas_a_fresh_joiner_killed_before_its_t_brings_back_no_key_rem
 }
 
 async fn a_fresh_joiner(k: usize) {
-    let root = temp_root();
+    let root = common::temp_root("DELETES_KEEP");
     let mut a = loopback_addrs(3);
     a.sort_by_key(id_of);
     let (qa, pa, ja) = (a[0], a[1], a[2]);
@@ -488,7 +462,7 @@ async fn with_replicas_a_rejoining_node_killed_before_its_t_brings_back_no_key_r
 }
 
 async fn a_rejoining_node(k: usize) {
-    let root = temp_root();
+    let root = common::temp_root("DELETES_KEEP");
     let mut a = loopback_addrs(3);
     a.sort_by_key(id_of);
     let (qa, pa, ja) = (a[0], a[1], a[2]);
@@ -551,7 +525,7 @@ async fn with_replicas_b_a_node_given_up_and_back_brings_back_no_key_removed_whi
 }
 
 async fn b_a_node_given_up(replicas: usize) {
-    let root = temp_root();
+    let root = common::temp_root("DELETES_KEEP");
     let env = env(false, replicas);
     let env: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let mut nodes = common::start_ring(root.path(), 4, &env).await;

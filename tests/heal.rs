@@ -25,17 +25,11 @@ async fn put_keys(entry: PeerAddr, tag: &str, n: usize) -> HashMap<HashKey, Vec<
     for i in 0..n {
         let k = HashKey::of(format!("{tag}-{i}").as_bytes());
         let v = format!("{tag} value {i}").into_bytes();
-        // Right after a death an owner may still name the dead node among its replicas (until
-        // it finds them again, within a maintenance round): `F`, and the client retries.
-        let mut stored = false;
-        for _ in 0..10 {
-            stored = r.put(&k, &v).await.unwrap();
-            if stored {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        assert!(stored, "{tag}-{i} not stored in 10 tries");
+        // Right after a death: see `put_retrying`.
+        assert!(
+            common::put_retrying(&mut r, &k, &v).await,
+            "{tag}-{i} not stored in 10 tries"
+        );
         acked.insert(k, v);
     }
     acked

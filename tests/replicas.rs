@@ -19,7 +19,6 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,32 +40,6 @@ const ENV: &[(&str, &str)] = &[
     ("DHT_STORE_SYNC_INTERVAL_SECS", "2"),
 ];
 
-/// The test's directory (data and logs), removed at the end unless `REPLICAS_KEEP` is set.
-struct Root {
-    _dir: Option<tempfile::TempDir>,
-    path: std::path::PathBuf,
-}
-
-impl Root {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-fn temp_root() -> Root {
-    let dir = tempfile::tempdir().unwrap();
-    if std::env::var_os("REPLICAS_KEEP").is_some() {
-        let path = dir.keep();
-        println!("data and logs kept in {}", path.display());
-        return Root { _dir: None, path };
-    }
-    let path = dir.path().to_path_buf();
-    Root {
-        _dir: Some(dir),
-        path,
-    }
-}
-
 fn env() -> Vec<(String, String)> {
     ENV.iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -80,17 +53,6 @@ fn addrs(nodes: &[&TestNode]) -> Vec<PeerAddr> {
 async fn ring_formed(what: &str, nodes: &[&TestNode], limit: Duration) -> Duration {
     let live = addrs(nodes);
     settle(what, limit, nodes, || ring_check(&live, 32)).await
-}
-
-async fn inf(addr: PeerAddr) -> Result<String, String> {
-    async {
-        Client::connect(addr, AddressEncoding::Compact)
-            .await?
-            .inf()
-            .await
-    }
-    .await
-    .map_err(|e| format!("INF at {addr}: {e}"))
 }
 
 /// The INF line `sync moved in E entries B bytes, out E entries B bytes` (cumulative since the
@@ -170,7 +132,7 @@ async fn copies_settle(
 /// back on K + 1 nodes (all three).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_adjacent_nodes_die_with_their_disks_and_nothing_is_lost() {
-    let root = temp_root();
+    let root = common::temp_root("REPLICAS_KEEP");
     let mut nodes = start_ring(root.path(), 5, ENV).await;
     let all: Vec<PeerAddr> = nodes.iter().map(|n| n.addr).collect();
     ring_formed(
@@ -326,7 +288,7 @@ fn address_in_arc(from: &HashKey, to: &HashKey, keys: &[HashKey], min_keys: usiz
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joiner_between_an_owner_and_its_predecessors_gets_full_copies_and_the_old_holder_drops_them_after(
 ) {
-    let root = temp_root();
+    let root = common::temp_root("REPLICAS_KEEP");
     let nodes = start_ring(root.path(), 4, ENV).await;
     let four: Vec<PeerAddr> = nodes.iter().map(|n| n.addr).collect();
     let refs: Vec<&TestNode> = nodes.iter().collect();
@@ -543,7 +505,7 @@ async fn a_replica_that_was_away_catches_up_moving_what_changed_not_the_arc() {
     const OPS: usize = 10_000;
     const CHANGED_KEYS: usize = 300;
     const TASKS: usize = 8;
-    let root = temp_root();
+    let root = common::temp_root("REPLICAS_KEEP");
     let mut nodes = start_ring(root.path(), 4, ENV).await;
     let four: Vec<PeerAddr> = nodes.iter().map(|n| n.addr).collect();
     ring_formed(
@@ -689,7 +651,7 @@ async fn a_replica_that_was_away_catches_up_moving_what_changed_not_the_arc() {
         Duration::from_secs(120),
     )
     .await;
-    let text = inf(ra).await.unwrap();
+    let text = common::inf_at(ra).await.unwrap();
     let Some((in_e, in_b, out_e, out_b)) = sync_moved(&text) else {
         panic!("INF at R has no `sync moved` line: {text}");
     };

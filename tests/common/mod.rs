@@ -681,3 +681,48 @@ pub fn held_on_disk<'a>(
     }
     Ok(held)
 }
+
+/// A test's directory (data and logs), removed at the end unless the variable `keep` is set
+/// (then its path is printed, for a look after a failure).
+pub struct Root {
+    _dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+}
+
+impl Root {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A new [`Root`], kept if the environment variable `keep` is set.
+pub fn temp_root(keep: &str) -> Root {
+    let dir = tempfile::tempdir().unwrap();
+    if std::env::var_os(keep).is_some() {
+        let path = dir.keep();
+        println!("data and logs kept in {}", path.display());
+        return Root { _dir: None, path };
+    }
+    let path = dir.path().to_path_buf();
+    Root {
+        _dir: Some(dir),
+        path,
+    }
+}
+
+/// Puts `value` through `r`, again (up to 10 tries, 200 ms apart) while it is answered `F`:
+/// right after a ring change an owner may still name a node that is gone among its replicas
+/// (until it finds them again, within a maintenance round), and a client retries.
+pub async fn put_retrying(
+    r: &mut dht_store::client::Router,
+    key: &dht_store::protocol::HashKey,
+    value: &[u8],
+) -> bool {
+    for _ in 0..10 {
+        if r.put(key, value).await.unwrap() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
