@@ -16,8 +16,10 @@
 //!    overwritten (new value, same size), half removed. Writes answered `F` (while the owners
 //!    find their replicas again) are retried. A write is acknowledged only once every replica
 //!    holds it, so writes need the ring to have given the stopped node up: its predecessor takes
-//!    its arc meanwhile, and when it returns it joins again (VCN) and gets that arc back by a
-//!    handoff, which the bench reports apart from anti-entropy (the node's "handoff done" line).
+//!    its arc meanwhile, and when it returns it joins again and gets that arc back: by
+//!    comparison (VCC, `compared-join/1`), whose entries count in the nodes' `sync moved`
+//!    lines with anti-entropy's, or by a stream of the whole arc (VCN, a build before VCC or a
+//!    peer without it), which the bench reports apart (the node's "handoff done" line).
 //! 3. The node is started again on its directory. From its exec the bench polls (every 250 ms)
 //!    its PUL, the nodes' logs, and VGT at the returning node of up to `BENCH_SYNC_SAMPLES`
 //!    (default 200) of the changed keys. It is **in sync** when every node's last comparison
@@ -684,9 +686,17 @@ async fn run(s: &Settings, root: &Path) -> Result<(), String> {
     let victim_new = &victim_log[log_start[&victim]..];
     let rejoin: Vec<&str> = lines_with(victim_new, &["handoff done"]);
     let rejoin_mib: f64 = rejoin.iter().filter_map(|l| handoff_mib(l)).sum();
-    match rejoin.is_empty() {
-        true => println!("rejoin handoff: none (the ring still routed its id to it)"),
-        false => {
+    // A VCC moves its entries by comparison: they are in `sync moved`, not in a stream.
+    let compared = victim_new.contains("under its fence");
+    match (rejoin.is_empty(), compared) {
+        (true, _) => println!("rejoin handoff: none (the ring still routed its id to it)"),
+        (false, true) => {
+            println!("rejoin by comparison (VCC): its entries are counted in `sync moved` below, nothing streamed:");
+            for l in lines_with(victim_new, &["handoff done", "compared with"]) {
+                println!("   {l}");
+            }
+        }
+        (false, false) => {
             println!("rejoin handoff (VCN from its predecessor, the whole arc it owns again): {rejoin_mib:.1} MiB on the wire, apart from anti-entropy:");
             for l in &rejoin {
                 println!("   {l}");
@@ -735,7 +745,7 @@ async fn run(s: &Settings, root: &Path) -> Result<(), String> {
         per(moved_total as f64),
         100.0 * moved_total as f64 / total as f64
     );
-    if !rejoin.is_empty() {
+    if !rejoin.is_empty() && !compared {
         let b = rejoin_mib * MIB;
         println!(
             "moved by the rejoin handoff: {rejoin_mib:.1} MiB = {}, {:.1}% of the total",
@@ -797,6 +807,7 @@ async fn run(s: &Settings, root: &Path) -> Result<(), String> {
                 "not synced",
                 "arc in sync",
                 "handoff done",
+                "compared with",
                 "joined again",
                 "replicas of our arc now",
                 "kept the entries handed over",

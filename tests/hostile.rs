@@ -379,3 +379,54 @@ async fn replication_commands_past_their_limits_close_only_that_connection() {
     assert_eq!(c.get(&k).await.unwrap(), Lookup::Found(b"one".to_vec()));
     still_serving(&node, "replica-commands").await;
 }
+
+/// A joiner of a VCC (CON by comparison, docs/EXTENSIONS.md) that breaks the exchange: a byte
+/// that is no Status, or silence after its first `N`. The owner ends that one exchange (after
+/// its I/O timeout for the silent one), lifts its fence, and writes to the arc go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vcc_joiner_that_breaks_the_exchange_does_not_hold_the_arc() {
+    let root = tempfile::tempdir().unwrap();
+    let node = TestNode::start_new(root.path(), &["--io-timeout", "2"]).await;
+    let joiner: dht_store::protocol::PeerAddr = "127.0.0.9:5000".parse().unwrap();
+    let (j, me) = (
+        dht_store::ring::id_of(&joiner),
+        dht_store::ring::id_of(&node.addr),
+    );
+    // A key of the arc the joiner would take ([id(J), id(P)) in a ring of one).
+    let fenced = (0..)
+        .map(|i| key(&format!("vcc-fenced-{i}")))
+        .find(|k| dht_store::ring::in_arc(k, &j, &me))
+        .unwrap();
+    let open = |_: ()| async {
+        let mut s = TcpStream::connect(node.addr).await.unwrap();
+        let mut b = b"VCC".to_vec();
+        b.extend_from_slice(&[127, 0, 0, 9]);
+        b.extend_from_slice(&5000u16.to_be_bytes());
+        s.write_all(&b).await.unwrap();
+        // T, then S1 and S2 (the node itself in a ring of one): the arc is fenced now.
+        let mut answer = [0u8; 13];
+        s.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer[0], b'T', "{answer:?}");
+        s
+    };
+    for (what, tail) in [
+        ("a byte that is no Status", &b"NN?"[..]),
+        ("silence", &b"N"[..]),
+    ] {
+        let mut s = open(()).await;
+        s.write_all(tail).await.unwrap();
+        let t = Instant::now();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "{what}: the owner kept the exchange open");
+        println!("{what}: the exchange ended after {:?}", t.elapsed());
+        let mut c = node.client().await;
+        let wrote = tokio::time::timeout(Duration::from_secs(10), c.ins(&fenced, b"after"));
+        assert_eq!(
+            wrote.await.expect("the arc is still fenced").unwrap(),
+            Status::T,
+            "{what}"
+        );
+        still_serving(&node, "vcc").await;
+    }
+}

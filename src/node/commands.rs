@@ -29,14 +29,20 @@ pub async fn execute<S: AsyncRead + AsyncWrite>(
         }
         // CON and DIS are whole exchanges of their own: see `handoff`.
         Request::Con(joiner) => {
-            handoff::serve_con(node, conn, joiner, handoff::Entries::Plain).await?
+            let plain = handoff::Handing::Streamed(handoff::Entries::Plain);
+            handoff::serve_con(node, conn, joiner, plain).await?
         }
         Request::Dis(leaver) => {
             handoff::serve_dis(node, conn, leaver, handoff::Entries::Plain).await?
         }
         // The versioned forms (docs/EXTENSIONS.md): the same exchanges, entries with versions.
         Request::Vcn(joiner) => {
-            handoff::serve_con(node, conn, joiner, handoff::Entries::Versioned).await?
+            let versioned = handoff::Handing::Streamed(handoff::Entries::Versioned);
+            handoff::serve_con(node, conn, joiner, versioned).await?
+        }
+        // `compared-join/1`: a joiner that holds most of its arc compares instead.
+        Request::Vcc(joiner) => {
+            handoff::serve_con(node, conn, joiner, handoff::Handing::Compared).await?
         }
         Request::Vds(leaver) => {
             handoff::serve_dis(node, conn, leaver, handoff::Entries::Versioned).await?
@@ -48,9 +54,9 @@ pub async fn execute<S: AsyncRead + AsyncWrite>(
         Request::Vdg(from, to, depth) => super::replica::vdg(node, conn, (from, to, depth)).await?,
         Request::Vkl(from, to, max) => super::replica::vkl(node, conn, (from, to, max)).await?,
         Request::Pul => conn.write_status(Status::T).await?,
-        // INF counts the keys with a full scan (seconds for millions): inline, it stalled the
-        // tasks queued on this worker, and a predecessor whose PULs went unanswered took us
-        // for dead (seen with 8M entries in the handoff bench).
+        // INF counts the keys with a scan (up to `counts::BUDGET`): inline, a full one stalled
+        // the tasks queued on this worker, and a predecessor whose PULs went unanswered took
+        // us for dead (seen with 8M entries in the handoff bench).
         Request::Inf => {
             let info = super::blocking(|| node.info());
             conn.write_value(info.as_bytes()).await?

@@ -1,4 +1,5 @@
-//! Which peers speak the extensions `versions/1` and `replicas/1` (docs/EXTENSIONS.md): asked
+//! Which peers speak the extensions `versions/1`, `replicas/1` and `compared-join/1`
+//! (docs/EXTENSIONS.md): asked
 //! once through their INF answer and remembered for a while, so that an extension command goes
 //! only to a peer that advertised it, and a peer of another implementation never sees one.
 
@@ -10,15 +11,16 @@ use tracing::debug;
 
 use crate::client::Client;
 use crate::protocol::{
-    advertises, AddressEncoding, Limits, PeerAddr, REPLICAS_EXTENSION, VERSIONS_EXTENSION,
+    advertises, AddressEncoding, Limits, PeerAddr, COMPARED_JOIN_EXTENSION, REPLICAS_EXTENSION,
+    VERSIONS_EXTENSION,
 };
 
 /// How long an answer is trusted: a peer restarted with another build is asked again after
 /// this, and an error in an extension exchange forgets it at once ([`Extensions::forget`]).
 const REMEMBERED_FOR: Duration = Duration::from_secs(600);
 
-/// Time allowed for an INF answer: it counts the peer's keys with a scan, seconds for
-/// millions of entries.
+/// Time allowed for an INF answer: a node counts its keys for it (ours for at most a second,
+/// `node::counts`; other implementations as they do).
 const INF_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The extensions one peer advertised.
@@ -28,6 +30,9 @@ pub struct Advertised {
     pub versions: bool,
     /// `replicas/1`: it keeps copies of its successors' arcs (VRP, VDG, VKL, VGT).
     pub replicas: bool,
+    /// `compared-join/1`: it serves VCC, a CON whose joiner compares instead of receiving
+    /// the whole arc.
+    pub compared_join: bool,
 }
 
 /// What each peer advertised, and when we asked.
@@ -80,6 +85,8 @@ impl Extensions {
                 let yes = Advertised {
                     versions: advertises(&text, VERSIONS_EXTENSION),
                     replicas: advertises(&text, REPLICAS_EXTENSION),
+                    compared_join: advertises(&text, REPLICAS_EXTENSION)
+                        && advertises(&text, COMPARED_JOIN_EXTENSION),
                 };
                 debug!(%peer, "extensions: {yes:?}");
                 let mut m = self.lock();

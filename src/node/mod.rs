@@ -5,6 +5,7 @@
 
 mod admin;
 mod commands;
+mod counts;
 mod extensions;
 mod gate;
 mod handoff;
@@ -91,6 +92,8 @@ pub struct Node {
     replication: replication::Replication,
     /// What anti-entropy moved, and where each copy we hold stands.
     sync: sync::SyncState,
+    /// INF's last complete count of the entries held, so that INF answers within a budget.
+    counts: Arc<counts::Counts>,
     /// Whether the successor list was rebuilt (ABD down the ring) since the ring state last
     /// switched: after a start or a join it holds two peers, and the arcs we hold as copies are
     /// known only once it is whole.
@@ -124,6 +127,7 @@ impl Node {
             extensions: extensions::Extensions::default(),
             replication: replication::Replication::default(),
             sync: sync::SyncState::default(),
+            counts: Arc::default(),
             successors_fresh: AtomicBool::new(false),
         }
     }
@@ -546,10 +550,25 @@ impl Node {
         if !ring.is_alone() && end != ring.me.id {
             ranges.push((ring.me.addr, end, ring.me.id));
         }
-        let tallies: Result<Vec<crate::storage::Tally>> = ranges
-            .iter()
-            .map(|(_, from, to)| self.storage.tally_arc(from, to, None))
-            .collect();
+        // Within a budget: peers ask INF for our extensions, and a scan of a large store takes
+        // seconds (`counts`).
+        let only: Vec<(HashKey, HashKey)> = ranges.iter().map(|(_, f, t)| (*f, *t)).collect();
+        let mut counted_line = String::new();
+        let tallies = match self.counts.of(&self.storage, &only, counts::BUDGET) {
+            Ok(counts::Counting::Exact(t)) => Ok(t),
+            Ok(counts::Counting::Stale(t, age)) => {
+                counted_line = format!(
+                    "counted {}s ago (entries written since; counting again)\n",
+                    age.as_secs()
+                );
+                Ok(t)
+            }
+            Ok(counts::Counting::Unknown) => Err(Error::Peer(format!(
+                "counting: more entries than {:?} of counting covers",
+                counts::BUDGET
+            ))),
+            Err(e) => Err(e),
+        };
         let (keys, copies, tombstones, copy_counts) = match tallies {
             Ok(t) => {
                 let all: u64 = t.iter().map(|t| t.keys).sum();
@@ -584,9 +603,10 @@ impl Node {
         };
         let extensions = if self.replicating() {
             format!(
-                "{} {}",
+                "{} {} {}",
                 crate::protocol::VERSIONS_EXTENSION,
-                crate::protocol::REPLICAS_EXTENSION
+                crate::protocol::REPLICAS_EXTENSION,
+                crate::protocol::COMPARED_JOIN_EXTENSION
             )
         } else {
             crate::protocol::VERSIONS_EXTENSION.to_string()
@@ -594,7 +614,7 @@ impl Node {
         format!(
             "dht-store {}\naddress {}\nid {}\nsuccessor {}\nsecond successor {}\nsuccessors {}\n\
              predecessor {}\nfingers {}\nknown peers {}\nkeys {}\naddress encoding {}\nhandoff {}\n\
-             state {}\nuptime {}s\nmax value size {}\ntombstones {}\nreplicas {}\ncopies {}\n{}{} {}\n",
+             state {}\nuptime {}s\nmax value size {}\ntombstones {}\nreplicas {}\ncopies {}\n{}{}{} {}\n",
             env!("CARGO_PKG_VERSION"),
             ring.me.addr,
             ring.me.id,
@@ -624,6 +644,7 @@ impl Node {
             tombstones,
             replicas,
             copies,
+            counted_line,
             self.sync.lines(&copy_counts),
             crate::protocol::EXTENSIONS_LINE,
             extensions,

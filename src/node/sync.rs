@@ -41,6 +41,17 @@ const PUSH_BATCH: usize = 256;
 /// Value bytes in one VRP push.
 const PUSH_BYTES: usize = 4 << 20;
 
+/// Who is told how a comparison goes.
+#[derive(Clone, Copy)]
+pub enum Watch<'a> {
+    /// Nobody: a push before a drop or a leave.
+    Nothing,
+    /// INF's line for our copy of this owner's arc.
+    Copy(PeerAddr),
+    /// A join by comparison (VCC): its handoff progress counts the entries and bytes taken.
+    Join(&'a super::progress::Progress),
+}
+
 /// Which way entries may travel in one comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -187,7 +198,7 @@ pub async fn sync_range(
     from: HashKey,
     to: HashKey,
     direction: Direction,
-    owner: Option<PeerAddr>,
+    watch: Watch<'_>,
 ) -> Result<Synced> {
     let mut c = connect(node, peer).await?;
     let n = node
@@ -215,7 +226,7 @@ pub async fn sync_range(
         .collect();
     done.differing = differing.len() as u64;
     for (handled, i) in differing.into_iter().enumerate() {
-        if let Some(owner) = owner {
+        if let Watch::Copy(owner) = watch {
             node.sync.set(
                 owner,
                 ArcSync::Running {
@@ -226,6 +237,10 @@ pub async fn sync_range(
         }
         let (a, b) = segments.bounds(i);
         sync_segment(node, &mut c, a, b, direction, &mut done).await?;
+        if let Watch::Join(p) = watch {
+            p.entries.store(done.pulled, Ordering::Relaxed);
+            p.bytes.store(done.pulled_bytes, Ordering::Relaxed);
+        }
     }
     node.sync.count(&done);
     Ok(done)
@@ -404,7 +419,7 @@ pub async fn sync_held(node: &Node) -> bool {
             from,
             to,
             Direction::Both,
-            Some(owner.addr),
+            Watch::Copy(owner.addr),
         )
         .await
         {
@@ -515,7 +530,9 @@ pub async fn release_next_arc(node: &Node, ring: &RingState) -> Result<(HashKey,
         if !node.extensions.replicas(holder.addr, enc).await {
             continue; // keeps no copies
         }
-        if let Err(e) = sync_range(node, holder.addr, from, to, Direction::Push, None).await {
+        if let Err(e) =
+            sync_range(node, holder.addr, from, to, Direction::Push, Watch::Nothing).await
+        {
             debug!(holder = %holder.addr, "our copy of {}'s arc kept: {e}", end.addr);
             return Ok((to, 0, ours));
         }
@@ -561,7 +578,7 @@ pub async fn hand_copies_before_leaving(node: &Node) {
         if !node.extensions.replicas(*pred, enc).await {
             continue;
         }
-        match sync_range(node, *pred, *from, *to, Direction::Push, None).await {
+        match sync_range(node, *pred, *from, *to, Direction::Push, Watch::Nothing).await {
             Ok(s) => info!(
                 "before leaving: {pred} holds {}'s arc ({} entries it lacked given)",
                 owner.addr, s.pushed

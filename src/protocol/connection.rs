@@ -144,6 +144,7 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
                 self.read_int().await?,
             ),
             b"VGT" => Request::Vgt(self.read_key().await?),
+            b"VCC" => Request::Vcc(self.read_addr().await?),
             other => {
                 return Err(Error::UnknownCommand(
                     String::from_utf8_lossy(other).escape_debug().to_string(),
@@ -172,9 +173,11 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
                 self.write_key(to).await?;
                 self.write_int(*n).await?;
             }
-            Request::Con(a) | Request::Dis(a) | Request::Vcn(a) | Request::Vds(a) => {
-                self.write_addr(a).await?
-            }
+            Request::Con(a)
+            | Request::Dis(a)
+            | Request::Vcn(a)
+            | Request::Vds(a)
+            | Request::Vcc(a) => self.write_addr(a).await?,
             Request::Pul | Request::Inf | Request::Abd => {}
         }
         self.flush().await
@@ -506,6 +509,7 @@ mod tests {
                 (arb_key(), arb_key(), any::<u64>()).prop_map(|(a, b, n)| Request::Vdg(a, b, n)),
                 (arb_key(), arb_key(), any::<u64>()).prop_map(|(a, b, n)| Request::Vkl(a, b, n)),
                 arb_key().prop_map(Request::Vgt),
+                arb_addr().prop_map(Request::Vcc),
             ]
         }
 
@@ -637,19 +641,21 @@ mod tests {
                     out.extend(to.0);
                     out.extend(n.to_be_bytes());
                 }
-                Request::Con(a) | Request::Dis(a) | Request::Vcn(a) | Request::Vds(a) => {
-                    match enc {
-                        AddressEncoding::Compact => {
-                            out.extend(a.ip().octets());
-                            out.extend(a.port().to_be_bytes());
-                        }
-                        AddressEncoding::Text => {
-                            let text = format!("{}:{}", a.ip(), a.port());
-                            out.extend((text.len() as u64).to_be_bytes());
-                            out.extend(text.as_bytes());
-                        }
+                Request::Con(a)
+                | Request::Dis(a)
+                | Request::Vcn(a)
+                | Request::Vds(a)
+                | Request::Vcc(a) => match enc {
+                    AddressEncoding::Compact => {
+                        out.extend(a.ip().octets());
+                        out.extend(a.port().to_be_bytes());
                     }
-                }
+                    AddressEncoding::Text => {
+                        let text = format!("{}:{}", a.ip(), a.port());
+                        out.extend((text.len() as u64).to_be_bytes());
+                        out.extend(text.as_bytes());
+                    }
+                },
                 Request::Pul | Request::Inf | Request::Abd => {}
             }
             out

@@ -233,14 +233,18 @@ pub enum Request {
     Vkl(HashKey, HashKey, u64),
     /// Extension `replicas/1`: the entry of a key with its version, whoever owns it.
     Vgt(HashKey),
+    /// Extension `compared-join/1`: CON by comparison. The owner fences the joiner's arc and
+    /// the joiner brings its copy of it up to date with digests (VDG, VKL, VGT) instead of
+    /// receiving the whole arc: a node that returns holding most of its arc moves what changed.
+    Vcc(PeerAddr),
 }
 
 /// Every command as it travels (PROTOCOL.md section 1), in the order of [`Request::index`]:
 /// the command table, which `read_request` reads the other way and tables indexed by command
 /// (the metrics) size themselves by.
-pub const COMMANDS: [&str; 17] = [
+pub const COMMANDS: [&str; 18] = [
     "INS", "REM", "GET", "EXI", "OWN", "CON", "DIS", "PUL", "INF", "ABD", "VCN", "VDS", "VIN",
-    "VRP", "VDG", "VKL", "VGT",
+    "VRP", "VDG", "VKL", "VGT", "VCC",
 ];
 
 /// The extension a node advertises in its INF answer, on a line of its own
@@ -251,6 +255,10 @@ pub const VERSIONS_EXTENSION: &str = "versions/1";
 /// The extension of a node that keeps copies of its successors' arcs (`replicas` > 0): the
 /// commands `VRP`, `VDG`, `VKL` and `VGT` (docs/EXTENSIONS.md). It needs `versions/1`.
 pub const REPLICAS_EXTENSION: &str = "replicas/1";
+
+/// The extension of a node that serves `VCC`, a CON by comparison (docs/EXTENSIONS.md). Needs
+/// `replicas/1`, whose commands the joiner compares with.
+pub const COMPARED_JOIN_EXTENSION: &str = "compared-join/1";
 
 /// The start of the INF line that lists a node's extensions.
 pub const EXTENSIONS_LINE: &str = "extensions:";
@@ -312,6 +320,7 @@ impl Request {
             Request::Vdg(..) => 14,
             Request::Vkl(..) => 15,
             Request::Vgt(_) => 16,
+            Request::Vcc(_) => 17,
         }
     }
 
@@ -326,7 +335,7 @@ impl Request {
     }
 
     /// One request of each command, in [`COMMANDS`] order (for tests and seeds).
-    pub fn one_of_each(key: HashKey, addr: PeerAddr) -> [Request; 17] {
+    pub fn one_of_each(key: HashKey, addr: PeerAddr) -> [Request; 18] {
         [
             Request::Ins(key),
             Request::Rem(key),
@@ -345,6 +354,7 @@ impl Request {
             Request::Vdg(key, key.prev(), 4),
             Request::Vkl(key, key.prev(), 100),
             Request::Vgt(key),
+            Request::Vcc(addr),
         ]
     }
 

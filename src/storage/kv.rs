@@ -52,6 +52,10 @@ pub(super) struct Kv {
     legacy: std::sync::Mutex<Option<sled::Tree>>,
     /// Told of the first failed write: it stops flushing and fails every waiting sync.
     commit: Arc<GroupCommit>,
+    /// Writes of the entries (this layout's tree or an older one's) so far, each counted once
+    /// sled has applied it: a count of keys made after reading this is still exact while it is
+    /// unchanged ([`Kv::data_changes`]).
+    data_changes: std::sync::atomic::AtomicU64,
 }
 
 impl Kv {
@@ -71,6 +75,7 @@ impl Kv {
             dir,
             db,
             commit,
+            data_changes: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -145,10 +150,12 @@ impl Kv {
     /// Removes a migrated entry from the older layout's tree.
     pub(super) fn legacy_remove(&self, key: &[u8]) -> Result<()> {
         self.writable()?;
-        match self.legacy_tree() {
+        let r = match self.legacy_tree() {
             Some(t) => self.wrote(t.remove(key)).map(drop),
             None => Ok(()),
-        }
+        };
+        self.changed(Tree::Data);
+        r
     }
 
     /// Drops the older layout's tree, once its entries are migrated and durable.
@@ -157,7 +164,9 @@ impl Kv {
         // Our handle goes first: sled frees the tree's pages.
         let t = self.legacy.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(t);
-        self.wrote(self.db.drop_tree(LEGACY_TREE)).map(drop)
+        let r = self.wrote(self.db.drop_tree(LEGACY_TREE)).map(drop);
+        self.changed(Tree::Data);
+        r
     }
 
     pub(super) fn is_empty(&self, t: Tree) -> bool {
@@ -178,22 +187,45 @@ impl Kv {
         value: impl Into<sled::IVec>,
     ) -> Result<Option<sled::IVec>> {
         self.writable()?;
-        self.wrote(self.tree(t).insert(key, value))
+        let r = self.wrote(self.tree(t).insert(key, value));
+        self.changed(t);
+        r
     }
 
     pub(super) fn remove(&self, t: Tree, key: impl AsRef<[u8]>) -> Result<Option<sled::IVec>> {
         self.writable()?;
-        self.wrote(self.tree(t).remove(key))
+        let r = self.wrote(self.tree(t).remove(key));
+        self.changed(t);
+        r
     }
 
     pub(super) fn apply(&self, t: Tree, batch: sled::Batch) -> Result<()> {
         self.writable()?;
-        self.wrote(self.tree(t).apply_batch(batch))
+        let r = self.wrote(self.tree(t).apply_batch(batch));
+        self.changed(t);
+        r
     }
 
     pub(super) fn clear(&self, t: Tree) -> Result<()> {
         self.writable()?;
-        self.wrote(self.tree(t).clear())
+        let r = self.wrote(self.tree(t).clear());
+        self.changed(t);
+        r
+    }
+
+    /// Counts a write of `t` (after sled applied it, or failed to: either may have changed
+    /// what a scan sees).
+    fn changed(&self, t: Tree) {
+        if t == Tree::Data {
+            self.data_changes
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Writes of the entries so far: read before a count, and again later, it tells whether
+    /// the entries may have changed since (a count tagged with it stays exact while it holds).
+    pub(super) fn data_changes(&self) -> u64 {
+        self.data_changes.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// sled's own flush (up to `sync_file_range`; `commit` adds the fdatasync).

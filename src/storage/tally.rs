@@ -30,6 +30,13 @@ pub struct Tally {
 }
 
 impl Storage {
+    /// Writes of the entries so far. Read before a count and again later: while it is the
+    /// same, nothing a count sees has changed since (a write counts once sled applied it), so
+    /// a count tagged with it can be given again as exact.
+    pub fn entry_writes(&self) -> u64 {
+        self.kv.data_changes()
+    }
+
     /// Counts the keys and value bytes held, stopping at `deadline` (then `complete` is
     /// `false`). A value in pieces counts the length its piece 0 states; leftovers of an
     /// interrupted change (pieces without their piece 0, a piece 0 beside a whole value) are

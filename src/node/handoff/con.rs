@@ -11,6 +11,7 @@ use super::stream::{receive_arc, send_arc, Entries, Incoming};
 use super::{connect, read_ack, LOCK_WAIT};
 use crate::error::{Error, Result};
 use crate::fault;
+use crate::node::sync::{self, Direction, Watch};
 use crate::node::{walk, Node, Transfer};
 use crate::protocol::{is_peer_address, Connection, HashKey, PeerAddr, Request, Status};
 use crate::ring::{id_of, Peer, RingState};
@@ -19,13 +20,27 @@ use crate::storage::{BatchWrite, Change, HandoffRecord, Phase};
 /// Attempts of a join (CON answered `N` or failed) before giving up.
 pub(super) const JOIN_ATTEMPTS: usize = 20;
 
+/// How often the joiner of a VCC says it is still comparing: the owner holds writes to the arc
+/// meanwhile, and gives up on a joiner silent for its I/O timeout.
+const COMPARING_EVERY: Duration = Duration::from_secs(1);
+
+/// How a CON's arc reaches the joiner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handing {
+    /// Streamed, entry by entry: CON, or VCN with versions (docs/EXTENSIONS.md).
+    Streamed(Entries),
+    /// VCC: the joiner already holds most of the arc (it returns after being given up) and
+    /// compares its copy with ours while the arc is fenced, so only what differs moves.
+    Compared,
+}
+
 /// Serves a CON from `joiner` (we are the current owner of its id), PROTOCOL.md section 4;
-/// or its versioned form VCN (`entries`: docs/EXTENSIONS.md).
+/// or its versioned form VCN, or VCC (`handing`: docs/EXTENSIONS.md).
 pub async fn serve_con<S: AsyncRead + AsyncWrite>(
     node: &Node,
     conn: &mut Connection<S>,
     joiner: PeerAddr,
-    entries: Entries,
+    handing: Handing,
 ) -> Result<()> {
     let Ok(_one) = tokio::time::timeout(LOCK_WAIT, node.handoff.lock()).await else {
         info!(%joiner, "CON answered N: another handoff is in progress");
@@ -46,7 +61,7 @@ pub async fn serve_con<S: AsyncRead + AsyncWrite>(
     if !node.gate.fence(j.id, s1.id) {
         return conn.write_status(Status::N).await;
     }
-    let result = serve_con_fenced(node, conn, &ring, j, (s1, s2), entries).await;
+    let result = serve_con_fenced(node, conn, &ring, j, (s1, s2), handing).await;
     node.gate.lift();
     if let Err(e) = &result {
         warn!(%joiner, "CON aborted, we keep the range and its entries: {e}");
@@ -63,7 +78,7 @@ async fn serve_con_fenced<S: AsyncRead + AsyncWrite>(
     ring: &RingState,
     j: Peer,
     (s1, s2): (Peer, Peer),
-    entries: Entries,
+    handing: Handing,
 ) -> Result<()> {
     let cut = node
         .gate
@@ -89,8 +104,18 @@ async fn serve_con_fenced<S: AsyncRead + AsyncWrite>(
     conn.write_status(Status::T).await?;
     conn.write_addr(&s1.addr).await?;
     conn.write_addr(&s2.addr).await?;
-    send_arc(node, conn, &j.id, &s1.id, &progress, "con-serve", entries).await?;
-    match read_ack(node, conn).await? {
+    let ack = match handing {
+        Handing::Streamed(entries) => {
+            send_arc(node, conn, &j.id, &s1.id, &progress, "con-serve", entries).await?;
+            read_ack(node, conn).await?
+        }
+        Handing::Compared => {
+            conn.flush().await?;
+            fault::point("con-serve:mid-compare").await;
+            await_compared(node, conn).await?
+        }
+    };
+    match ack {
         Status::T => {}
         other => {
             progress.finish("refused");
@@ -121,6 +146,32 @@ async fn serve_con_fenced<S: AsyncRead + AsyncWrite>(
     progress.finish("done");
     node.repair.notify_one();
     Ok(())
+}
+
+/// The joiner of a VCC compares its copy of the arc with ours (VDG, VKL, VGT on connections of
+/// its own) and says `N` ("still comparing") at least every [`COMPARING_EVERY`], then `T` (it
+/// holds, durably, our version of every key of the arc or a newer one) or `F` (it gave up).
+/// Writes to the arc wait meanwhile, so the whole comparison gets `handoff_ack_timeout_secs`
+/// (each `N` is read within the connection's I/O timeout): a joiner that only ever says `N`
+/// cannot hold the arc for ever. A joiner cut short keeps what it took and compares less the
+/// next time.
+async fn await_compared<S: AsyncRead + AsyncWrite>(
+    node: &Node,
+    conn: &mut Connection<S>,
+) -> Result<Status> {
+    let limit = Duration::from_secs(node.config.handoff_ack_timeout_secs.max(1));
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read_status()).await {
+            Err(_) => {
+                return Err(Error::Peer(format!(
+                    "the joiner was still comparing after {limit:?}"
+                )))
+            }
+            Ok(Ok(Status::N)) => continue,
+            Ok(other) => return other,
+        }
+    }
 }
 
 /// Deletes the entries of an arc we handed over to `joiner`, then clears the handoff record.
@@ -231,12 +282,23 @@ pub(super) async fn join_locked(
         } else {
             BatchWrite::InPlace
         };
-        let entries = if node.speaks_versions(owner).await {
-            Entries::Versioned
+        let told = node.extensions.advertised(owner, enc).await;
+        // A joiner that holds entries (back after being given up, or a restored directory)
+        // compares them with the owner's instead of taking the whole arc again.
+        let handing = if !fresh && told.compared_join && !node.storage.is_empty() {
+            Handing::Compared
+        } else if told.versions {
+            Handing::Streamed(Entries::Versioned)
         } else {
-            Entries::Plain
+            Handing::Streamed(Entries::Plain)
         };
-        match con_exchange(node, owner, me, (how, fresh), entries).await {
+        let exchange = match handing {
+            Handing::Streamed(entries) => {
+                con_exchange(node, owner, me, (how, fresh), entries).await
+            }
+            Handing::Compared => compared_exchange(node, owner, me, fresh).await,
+        };
+        match exchange {
             Ok(true) => return Ok(true),
             Ok(false) => {
                 last = format!("{owner} answered N");
@@ -244,7 +306,7 @@ pub(super) async fn join_locked(
             }
             Err(e) => {
                 last = e.to_string();
-                if entries == Entries::Versioned {
+                if handing != Handing::Streamed(Entries::Plain) {
                     node.extensions.forget(owner);
                 }
                 warn!("join: CON with {owner} failed: {e}");
@@ -285,7 +347,6 @@ async fn con_exchange(
     fault::point("con-join:before-count").await;
     let n = conn.read_int().await?;
     let my = Peer::new(me);
-    let p = Peer::new(owner);
     let progress = node.begin_progress(Transfer {
         exchange: "CON",
         sending: false,
@@ -305,6 +366,114 @@ async fn con_exchange(
         entries,
     };
     receive_arc(node, &mut conn, &arc, &progress).await?;
+    become_member(node, &mut conn, owner, me, (s1, s2), fresh, progress).await
+}
+
+/// One VCC exchange as the joiner (docs/EXTENSIONS.md, `compared-join/1`): we hold most of our
+/// arc already, so we compare our copy with the owner's instead of receiving it whole. First
+/// unfenced, so that most of what differs moves while the owner still takes writes; then,
+/// with the arc fenced at the owner, once more for what changed meanwhile, saying `N` every
+/// [`COMPARING_EVERY`] until it is done. `Ok(false)`: answered `N`.
+async fn compared_exchange(
+    node: &Node,
+    owner: PeerAddr,
+    me: PeerAddr,
+    fresh: bool,
+) -> Result<bool> {
+    let enc = node.config.address_encoding;
+    let my = Peer::new(me);
+    // The owner's successor ends the arc we would take ([id(me), id(S1)): PROTOCOL.md 4).
+    match walk::abd(owner, enc).await {
+        Ok(s1) if s1 != me => {
+            let started = std::time::Instant::now();
+            let to = Peer::new(s1).id;
+            match sync::sync_range(node, owner, my.id, to, Direction::Both, Watch::Nothing).await {
+                Ok(s) => info!(
+                    "join: our copy of our arc compared with {owner}'s in {:.1?} before the \
+                     handoff: {} of {} segments differed, {} entries ({} bytes) taken, {} given",
+                    started.elapsed(),
+                    s.differing,
+                    s.segments,
+                    s.pulled,
+                    s.pulled_bytes,
+                    s.pushed
+                ),
+                Err(e) => debug!("join: comparing our arc with {owner} before the handoff: {e}"),
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            debug!("join: {owner}'s successor unknown, no comparison before the handoff: {e}")
+        }
+    }
+    let mut conn = connect(node, owner).await?;
+    conn.write_request(&Request::Vcc(me)).await?;
+    match conn.read_status().await? {
+        Status::T => {}
+        Status::N => return Ok(false),
+        Status::F => return Err(Error::Peer(format!("{owner} answered F to VCC"))),
+    }
+    let s1 = Peer::new(walk::checked(owner, "VCC", conn.read_addr().await?)?);
+    let s2 = Peer::new(walk::checked(owner, "VCC", conn.read_addr().await?)?);
+    let progress = node.begin_progress(Transfer {
+        exchange: "CON",
+        sending: false,
+        peer: owner,
+        from: my.id,
+        to: s1.id,
+    });
+    fault::point("con-join:mid-compare").await;
+    let synced = {
+        let compare = sync::sync_range(
+            node,
+            owner,
+            my.id,
+            s1.id,
+            Direction::Both,
+            Watch::Join(&progress),
+        );
+        tokio::pin!(compare);
+        let mut tick = tokio::time::interval(COMPARING_EVERY);
+        loop {
+            tokio::select! {
+                done = &mut compare => break done,
+                _ = tick.tick() => {
+                    conn.write_status(Status::N).await?;
+                    conn.flush().await?;
+                }
+            }
+        }
+    };
+    let synced = match synced {
+        Ok(s) => s,
+        Err(e) => {
+            // Told, so that the owner lifts its fence now rather than after its timeout.
+            let _ = conn.write_status(Status::F).await;
+            let _ = conn.flush().await;
+            return Err(e);
+        }
+    };
+    info!(
+        "join: our arc compared with {owner}'s under its fence: {} of {} segments differed, \
+         {} entries ({} bytes) taken, {} given",
+        synced.differing, synced.segments, synced.pulled, synced.pulled_bytes, synced.pushed
+    );
+    become_member(node, &mut conn, owner, me, (s1, s2), fresh, progress).await
+}
+
+/// The end of a join on either path, once we hold the arc durably: our ring state (with the
+/// record that says the `T` may not have reached the owner), the `T`, the record cleared.
+async fn become_member<S: AsyncRead + AsyncWrite>(
+    node: &Node,
+    conn: &mut Connection<S>,
+    owner: PeerAddr,
+    me: PeerAddr,
+    (s1, s2): (Peer, Peer),
+    fresh: bool,
+    progress: crate::node::progress::Tracked<'_>,
+) -> Result<bool> {
+    let my = Peer::new(me);
+    let p = Peer::new(owner);
     node.meet([owner, s1.addr, s2.addr]);
     // S1 == P: a ring of one, so after us comes P and after P, us (PROTOCOL.md 6).
     // `set_successors` drops us and anything out of ring order; maintenance extends the list.

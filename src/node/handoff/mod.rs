@@ -25,7 +25,7 @@ use super::{walk, Node};
 use crate::error::{Error, Result};
 use crate::protocol::{Connection, Limits, PeerAddr, Status};
 
-pub use con::{join, serve_con};
+pub use con::{join, serve_con, Handing};
 pub use dis::{finish_departure, leave, serve_dis};
 pub use place::{check_place, check_place_after_restart, rejoin_locked, Place};
 pub use recover::recover;
