@@ -77,23 +77,30 @@ impl Counts {
                 return Ok(Counting::Exact(c.tallies.clone()));
             }
         }
+        // While a count runs in the background, a scan here would only slow it down.
+        if self.running.load(Ordering::Acquire) {
+            return Ok(self.stale(ranges));
+        }
         let deadline = Instant::now() + budget;
         let mut tallies = Vec::with_capacity(ranges.len());
         for (from, to) in ranges {
             let t = storage.tally_arc(from, to, Some(deadline))?;
             if !t.complete {
                 self.count_in_background(storage, ranges);
-                return Ok(match self.last().as_ref() {
-                    Some(c) if c.ranges == ranges => {
-                        Counting::Stale(c.tallies.clone(), c.at.elapsed())
-                    }
-                    _ => Counting::Unknown,
-                });
+                return Ok(self.stale(ranges));
             }
             tallies.push(t);
         }
         self.remember(ranges, writes, &tallies);
         Ok(Counting::Exact(tallies))
+    }
+
+    /// The last complete count of `ranges`, if that is what it counted.
+    fn stale(&self, ranges: &[(HashKey, HashKey)]) -> Counting {
+        match self.last().as_ref() {
+            Some(c) if c.ranges == ranges => Counting::Stale(c.tallies.clone(), c.at.elapsed()),
+            _ => Counting::Unknown,
+        }
     }
 
     fn remember(&self, ranges: &[(HashKey, HashKey)], writes: u64, tallies: &[Tally]) {
