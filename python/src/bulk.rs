@@ -1,9 +1,8 @@
 //! `get_many` and `put_many`: many keys spread over their owners' connections at once.
 //!
-//! 1. **Plan.** Keys are taken in ring order; for the first key of no known arc, the Router
-//!    walks OWN to its owner P and asks P's successor S (ABD): P owns `[id(P), id(S))`
-//!    (PROTOCOL.md 2), so every key of that arc goes to P without a walk of its own. A ring of
-//!    n owners costs n walks, not one per key.
+//! 1. **Plan.** Keys are grouped by owner in ring order, with the Ring's learned arcs
+//!    ([`Arcs`]): a key of no known arc costs one OWN walk and one ABD, which teach its
+//!    owner's whole arc, so a ring of n owners costs n walks, not one per key.
 //! 2. **Owners.** Each owner's keys are served by up to `concurrency` connections of its own:
 //!    GETs pipelined in batches (written together, answered in order: a connection carries one
 //!    request after another, PROTOCOL.md 5), INS one after another per connection (its value
@@ -13,7 +12,8 @@
 //!    (a walk, retries, the Router's errors), again `concurrency` at a time.
 //!
 //! A peer that does not answer within the timeout ends the whole call (as it ends a Router's
-//! request): waiting for it again per key would multiply the wait.
+//! request), and so does one that cannot be connected to after the Router's retries (or the
+//! entry peer, at once): waiting for it again per key would multiply the wait.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,10 +22,11 @@ use std::time::Duration;
 
 use dht_store::client::{Client, Router};
 use dht_store::protocol::{AddressEncoding, HashKey, Limits, PeerAddr, Request, Status};
-use dht_store::ring::{id_of, in_arc};
 use dht_store::Error;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
+
+use crate::arcs::Arcs;
 
 /// GETs written together on one connection before their answers are read.
 const GET_BATCH: usize = 64;
@@ -145,10 +146,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Runs the call to its end; `router` is the Ring's (its connections serve the plan). `Err` is
-/// the error that stopped it; per-key failures are in the outcomes.
-pub async fn run(s: Settings, shared: Arc<Shared>, router: &mut Router) -> Result<(), Error> {
-    let (groups, unplanned) = plan(router, &shared.keys).await?;
+/// Runs the call to its end; `router` is the Ring's (its connections serve the plan), `arcs`
+/// its learned arcs. `Err` is the error that stopped it; per-key failures are in the outcomes.
+pub async fn run(
+    s: Settings,
+    shared: Arc<Shared>,
+    router: &mut Router,
+    arcs: Arc<Arcs>,
+) -> Result<(), Error> {
+    let (groups, unplanned) = plan(router, &arcs, &shared.keys, s.entry).await?;
     shared.reroute(unplanned);
 
     let mut tasks = JoinSet::new();
@@ -162,7 +168,13 @@ pub async fn run(s: Settings, shared: Arc<Shared>, router: &mut Router) -> Resul
         let workers = s.concurrency.min(chunks.len()).max(1);
         let queue = Arc::new(Mutex::new(chunks));
         for _ in 0..workers {
-            tasks.spawn(owner_worker(s, owner, queue.clone(), shared.clone()));
+            tasks.spawn(owner_worker(
+                s,
+                owner,
+                queue.clone(),
+                shared.clone(),
+                arcs.clone(),
+            ));
         }
     }
     while tasks.join_next().await.is_some() {}
@@ -185,58 +197,40 @@ pub async fn run(s: Settings, shared: Arc<Shared>, router: &mut Router) -> Resul
     Ok(())
 }
 
-/// Groups the keys by owner: `(owner, key indices)` and the indices left to the Router.
+/// Groups the keys by owner: `(owner, key indices)`, and the indices left to the Router (the
+/// walk or the ABD failed). A silent peer, or an entry peer that cannot be connected to, ends
+/// the call: every key would fail the same way.
 async fn plan(
     router: &mut Router,
+    arcs: &Arcs,
     keys: &[HashKey],
+    entry: PeerAddr,
 ) -> Result<(Vec<(PeerAddr, Vec<usize>)>, Vec<usize>), Error> {
     let mut order: Vec<usize> = (0..keys.len()).collect();
     order.sort_by_key(|&i| keys[i]);
-    // (arc start, arc end, owner, its keys)
-    let mut arcs: Vec<(HashKey, HashKey, PeerAddr, Vec<usize>)> = Vec::new();
+    let mut groups: Vec<(PeerAddr, Vec<usize>)> = Vec::new();
     let mut unplanned = Vec::new();
     for i in order {
-        let k = &keys[i];
-        if let Some(a) = arcs.iter_mut().find(|a| in_arc(k, &a.0, &a.1)) {
-            a.3.push(i);
-            continue;
-        }
-        let owner = match router.owner(k).await {
-            Ok((o, _)) => o,
-            // The entry is dead or silent: every key would fail the same way.
-            Err(e @ (Error::NoAnswer { .. } | Error::Unreachable { .. })) => return Err(e),
-            Err(_) => {
-                unplanned.push(i);
-                continue;
-            }
-        };
-        let succ = match router.client(owner).await {
-            Ok(c) => c.abd().await,
-            Err(e) => Err(e),
-        };
-        match succ {
-            Ok(succ) => {
-                let (from, to) = (id_of(&owner), id_of(&succ));
-                if in_arc(k, &from, &to) {
-                    arcs.push((from, to, owner, vec![i]));
-                } else {
-                    // The owner's successor says otherwise (the ring is moving): no arc.
+        let owner = match arcs.owner_of(&keys[i]) {
+            Some(o) => o,
+            // When the ABD's answer does not hold the key (a ring in motion) no arc is learned,
+            // but the walk's end is still the best guess: a wrong one answers N.
+            None => match arcs.find(router, &keys[i]).await {
+                Ok(o) => o,
+                Err(e @ Error::NoAnswer { .. }) => return Err(e),
+                Err(e @ Error::Unreachable { peer, .. }) if peer == entry => return Err(e),
+                Err(_) => {
                     unplanned.push(i);
+                    continue;
                 }
-            }
-            Err(e) => {
-                router.forget(owner);
-                if matches!(e, Error::NoAnswer { .. }) {
-                    return Err(e);
-                }
-                unplanned.push(i);
-            }
+            },
+        };
+        match groups.iter_mut().find(|g| g.0 == owner) {
+            Some(g) => g.1.push(i),
+            None => groups.push((owner, vec![i])),
         }
     }
-    Ok((
-        arcs.into_iter().map(|(_, _, o, idx)| (o, idx)).collect(),
-        unplanned,
-    ))
+    Ok((groups, unplanned))
 }
 
 /// One connection to `owner`, serving chunks of its keys until none is left.
@@ -245,6 +239,7 @@ async fn owner_worker(
     owner: PeerAddr,
     queue: Arc<Mutex<VecDeque<Vec<usize>>>>,
     shared: Arc<Shared>,
+    arcs: Arc<Arcs>,
 ) {
     let mut client: Option<Client> = None;
     loop {
@@ -260,6 +255,7 @@ async fn owner_worker(
                 Err(e @ Error::NoAnswer { .. }) => return shared.abort(e),
                 Err(_) => {
                     // The Router will find out what is wrong with it, key by key.
+                    arcs.forget(owner);
                     shared.reroute(chunk);
                     continue;
                 }
@@ -273,6 +269,7 @@ async fn owner_worker(
         };
         match served {
             Served::All => {}
+            Served::NotMine => arcs.forget(owner),
             Served::Reconnect(from) => {
                 client = None;
                 shared.reroute(chunk[from..].iter().copied());
@@ -301,6 +298,9 @@ enum Served {
     Refused(usize),
     /// The owner did not answer.
     Silent(Error),
+    /// All done, but the owner answered `N` for some keys (handed to the Router): its arc as
+    /// learned is wrong.
+    NotMine,
 }
 
 async fn connect(s: &Settings, owner: PeerAddr) -> Result<Client, Error> {
@@ -336,6 +336,7 @@ async fn get_chunk(c: &mut Client, s: &Settings, chunk: &[usize], shared: &Share
     if conn.flush().await.is_err() {
         return Served::Reconnect(0);
     }
+    let mut served = Served::All;
     for (pos, &i) in chunk.iter().enumerate() {
         let answer = match conn.read_status().await {
             Ok(Status::T) => conn
@@ -348,7 +349,10 @@ async fn get_chunk(c: &mut Client, s: &Settings, chunk: &[usize], shared: &Share
         };
         match answer {
             Ok(Some(o)) => shared.settle(i, o),
-            Ok(None) => shared.reroute([i]),
+            Ok(None) => {
+                shared.reroute([i]);
+                served = Served::NotMine;
+            }
             Err(e) => {
                 return match named(e, peer, s.timeout) {
                     e @ Error::NoAnswer { .. } => Served::Silent(e),
@@ -357,12 +361,13 @@ async fn get_chunk(c: &mut Client, s: &Settings, chunk: &[usize], shared: &Share
             }
         }
     }
-    Served::All
+    served
 }
 
 /// The INS of a chunk, one after another.
 async fn put_chunk(c: &mut Client, chunk: &[usize], shared: &Shared) -> Served {
     let owner = c.peer();
+    let mut served = Served::All;
     for (pos, &i) in chunk.iter().enumerate() {
         if shared.stopped() {
             return Served::All;
@@ -374,12 +379,15 @@ async fn put_chunk(c: &mut Client, chunk: &[usize], shared: &Shared) -> Served {
                 // A node closes the connection after refusing a value over its limit.
                 return Served::Refused(pos + 1);
             }
-            Ok(Status::N) => shared.reroute([i]),
+            Ok(Status::N) => {
+                shared.reroute([i]);
+                served = Served::NotMine;
+            }
             Err(e @ Error::NoAnswer { .. }) => return Served::Silent(e),
             Err(_) => return Served::Reconnect(pos),
         }
     }
-    Served::All
+    served
 }
 
 /// A Router of its own, serving the keys left over one by one.
@@ -410,7 +418,19 @@ async fn router_worker(s: Settings, queue: Arc<Mutex<VecDeque<usize>>>, shared: 
         match outcome {
             Ok(o) => shared.settle(i, o),
             Err(e @ Error::NoAnswer { .. }) => return shared.abort(e),
+            // Still no connection after the Router's retries (the ring has not routed around
+            // a dead peer): every key of that peer would wait as long again.
+            Err(e @ Error::GaveUp { .. }) if unreachable(&e) => return shared.abort(e),
             Err(e) => shared.settle(i, Outcome::Failed(e)),
         }
+    }
+}
+
+/// Whether a Router's failure is a peer nobody could connect to.
+fn unreachable(e: &Error) -> bool {
+    match e {
+        Error::GaveUp { last, .. } => unreachable(last),
+        Error::Unreachable { .. } => true,
+        _ => false,
     }
 }

@@ -7,6 +7,7 @@
 //! from both `DhtError` and a built-in such as `TimeoutError`, which a Rust-made exception
 //! cannot); [`errors`] raises them.
 
+mod arcs;
 mod bulk;
 mod errors;
 mod keys;

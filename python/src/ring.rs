@@ -5,19 +5,24 @@
 //! runs the request on the calling thread. Threads that call at once use different slots, so
 //! they wait on the network, never on each other; a slot goes back to the pool afterwards, its
 //! connections open.
+//!
+//! A keyed call goes straight to the owner when the Ring has learned the key's arc
+//! ([`Arcs`]); otherwise, or when that owner answers `N` or fails, it is the Router's request
+//! (walk, ask, retry).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use dht_store::client::{Client, Router};
-use dht_store::protocol::{parse_addr, AddressEncoding, HashKey, PeerAddr, Request};
+use dht_store::client::{Client, Lookup, Router};
+use dht_store::protocol::{parse_addr, AddressEncoding, HashKey, PeerAddr, Request, Status};
 use dht_store::Error;
 use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use tokio::runtime::Runtime;
 
+use crate::arcs::Arcs;
 use crate::bulk::{self, Outcome, Settings, Shared};
 use crate::errors::{to_py, Failure};
 use crate::keys::{hash_key, type_name, value_bytes, PyHashKey};
@@ -71,6 +76,8 @@ pub struct Ring {
     idle: Mutex<Vec<Slot>>,
     /// Set by `close`.
     closed: AtomicBool,
+    /// The owners' arcs learned so far.
+    arcs: Arc<Arcs>,
 }
 
 /// The owner of a key, as `Ring.owner` found it: `address` (`"IP:PORT"`), `hops` (the OWN
@@ -248,7 +255,12 @@ impl Ring {
         let ended: PyResult<Result<(), Error>> = {
             let Slot { router, rt, .. } = &mut slot;
             let rt = &*rt;
-            let mut run = Box::pin(bulk::run(settings, shared.clone(), router));
+            let mut run = Box::pin(bulk::run(
+                settings,
+                shared.clone(),
+                router,
+                self.arcs.clone(),
+            ));
             loop {
                 let step = py.detach(|| {
                     rt.block_on(async {
@@ -292,6 +304,28 @@ impl Ring {
         }
     }
 
+    /// A keyed request with the GIL released.
+    fn keyed(&self, py: Python<'_>, k: HashKey, op: Op<'_>) -> PyResult<Answer> {
+        let arcs = &*self.arcs;
+        self.call(py, |s| {
+            Ok(s.rt.block_on(keyed(&mut s.router, arcs, &k, op))?)
+        })
+    }
+
+    fn get_value(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Option<Vec<u8>>> {
+        match self.keyed(py, hash_key(key)?, Op::Get)? {
+            Answer::Value(v) => Ok(v),
+            _ => Ok(None),
+        }
+    }
+
+    fn yes(&self, py: Python<'_>, key: &Bound<'_, PyAny>, op: Op<'_>) -> PyResult<bool> {
+        Ok(matches!(
+            self.keyed(py, hash_key(key)?, op)?,
+            Answer::Yes(true)
+        ))
+    }
+
     /// Why the owner refused a value: over its limit (if its INF says the limit), or not.
     fn refusal(s: &mut Slot, key: HashKey, owner: PeerAddr, size: usize) -> Failure {
         let (enc, timeout) = (s.encoding, s.timeout);
@@ -311,6 +345,85 @@ impl Ring {
             _ => Failure::Refused { key, owner },
         }
     }
+}
+
+/// A keyed request, as its owner is asked it.
+#[derive(Clone, Copy)]
+enum Op<'a> {
+    Put(&'a [u8]),
+    Get,
+    Exists,
+    Remove,
+}
+
+/// An owner's answer (not `N`).
+enum Answer {
+    /// INS: who answered, and whether it stored the value.
+    Stored(PeerAddr, bool),
+    /// GET.
+    Value(Option<Vec<u8>>),
+    /// EXI or REM.
+    Yes(bool),
+}
+
+/// Asks `c` the request; `None` for `N`.
+async fn ask(c: &mut Client, k: &HashKey, op: Op<'_>) -> Result<Option<Answer>, Error> {
+    let yes = |s: Status| (s != Status::N).then_some(Answer::Yes(s == Status::T));
+    Ok(match op {
+        Op::Put(v) => match c.ins(k, v).await? {
+            Status::N => None,
+            s => Some(Answer::Stored(c.peer(), s == Status::T)),
+        },
+        Op::Get => match c.get(k).await? {
+            Lookup::NotMine => None,
+            Lookup::Absent => Some(Answer::Value(None)),
+            Lookup::Found(v) => Some(Answer::Value(Some(v))),
+        },
+        Op::Exists => yes(c.exi(k).await?),
+        Op::Remove => yes(c.rem(k).await?),
+    })
+}
+
+/// One keyed request: to the owner of its learned arc (learning it first with a walk and an
+/// ABD), else, or if that owner answers `N` or cannot be asked, the Router's way.
+async fn keyed(router: &mut Router, arcs: &Arcs, k: &HashKey, op: Op<'_>) -> Result<Answer, Error> {
+    let owner = match arcs.owner_of(k) {
+        Some(o) => Some(o),
+        None => match arcs.find(router, k).await {
+            Ok(o) => Some(o),
+            Err(e @ Error::NoAnswer { .. }) => return Err(e),
+            Err(_) => None,
+        },
+    };
+    if let Some(owner) = owner {
+        // Twice: a connection the peer closed since (the oldest peers close after every
+        // request) fails at once, and a new one is opened.
+        for _ in 0..2 {
+            let Ok(c) = router.client(owner).await else {
+                break;
+            };
+            match ask(c, k, op).await {
+                Ok(Some(a)) => return Ok(a),
+                Ok(None) => break,
+                Err(e @ Error::NoAnswer { .. }) => {
+                    router.forget(owner);
+                    arcs.forget(owner);
+                    return Err(e);
+                }
+                Err(_) => router.forget(owner),
+            }
+        }
+        arcs.forget(owner);
+    }
+    Ok(match op {
+        Op::Put(v) => {
+            let (o, stored) = router.put_at(k, v).await?;
+            Answer::Stored(o, stored)
+        }
+        Op::Get => Answer::Value(router.get(k).await?),
+        Op::Exists => Answer::Yes(router.exists(k).await?),
+        Op::Remove => Answer::Yes(router.remove(k).await?),
+    })
 }
 
 /// The address encoding of the ring `entry` belongs to, from its answer to an OWN: a text
@@ -377,6 +490,7 @@ impl Ring {
             detected: OnceLock::new(),
             idle: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            arcs: Arc::new(Arcs::default()),
         })
     }
 
@@ -392,12 +506,12 @@ impl Ring {
         let k = hash_key(key)?;
         let v = value_bytes(value)?;
         let v: &[u8] = &v;
+        let arcs = &*self.arcs;
         self.call(py, |s| {
-            let (owner, stored) = s.rt.block_on(s.router.put_at(&k, v))?;
-            if stored {
-                Ok(())
-            } else {
-                Err(Ring::refusal(s, k, owner, v.len()))
+            match s.rt.block_on(keyed(&mut s.router, arcs, &k, Op::Put(v)))? {
+                Answer::Stored(_, true) => Ok(()),
+                Answer::Stored(owner, false) => Err(Ring::refusal(s, k, owner, v.len())),
+                _ => Err(Failure::Dht(Error::Peer("INS answered as a GET".into()))),
             }
         })
     }
@@ -410,10 +524,11 @@ impl Ring {
         key: &Bound<'_, PyAny>,
         value: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
-        let k = hash_key(key)?;
         let v = value_bytes(value)?;
-        let v: &[u8] = &v;
-        self.call(py, |s| Ok(s.rt.block_on(s.router.put(&k, v))?))
+        Ok(matches!(
+            self.keyed(py, hash_key(key)?, Op::Put(&v))?,
+            Answer::Stored(_, true)
+        ))
     }
 
     /// The value under `key` (`bytes`), or `default` (`None`) if the key is absent.
@@ -424,8 +539,7 @@ impl Ring {
         key: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let k = hash_key(key)?;
-        match self.call(py, |s| Ok(s.rt.block_on(s.router.get(&k))?))? {
+        match self.get_value(py, key)? {
             Some(v) => Ok(PyBytes::new(py, &v).into_any().unbind()),
             None => Ok(default.unwrap_or_else(|| py.None())),
         }
@@ -433,14 +547,12 @@ impl Ring {
 
     /// Whether `key` is stored.
     fn exists(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let k = hash_key(key)?;
-        self.call(py, |s| Ok(s.rt.block_on(s.router.exists(&k))?))
+        self.yes(py, key, Op::Exists)
     }
 
     /// Removes `key`; `True` if it was there, `False` if it was absent.
     fn remove(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let k = hash_key(key)?;
-        self.call(py, |s| Ok(s.rt.block_on(s.router.remove(&k))?))
+        self.yes(py, key, Op::Remove)
     }
 
     /// The owner of `key` and how the OWN walk got there: an `Owner` (`address`, `hops`,
@@ -540,12 +652,13 @@ impl Ring {
     }
 
     /// Stores many `(key, value)` pairs (an iterable of pairs, or a mapping), each at its
-    /// owner, over `concurrency` connections per owner; the number stored.
+    /// owner, over `concurrency` connections per owner (writes on many connections share the
+    /// owner's flushes to disk); the number stored.
     ///
     /// `progress` as in `get_many`. If some values are not stored, the others still are and
     /// the exception of the first failure is raised, counting them (`ValueTooLarge` for a value
     /// over its owner's limit).
-    #[pyo3(signature = (items, *, concurrency = 16, progress = None, progress_every = 1000))]
+    #[pyo3(signature = (items, *, concurrency = 64, progress = None, progress_every = 1000))]
     fn put_many(
         &self,
         py: Python<'_>,
@@ -631,8 +744,7 @@ impl Ring {
     }
 
     fn __getitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let k = hash_key(key)?;
-        match self.call(py, |s| Ok(s.rt.block_on(s.router.get(&k))?))? {
+        match self.get_value(py, key)? {
             Some(v) => Ok(PyBytes::new(py, &v).into_any().unbind()),
             None => Err(PyKeyError::new_err(key.clone().unbind())),
         }

@@ -109,6 +109,13 @@ class Node:
                 raise RuntimeError(f"node {addr} did not start: {self.log.read_text()[-2000:]}")
             time.sleep(0.02)
 
+    def leave(self):
+        """`dht-store leave`: the node hands its arc to its predecessor and exits."""
+        out = subprocess.run([str(dht_store_bin()), "leave", "--data", str(self.data)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+        self.proc.wait(30)
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -131,6 +138,13 @@ def start_ring(root: Path, n: int, *extra: str, cmd=None, encoding="compact"):
     nodes = [Node(root, addrs[0], *extra, cmd=cmd)]
     for a in addrs[1:]:
         nodes.append(Node(root, a, "--join", addrs[0], *extra, cmd=cmd))
+    wait_whole(addrs, encoding)
+    return nodes
+
+
+def wait_whole(addrs, encoding="compact"):
+    """Waits until each of `addrs` names the next of them round the circle (ABD)."""
+    n = len(addrs)
     ring = sorted(addrs, key=peer_id)
     want = {a: ring[(i + 1) % n] for i, a in enumerate(ring)}
     deadline = time.monotonic() + 30
@@ -140,7 +154,7 @@ def start_ring(root: Path, n: int, *extra: str, cmd=None, encoding="compact"):
         except OSError:
             got = {}
         if got == want:
-            return nodes
+            return
         if time.monotonic() > deadline:
             raise RuntimeError(f"ring never closed: ABD {got}, want {want}")
         time.sleep(0.1)
