@@ -4,7 +4,7 @@ The docstrings here repeat the module's own (``help(dht_store.Ring)`` shows thos
 """
 
 from types import TracebackType
-from typing import Callable, Iterable, Iterator, List, Mapping, Optional, Tuple, Type, TypeVar, Union
+from typing import Any, Callable, Iterable, Iterator, List, Mapping, Optional, Tuple, Type, TypeVar, Union
 
 __version__: str
 
@@ -60,8 +60,10 @@ class Owner:
 class Ring:
     """A DHT ring, reached through one of its peers.
 
-    ``Ring("127.0.0.1:5000")`` connects to nothing yet: each call walks the ring from that
-    peer (OWN) to the key's owner and asks it, on connections kept open for the next calls.
+    ``Ring("127.0.0.1:5000")`` connects to nothing yet. A call asks the key's owner, found by
+    walking the ring from that peer (OWN) and then remembered, with its whole arc, for a few
+    seconds (a ring that moved meanwhile is noticed, and walked again); connections are kept
+    open for the next calls.
     ``timeout`` (seconds) bounds the wait for a connection and for each answer;
     ``address_encoding`` is ``"compact"``, ``"text"`` or ``"auto"``; ``max_hops`` bounds an
     OWN walk. Calls release the GIL while they wait, and a Ring may be shared by threads.
@@ -105,7 +107,7 @@ class Ring:
         is called every ``progress_every`` keys (at most every 0.1 s) and once at the end."""
     def put_many(
         self,
-        items: Union[Iterable[Tuple[Key, Value]], Mapping[Key, Value]],
+        items: Union[Iterable[Tuple[Key, Value]], Mapping[Any, Any]],
         *,
         concurrency: int = 64,
         progress: Optional[Progress] = None,

@@ -45,8 +45,10 @@ struct Slot {
 
 /// A DHT ring, reached through one of its peers.
 ///
-/// `Ring("127.0.0.1:5000")` connects to nothing yet: each call walks the ring from that peer
-/// (OWN) to the key's owner and asks it, on connections kept open for the next calls. Keys are
+/// `Ring("127.0.0.1:5000")` connects to nothing yet. A call asks the key's owner, found by
+/// walking the ring from that peer (OWN) and then remembered, with its whole arc, for a few
+/// seconds (a ring that moved meanwhile is noticed, and walked again); connections are kept
+/// open for the next calls. Keys are
 /// `str` (hashed as their UTF-8), bytes-like (hashed), or a `HashKey` (used as it is); values
 /// are bytes-like or `str` (stored as UTF-8; `get` returns `bytes`).
 ///
@@ -225,7 +227,11 @@ impl Ring {
         let enc = self.encoding(py)?;
         let mut slot = self.take(enc).map_err(|f| to_py(py, f, Some(enc)))?;
         let out = py.detach(|| f(&mut slot));
-        self.give(slot);
+        // After a failure a connection of the slot may stand inside an exchange (a Router keeps
+        // the connection an answer timed out on): the slot is not used again.
+        if out.is_ok() {
+            self.give(slot);
+        }
         out.map_err(|f| to_py(py, f, Some(enc)))
     }
 
@@ -290,7 +296,10 @@ impl Ring {
                 }
             }
         };
-        self.give(slot);
+        // As in `call`: a slot whose call failed, or was dropped midway, is not used again.
+        if matches!(ended, Ok(Ok(()))) {
+            self.give(slot);
+        }
         match ended? {
             Err(e) => Err(to_py(py, Failure::Dht(e), Some(enc))),
             Ok(()) => {
@@ -516,7 +525,7 @@ impl Ring {
         })
     }
 
-    /// [`Ring::put`] that returns `False` when the owner answers `F` (without asking it why):
+    /// `put` that returns `False` when the owner answers `F` (without asking it why):
     /// the classroom interface's `insert`, which reports the answer instead of raising.
     fn _put(
         &self,
