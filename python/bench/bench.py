@@ -14,8 +14,9 @@ by five clients in one run, so that every figure has its baselines beside it:
 
 Every value read back is checked (a wrong or missing one fails the run). Rounds alternate the
 order of the clients (forward, then backward) so that drift on a shared machine hits all of
-them; each figure is the median of its rounds. The goals of issue 18 are printed with each
-ratio; nothing here asserts a speed.
+them; each ops/s figure is the median of its rounds, each ratio the median of the rounds' ratios
+(a client against the cpr client of the same round). The goals of issue 18 are printed with
+each ratio; nothing here asserts a speed.
 """
 
 import argparse
@@ -280,24 +281,37 @@ def main():
         shutil.rmtree(root, ignore_errors=True)
 
     med = {n: {op: statistics.median(v) for op, v in ops.items()} for n, ops in results.items()}
-    base = med["cpr"]
+    # Each round's ratio to the cpr client of the same round (next to it in time: rounds go
+    # forward and backward), so that the load of the moment weighs on both sides of a ratio.
+    ratios = {n: {op: [x / c for x, c in zip(results[n][op], results["cpr"][op])]
+                  for op in ("put", "get")} for n in results}
+
+    def ratio(name, op):
+        r = ratios[name][op]
+        spread = f" ({min(r):.1f}-{max(r):.1f})" if len(r) > 1 else ""
+        return statistics.median(r), spread
+
     print()
-    print(f"{'client':<20} {'put ops/s':>10} {'x cpr':>7} {'get ops/s':>10} {'x cpr':>7}")
+    print("ops/s: the median of the rounds; x cpr: the median of each round's ratio (range)")
+    print(f"{'client':<20} {'put ops/s':>10} {'x cpr':>16} {'get ops/s':>10} {'x cpr':>18}")
     for name, _ in clients:
         m = med[name]
-        print(f"{name:<20} {m['put']:>10.0f} {m['put'] / base['put']:>6.1f}x "
-              f"{m['get']:>10.0f} {m['get'] / base['get']:>6.1f}x")
+        (xp, sp), (xg, sg) = ratio(name, "put"), ratio(name, "get")
+        print(f"{name:<20} {m['put']:>10.0f} {f'{xp:.1f}x{sp}':>16} {m['get']:>10.0f} "
+              f"{f'{xg:.1f}x{sg}':>18}")
     print()
-    goals = [("Ring loop", "put", 5), ("Ring loop", "get", 5),
-             ("put_many/get_many", "put", 20), ("put_many/get_many", "get", 20)]
-    for name, op, want in goals:
-        x = med[name][op] / base[op]
+    goals = [("Ring loop", "put", 5, "Ring loop put"), ("Ring loop", "get", 5, "Ring loop get"),
+             ("put_many/get_many", "put", 20, "put_many"),
+             ("put_many/get_many", "get", 20, "get_many")]
+    for name, op, want, label in goals:
+        x, spread = ratio(name, op)
         verdict = "met" if x >= want else "NOT met"
-        label = f"{name} {op}" if name == "Ring loop" else ("put_many" if op == "put" else "get_many")
-        print(f"goal {label} >= {want}x cpr: {x:.1f}x, {verdict}")
+        print(f"goal {label} >= {want}x cpr: {x:.1f}x{spread}, {verdict}")
+    rust_bulk = f"Rust x{a.put_concurrency}"
     for op in ("put", "get"):
-        print(f"Python/Rust, {op}: loop {med['Ring loop'][op] / med['Rust loop'][op]:.2f}, "
-              f"bulk {med['put_many/get_many'][op] / med[f'Rust x{a.put_concurrency}'][op]:.2f}")
+        loop = statistics.median(x / r for x, r in zip(results["Ring loop"][op], results["Rust loop"][op]))
+        bulk = statistics.median(x / r for x, r in zip(results["put_many/get_many"][op], results[rust_bulk][op]))
+        print(f"Python/Rust, {op}: loop {loop:.2f}, bulk {bulk:.2f} (medians of the rounds' ratios)")
 
 
 if __name__ == "__main__":
