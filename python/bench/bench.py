@@ -147,6 +147,31 @@ class Failed(Exception):
     pass
 
 
+NODE_PID = None
+
+
+def node_cpu():
+    """CPU seconds the node used so far (user + system, /proc), for the CPU per request."""
+    with open(f"/proc/{NODE_PID}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Phase:
+    """Times a phase of n requests: its rate, and the node's CPU per request."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        self.cpu, self.t = node_cpu(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.rate = self.n / (time.perf_counter() - self.t)
+        self.cpu_us = (node_cpu() - self.cpu) / self.n * 1e6
+
+
 def check(got, want, what):
     if got != want:
         raise Failed(f"{what}: {len(got)} answers, not the values put")
@@ -155,60 +180,59 @@ def check(got, want, what):
 def run_cpr(addr, prefix, n, size):
     c = ConnPerRequest(addr)
     ks = [hashlib.sha1(k.encode()).digest() for k in keys_of(prefix, n)]
-    t = time.perf_counter()
-    ok = sum(c.put(k, value(i, size)) for i, k in enumerate(ks))
-    put = time.perf_counter() - t
+    with Phase(n) as put:
+        ok = sum(c.put(k, value(i, size)) for i, k in enumerate(ks))
     if ok != n:
         raise Failed(f"cpr put: {n - ok} of {n} not stored")
-    t = time.perf_counter()
-    got = [c.get(k) for k in ks]
-    get = time.perf_counter() - t
+    with Phase(n) as get:
+        got = [c.get(k) for k in ks]
     check(got, [value(i, size) for i in range(n)], "cpr get")
-    return {"put": n / put, "get": n / get}
+    return {"put": put, "get": get}
 
 
 def run_loop(addr, prefix, n, size):
     with dht_store.Ring(addr) as ring:
         ks = keys_of(prefix, n)
         vs = [value(i, size) for i in range(n)]
-        t = time.perf_counter()
-        for k, v in zip(ks, vs):
-            ring.put(k, v)
-        put = time.perf_counter() - t
-        t = time.perf_counter()
-        got = [ring.get(k) for k in ks]
-        get = time.perf_counter() - t
+        with Phase(n) as put:
+            for k, v in zip(ks, vs):
+                ring.put(k, v)
+        with Phase(n) as get:
+            got = [ring.get(k) for k in ks]
     check(got, vs, "Ring.get loop")
-    return {"put": n / put, "get": n / get}
+    return {"put": put, "get": get}
 
 
 def run_bulk(addr, prefix, n, size, put_conc, get_conc):
     with dht_store.Ring(addr) as ring:
         ks = keys_of(prefix, n)
         items = [(k, value(i, size)) for i, k in enumerate(ks)]
-        t = time.perf_counter()
-        stored = ring.put_many(items, concurrency=put_conc)
-        put = time.perf_counter() - t
-        t = time.perf_counter()
-        got = ring.get_many(ks, concurrency=get_conc)
-        get = time.perf_counter() - t
+        with Phase(n) as put:
+            stored = ring.put_many(items, concurrency=put_conc)
+        with Phase(n) as get:
+            got = ring.get_many(ks, concurrency=get_conc)
     if stored != n:
         raise Failed(f"put_many stored {stored} of {n}")
     check(got, [v for _, v in items], "get_many")
-    return {"put": n / put, "get": n / get}
+    return {"put": put, "get": get}
 
 
 def run_rust(rust_load, addr, prefix, n, size, concurrency):
+    before = node_cpu()
     out = subprocess.run(
         [rust_load, "--peer", addr, "--keys", str(n), "--value-size", str(size),
          "--prefix", prefix, "--concurrency", str(concurrency)],
         capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise Failed(f"rust_load exited {out.returncode}: {out.stdout}{out.stderr}")
+    # rust_load's phases run back to back: the node's CPU is known for both together only.
+    cpu_us = (node_cpu() - before) / (2 * n) * 1e6
     r = {}
     for line in out.stdout.splitlines():
         j = json.loads(line)
-        r[j["op"]] = j["n"] / j["secs"]
+        ph = Phase(j["n"])
+        ph.rate, ph.cpu_us = j["n"] / j["secs"], cpu_us
+        r[j["op"]] = ph
     return r
 
 
@@ -254,6 +278,8 @@ def main():
           f"x{a.get_concurrency}; {a.rounds} round(s)", flush=True)
     root = tempfile.mkdtemp(prefix="dht-store-pybench-")
     proc, addr = start_node(a.bin, root)
+    global NODE_PID
+    NODE_PID = proc.pid
     clients = [
         ("cpr", lambda pre: run_cpr(addr, pre, a.cpr_keys, a.value_size)),
         ("Ring loop", lambda pre: run_loop(addr, pre, a.loop_keys, a.value_size)),
@@ -264,15 +290,18 @@ def main():
             a.rust_load, addr, pre, a.bulk_keys, a.value_size, a.put_concurrency)),
     ]
     results = {name: {"put": [], "get": []} for name, _ in clients}
+    cpu = {name: {"put": [], "get": []} for name, _ in clients}
     try:
         for r in range(a.rounds):
             order = clients if r % 2 == 0 else clients[::-1]
             for name, fn in order:
                 got = fn(f"r{r}-{name.replace(' ', '_').replace('/', '_')}")
                 for op in ("put", "get"):
-                    results[name][op].append(got[op])
-                print(f"  round {r + 1}: {name:<18} put {got['put']:>9.0f}/s  get "
-                      f"{got['get']:>9.0f}/s", flush=True)
+                    results[name][op].append(got[op].rate)
+                    cpu[name][op].append(got[op].cpu_us)
+                print(f"  round {r + 1}: {name:<18} put {got['put'].rate:>9.0f}/s  get "
+                      f"{got['get'].rate:>9.0f}/s  node cpu/op put {got['put'].cpu_us:>4.0f} us"
+                      f"  get {got['get'].cpu_us:>4.0f} us", flush=True)
     except Failed as e:
         sys.exit(f"bench: FAILED: {e}")
     finally:
@@ -292,13 +321,16 @@ def main():
         return statistics.median(r), spread
 
     print()
-    print("ops/s: the median of the rounds; x cpr: the median of each round's ratio (range)")
-    print(f"{'client':<20} {'put ops/s':>10} {'x cpr':>16} {'get ops/s':>10} {'x cpr':>18}")
+    print("ops/s: the median of the rounds; x cpr: the median of each round's ratio (range);")
+    print("cpu: the node's CPU per request, median of the rounds (Rust: put and get together)")
+    print(f"{'client':<20} {'put ops/s':>10} {'x cpr':>16} {'cpu us':>7} {'get ops/s':>10} "
+          f"{'x cpr':>18} {'cpu us':>7}")
     for name, _ in clients:
         m = med[name]
         (xp, sp), (xg, sg) = ratio(name, "put"), ratio(name, "get")
-        print(f"{name:<20} {m['put']:>10.0f} {f'{xp:.1f}x{sp}':>16} {m['get']:>10.0f} "
-              f"{f'{xg:.1f}x{sg}':>18}")
+        cp, cg = (statistics.median(cpu[name][op]) for op in ("put", "get"))
+        print(f"{name:<20} {m['put']:>10.0f} {f'{xp:.1f}x{sp}':>16} {cp:>7.0f} {m['get']:>10.0f} "
+              f"{f'{xg:.1f}x{sg}':>18} {cg:>7.0f}")
     print()
     goals = [("Ring loop", "put", 5, "Ring loop put"), ("Ring loop", "get", 5, "Ring loop get"),
              ("put_many/get_many", "put", 20, "put_many"),

@@ -40,4 +40,10 @@ class ProtocolError(DhtError):
     closed inside an answer, an OWN walk that does not end."""
 
 
+
+# Shown as dht_store.Timeout (not dht_store._errors.Timeout) in tracebacks and reprs.
+for _cls in (DhtError, Unreachable, Timeout, ValueTooLarge, ProtocolError):
+    _cls.__module__ = "dht_store"
+del _cls
+
 __all__ = ["DhtError", "Unreachable", "Timeout", "ValueTooLarge", "ProtocolError"]

@@ -171,4 +171,5 @@ def test_package_surface():
     for name in dht_store.__all__:
         assert getattr(dht_store, name).__doc__ or name == "__version__", name
     assert dht_store.Ring.__module__ == "dht_store"
+    assert dht_store.Timeout.__module__ == "dht_store" and dht_store.Timeout.__name__ == "Timeout"
     assert "Dict-like" in dht_store.Ring.__doc__
