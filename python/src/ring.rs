@@ -43,6 +43,29 @@ struct Slot {
     timeout: Duration,
 }
 
+/// The pool of a Ring's slots not in use.
+struct Idle {
+    /// The process that made them: a child of `fork` (multiprocessing) must not use them.
+    pid: u32,
+    slots: Vec<Slot>,
+}
+
+impl Idle {
+    /// The slots, after dropping those of another process: forgotten, not closed, since a
+    /// child shares their sockets and their epoll instance with its parent (closing would
+    /// unregister them from the parent's too).
+    fn slots(&mut self) -> &mut Vec<Slot> {
+        let me = std::process::id();
+        if self.pid != me {
+            for s in self.slots.drain(..) {
+                std::mem::forget(s);
+            }
+            self.pid = me;
+        }
+        &mut self.slots
+    }
+}
+
 /// A DHT ring, reached through one of its peers.
 ///
 /// `Ring("127.0.0.1:5000")` connects to nothing yet. A call asks the key's owner, found by
@@ -74,8 +97,8 @@ pub struct Ring {
     requested: Option<AddressEncoding>,
     /// The encoding found by `"auto"`, once asked.
     detected: OnceLock<AddressEncoding>,
-    /// Slots not in use.
-    idle: Mutex<Vec<Slot>>,
+    /// Slots not in use, and the process they were made in.
+    idle: Mutex<Idle>,
     /// Set by `close`.
     closed: AtomicBool,
     /// The owners' arcs learned so far.
@@ -195,7 +218,7 @@ impl Ring {
         if self.closed.load(Ordering::Acquire) {
             return Err(Failure::Closed);
         }
-        if let Some(s) = lock(&self.idle).pop() {
+        if let Some(s) = lock(&self.idle).slots().pop() {
             return Ok(s);
         }
         Ok(Slot {
@@ -213,8 +236,9 @@ impl Ring {
             return;
         }
         let mut idle = lock(&self.idle);
-        if idle.len() < MAX_IDLE {
-            idle.push(slot);
+        let slots = idle.slots();
+        if slots.len() < MAX_IDLE {
+            slots.push(slot);
         }
     }
 
@@ -497,7 +521,10 @@ impl Ring {
             max_hops,
             requested,
             detected: OnceLock::new(),
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(Idle {
+                pid: std::process::id(),
+                slots: Vec::new(),
+            }),
             closed: AtomicBool::new(false),
             arcs: Arc::new(Arcs::default()),
         })
@@ -739,7 +766,7 @@ impl Ring {
     /// Closes every connection; the Ring cannot be used afterwards.
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        lock(&self.idle).clear();
+        lock(&self.idle).slots().clear();
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {

@@ -61,3 +61,32 @@ def _timeout_of(ring):
     except Timeout:
         return "Timeout"
     return "no error"
+
+
+def test_a_forked_child_opens_its_own_connections(ring3):
+    # A child of fork (multiprocessing's default on Linux) must not share the parent's
+    # sockets: both ask at once here, and each must read its own answers.
+    import os
+
+    enc, addrs = ring3
+    ring = Ring(addrs[0], timeout=10, address_encoding=enc)
+    keys = [f"fork-{uuid.uuid4().hex}-{i}" for i in range(50)]
+    ring.put_many((k, k.encode()) for k in keys)
+    assert ring.get(keys[0]) == keys[0].encode()  # the pool holds a warm slot
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            for _ in range(20):
+                for k in keys:
+                    if ring.get(k) != k.encode():
+                        code = 1
+            ring.put("fork-child", b"child")
+        except BaseException:
+            code = 2
+        os._exit(code)
+    for _ in range(20):
+        assert [ring.get(k) for k in keys] == [k.encode() for k in keys]
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert ring.get("fork-child") == b"child"
