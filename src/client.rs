@@ -91,7 +91,7 @@ impl Client {
                 peer,
                 after: connect_timeout,
             })?
-            .map_err(|e| Error::Peer(format!("cannot connect to {peer}: {e}")))?;
+            .map_err(|source| Error::Unreachable { peer, source })?;
         stream.set_nodelay(true)?;
         Ok(Client {
             conn: Connection::new(stream, encoding, limits),
@@ -469,7 +469,7 @@ impl Router {
     /// its connection is lost; a peer that does not answer at all ends it at once. The owner
     /// that answered, and its answer.
     async fn routed(&mut self, key: &HashKey, op: Op<'_>) -> Result<(PeerAddr, Answer)> {
-        let mut last = String::new();
+        let mut last = Error::Peer("no attempt was made".into());
         for attempt in 0..self.attempts {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
@@ -478,14 +478,14 @@ impl Router {
                 Ok((o, _)) => o,
                 Err(e @ Error::NoAnswer { .. }) => return Err(e),
                 Err(e) => {
-                    last = e.to_string();
+                    last = e;
                     continue;
                 }
             };
             let client = match self.client(owner).await {
                 Ok(c) => c,
                 Err(e) => {
-                    last = e.to_string();
+                    last = e;
                     continue;
                 }
             };
@@ -511,21 +511,23 @@ impl Router {
             match answer {
                 Ok(Some(a)) => return Ok((owner, a)),
                 Ok(None) => {
-                    last = format!("{owner} answered N (not mine) after the OWN walk ended there")
+                    last = Error::Peer(format!(
+                        "{owner} answered N (not mine) after the OWN walk ended there"
+                    ))
                 }
                 Err(e) => {
                     self.conns.remove(&owner);
                     if matches!(e, Error::NoAnswer { .. }) {
                         return Err(e);
                     }
-                    last = e.to_string();
+                    last = e;
                 }
             }
         }
-        Err(Error::Peer(format!(
-            "gave up after {} attempts: {last}",
-            self.attempts
-        )))
+        Err(Error::GaveUp {
+            attempts: self.attempts,
+            last: Box::new(last),
+        })
     }
 
     /// Stores `value` under `key` at its owner; `Ok(true)` when stored, `Ok(false)` on `F`.

@@ -80,6 +80,19 @@ pub enum Error {
     #[error("the OWN walk for {key} did not end within {hops} hops")]
     HopLimit { key: String, hops: usize },
 
+    /// A connection to `peer` could not be opened (refused, no route, a name that does not
+    /// resolve to it): nobody listens there, or the network does not reach it.
+    #[error("cannot connect to {peer}: {source}")]
+    Unreachable {
+        peer: crate::protocol::PeerAddr,
+        source: std::io::Error,
+    },
+
+    /// A routed request failed on every attempt; `last` is why the last one failed (kept as an
+    /// error, not text, so that a caller can tell a dead peer from a broken answer).
+    #[error("gave up after {attempts} attempts: {last}")]
+    GaveUp { attempts: usize, last: Box<Error> },
+
     #[error("{0}")]
     Peer(String),
 
