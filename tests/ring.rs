@@ -175,3 +175,70 @@ async fn a_leave_under_continuous_writes_loses_no_acknowledged_write() {
     let refs: Vec<&TestNode> = nodes.iter().collect();
     check_placement(&refs, &acked, failures).await;
 }
+
+/// A node that the ring gave up while it was down comes back holding the writes it took before
+/// it went down; keys among them that a node which joined meanwhile owns now are nowhere else
+/// until a repair pass hands them on (one copy: `--replicas 0`). If the node leaves before
+/// that, its leave gives them to their owner first: the directory is emptied after the DIS.
+/// (tests/faults.rs, seed 5, lost three such writes once in CI: the leave came 30 ms after the
+/// rejoin.) B's repair passes are held off (`repair:pass`, paused) so that only the leave can
+/// hand them on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_from_being_given_up_that_leaves_gives_what_it_held_outside_its_arc_to_the_owner(
+) {
+    let root = tempfile::tempdir().unwrap();
+    // In id order B < G < A: B owns [B, A) in a ring of A and B; G, joining while B is down,
+    // takes [G, A) of it.
+    let (a, b, g) = loop {
+        let mut t = loopback_addrs(3);
+        t.sort_by_key(dht_store::ring::id_of);
+        let (b, g, a) = (t[0], t[1], t[2]);
+        let span = |from: &PeerAddr, to: &PeerAddr| {
+            dht_store::ring::id_of(to).wrapping_sub(&dht_store::ring::id_of(from))
+        };
+        // G past the middle of B's arc leaves both parts keys to hold.
+        if span(&b, &g) > span(&g, &a) {
+            break (a, b, g);
+        }
+    };
+    let keys: Vec<HashKey> = (0..)
+        .map(|i| HashKey::of(format!("given-up-{i}").as_bytes()))
+        .filter(|k| {
+            dht_store::ring::in_arc(k, &dht_store::ring::id_of(&g), &dht_store::ring::id_of(&a))
+        })
+        .take(30)
+        .collect();
+    let plain = ["--replicas", "0"];
+    let env = [ENV, &[("DHT_STORE_FAULT", "repair:pass/600000")]].concat();
+    let na = TestNode::start_env(&root.path().join("a"), a, &plain, ENV).await;
+    let via = a.to_string();
+    let join = [&plain[..], &["--join", &via]].concat();
+    let mut nb = TestNode::start_env(&root.path().join("b"), b, &join, &env).await;
+    let mut acked = HashMap::new();
+    let mut r = Router::new(a, AddressEncoding::Compact);
+    for (i, k) in keys.iter().enumerate() {
+        let v = format!("written at B before it went down {i}").into_bytes();
+        assert!(r.put(k, &v).await.unwrap(), "INS {i}");
+        acked.insert(*k, v);
+    }
+    nb.stop(libc::SIGKILL);
+    let (alone, only_a) = ([&na], [a]);
+    settle("A alone", Duration::from_secs(30), &alone, || {
+        common::ring_check(&only_a, 4)
+    })
+    .await;
+    let ng = TestNode::start_env(&root.path().join("g"), g, &join, ENV).await;
+    nb.restart().await;
+    nb.wait_log("joined again through", Duration::from_secs(30))
+        .await;
+    let (code, out) = nb.leave();
+    assert_eq!(code, Some(0), "leave failed: {out}\n{}", nb.log_text());
+    let (refs, live) = ([&na, &ng], [a, g]);
+    settle(
+        "the keys B held at G",
+        Duration::from_secs(30),
+        &refs,
+        || placement(&live, &acked, false),
+    )
+    .await;
+}

@@ -263,7 +263,7 @@ def main():
     p.add_argument("--get-concurrency", type=int, default=16,
                    help="get_many's connections per owner (each pipelines 64 GETs)")
     p.add_argument("--quick", action="store_true",
-                   help="CI's short run: one round, a third of the keys")
+                   help="a short run: one round, a third of the keys")
     a = p.parse_args()
     if a.quick:
         a.rounds = 1

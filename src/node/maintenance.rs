@@ -464,6 +464,7 @@ pub async fn repair_loop(node: Arc<Node>) {
         if node.departed() {
             return;
         }
+        crate::fault::point("repair:pass").await;
         match repair(&node).await {
             Ok((0, 0)) => {}
             Ok((moved, kept)) => info!(
@@ -542,6 +543,52 @@ async fn hand_over(node: &Node, router: &mut Router, k: &HashKey, e: &Versioned<
             false
         }
     }
+}
+
+/// Before a leave, with `Node::handoff` held: gives every entry we hold past the range we hold
+/// (`RingState::held_until`) to its owner, as the repair pass does, but keeps ours (the leave
+/// empties the directory once its DIS is done). Such an entry may be the only copy: a node
+/// given up while it was down comes back holding writes acknowledged before it went down, for
+/// keys that a node which joined meanwhile owns now, and until a repair pass hands them on
+/// they are nowhere else; a leave right after the rejoin dropped them (tests/faults.rs, seed
+/// 5 once in CI; `tests/ring.rs`, `a_node_back_from_being_given_up_that_leaves_...`).
+/// Returns how many could not be given.
+pub async fn give_misplaced(node: &Node, ring: &RingState) -> Result<u64> {
+    let (me, end) = (ring.me, ring.held_until(node.config.replicas));
+    if ring.is_alone() || end == me {
+        return Ok(0);
+    }
+    let mut router = Router::new(ring.successor().addr, node.config.address_encoding);
+    let (mut cursor, mut given, mut kept) = (end.id, 0u64, 0u64);
+    loop {
+        let mut chunk: Vec<(HashKey, Versioned<Value>)> = Vec::new();
+        let mut bytes = 0;
+        for entry in node.storage.iter_arc_versioned(&cursor, &me.id) {
+            let (k, e) = entry?;
+            bytes += e.value.as_ref().map_or(0, |v| v.len());
+            chunk.push((k, e));
+            if chunk.len() >= REPAIR_CHUNK_ENTRIES || bytes >= REPAIR_CHUNK_BYTES {
+                break;
+            }
+        }
+        let Some((last, _)) = chunk.last() else { break };
+        let next = last.wrapping_add(&HashKey::pow2(0));
+        for (key, e) in &chunk {
+            if hand_over(node, &mut router, key, e).await {
+                given += 1;
+            } else {
+                kept += 1;
+            }
+        }
+        if next == me.id || chunk.len() < REPAIR_CHUNK_ENTRIES && bytes < REPAIR_CHUNK_BYTES {
+            break;
+        }
+        cursor = next;
+    }
+    if given + kept > 0 {
+        info!("before leaving: {given} entries held outside our arc given to their owners, {kept} not");
+    }
+    Ok(kept)
 }
 
 /// Most value bytes the repair pass holds at once.

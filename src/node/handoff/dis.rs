@@ -180,6 +180,15 @@ async fn leave_fenced(node: &Node, ring: &RingState) -> Result<String> {
     if cut > 0 {
         warn!("{cut} INS still receiving their value will get F");
     }
+    // After any rejoin that ran before us (we hold `Node::handoff`): what we hold outside our
+    // arc goes to its owners first, since the directory is emptied after the DIS.
+    let kept = crate::node::maintenance::give_misplaced(node, ring).await?;
+    if kept > 0 {
+        return Err(Error::Peer(format!(
+            "{kept} entries held outside our arc could not be given to their owners (see the \
+             log): leaving now would lose them; try again once their owners answer"
+        )));
+    }
     let pred_key = me.id.prev();
     let mut last = String::new();
     for attempt in 0..LEAVE_ATTEMPTS {
