@@ -580,3 +580,33 @@ impl Answer {
         matches!(self, Answer::Yes(true))
     }
 }
+
+/// Why a peer given by a person names no address (see [`resolve_peer`]).
+#[derive(Debug)]
+pub enum BadPeer {
+    /// Neither a port, nor `IPv4:PORT`, nor a name and a port that resolve: why the lookup failed.
+    NotAnAddress(std::io::Error),
+    /// The name resolves, but to no IPv4 address (peers are IPv4).
+    NoIpv4,
+}
+
+/// A peer as people give one (the CLI's `--peer`, the Python package's `Ring`): `IPv4:PORT`, a
+/// host name and a port (its first IPv4 address), or a bare port on 127.0.0.1. Surrounding
+/// blanks are ignored. The callers word the error for their users.
+pub fn resolve_peer(s: &str) -> std::result::Result<PeerAddr, BadPeer> {
+    use std::net::ToSocketAddrs;
+    let s = s.trim();
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(PeerAddr::new(std::net::Ipv4Addr::LOCALHOST, port));
+    }
+    if let Ok(a) = crate::protocol::parse_addr(s) {
+        return Ok(a);
+    }
+    s.to_socket_addrs()
+        .map_err(BadPeer::NotAnAddress)?
+        .find_map(|a| match a {
+            std::net::SocketAddr::V4(v4) => Some(v4),
+            std::net::SocketAddr::V6(_) => None,
+        })
+        .ok_or(BadPeer::NoIpv4)
+}

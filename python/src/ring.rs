@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use dht_store::client::{Client, Lookup, Router};
-use dht_store::protocol::{parse_addr, AddressEncoding, HashKey, PeerAddr, Request, Status};
+use dht_store::client::{BadPeer, Client, Lookup, Router};
+use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr, Request, Status};
 use dht_store::Error;
 use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -163,24 +163,12 @@ fn peer_of(peer: &Bound<'_, PyAny>) -> PyResult<PeerAddr> {
 }
 
 fn resolve_peer(s: &str) -> Result<PeerAddr, String> {
-    let s = s.trim();
-    if let Ok(port) = s.parse::<u16>() {
-        return Ok(PeerAddr::new(std::net::Ipv4Addr::LOCALHOST, port));
-    }
-    if let Ok(a) = parse_addr(s) {
-        return Ok(a);
-    }
-    use std::net::ToSocketAddrs;
-    let addrs = s.to_socket_addrs().map_err(|e| {
-        format!("peer {s:?}: not IP:PORT (a name or an IPv4 address and a port) or a port ({e})")
-    })?;
-    addrs
-        .filter_map(|a| match a {
-            std::net::SocketAddr::V4(v4) => Some(v4),
-            std::net::SocketAddr::V6(_) => None,
-        })
-        .next()
-        .ok_or_else(|| format!("peer {s:?}: the name has no IPv4 address (peers are IPv4)"))
+    dht_store::client::resolve_peer(s).map_err(|e| match e {
+        BadPeer::NotAnAddress(e) => format!(
+            "peer {s:?}: not IP:PORT (a name or an IPv4 address and a port) or a port ({e})"
+        ),
+        BadPeer::NoIpv4 => format!("peer {s:?}: the name has no IPv4 address (peers are IPv4)"),
+    })
 }
 
 /// What a peer's INF says its largest value is (ours says; other implementations may not).
@@ -357,6 +345,25 @@ impl Ring {
             self.keyed(py, hash_key(key)?, op)?,
             Answer::Yes(true)
         ))
+    }
+
+    /// The exception a bulk call raises when `failed` of its `total` keys failed, `first`
+    /// being the first of them.
+    fn many_failed(
+        &self,
+        py: Python<'_>,
+        call: &'static str,
+        (failed, total): (usize, usize),
+        first: Failure,
+    ) -> PyErr {
+        let enc = self.encoding(py).ok();
+        let many = Failure::Many {
+            call,
+            failed,
+            total,
+            first: Box::new(first),
+        };
+        to_py(py, many, enc)
     }
 
     /// Why the owner refused a value: over its limit (if its INF says the limit), or not.
@@ -672,17 +679,7 @@ impl Ring {
                 Outcome::Failed(e) => Failure::Dht(e),
                 _ => Failure::Dht(Error::Peer("a key was not answered".into())),
             };
-            let enc = self.encoding(py).ok();
-            return Err(to_py(
-                py,
-                Failure::Many {
-                    call: "get_many",
-                    failed,
-                    total,
-                    first: Box::new(first),
-                },
-                enc,
-            ));
+            return Err(self.many_failed(py, "get_many", (failed, total), first));
         }
         Ok(PyList::new(py, out)?.unbind())
     }
@@ -750,17 +747,7 @@ impl Ring {
             Outcome::Failed(e) => Failure::Dht(e),
             _ => Failure::Dht(Error::Peer("a key was not answered".into())),
         };
-        let enc = self.encoding(py).ok();
-        Err(to_py(
-            py,
-            Failure::Many {
-                call: "put_many",
-                failed,
-                total,
-                first: Box::new(first),
-            },
-            enc,
-        ))
+        Err(self.many_failed(py, "put_many", (failed, total), first))
     }
 
     /// Closes every connection; the Ring cannot be used afterwards.

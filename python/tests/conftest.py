@@ -196,15 +196,20 @@ def dead_peer():
     return f"127.0.0.1:{free_port('127.0.0.1')}"
 
 
+def _listener():
+    """A listening socket on 127.0.0.1 and a free port, and its "IP:PORT"."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    return sock, f"127.0.0.1:{sock.getsockname()[1]}"
+
+
 class Silent:
     """A server that accepts connections and never answers (a stalled peer)."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.addr = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.sock, self.addr = _listener()
         self.held = []
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
@@ -235,12 +240,8 @@ class Garbage:
     with the status byte 'X', which the protocol does not have."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
+        self.sock, self.addr = _listener()
         self.port = self.sock.getsockname()[1]
-        self.addr = f"127.0.0.1:{self.port}"
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use dht_store::client::Router;
-use dht_store::protocol::{parse_addr, AddressEncoding, HashKey, PeerAddr};
+use dht_store::client::{self, BadPeer, Router};
+use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr};
 use dht_store::Error;
 
 pub use node::NodeArgs;
@@ -197,29 +197,16 @@ impl PeerArgs {
 
 /// `HOST:PORT`, a host name looked up (its first IPv4 address), or a bare port on 127.0.0.1.
 fn resolve_peer(s: &str) -> Result<PeerAddr, Error> {
-    if let Ok(port) = s.parse::<u16>() {
-        return Ok(PeerAddr::new(std::net::Ipv4Addr::LOCALHOST, port));
-    }
-    if let Ok(a) = parse_addr(s) {
-        return Ok(a);
-    }
-    use std::net::ToSocketAddrs;
-    let addrs = s.to_socket_addrs().map_err(|e| {
-        Error::Usage(format!(
-            "--peer {s}: not host:port (a name or an IPv4 address and a port) or a port ({e})"
-        ))
-    })?;
-    addrs
-        .filter_map(|a| match a {
-            std::net::SocketAddr::V4(v4) => Some(v4),
-            std::net::SocketAddr::V6(_) => None,
+    client::resolve_peer(s).map_err(|e| {
+        Error::Usage(match e {
+            BadPeer::NotAnAddress(e) => format!(
+                "--peer {s}: not host:port (a name or an IPv4 address and a port) or a port ({e})"
+            ),
+            BadPeer::NoIpv4 => {
+                format!("--peer {s}: the name has no IPv4 address (peers are IPv4)")
+            }
         })
-        .next()
-        .ok_or_else(|| {
-            Error::Usage(format!(
-                "--peer {s}: the name has no IPv4 address (peers are IPv4)"
-            ))
-        })
+    })
 }
 
 /// Where a keyed request starts and how far its OWN walk may go.

@@ -561,16 +561,7 @@ pub async fn give_misplaced(node: &Node, ring: &RingState) -> Result<u64> {
     let mut router = Router::new(ring.successor().addr, node.config.address_encoding);
     let (mut cursor, mut given, mut kept) = (end.id, 0u64, 0u64);
     loop {
-        let mut chunk: Vec<(HashKey, Versioned<Value>)> = Vec::new();
-        let mut bytes = 0;
-        for entry in node.storage.iter_arc_versioned(&cursor, &me.id) {
-            let (k, e) = entry?;
-            bytes += e.value.as_ref().map_or(0, |v| v.len());
-            chunk.push((k, e));
-            if chunk.len() >= REPAIR_CHUNK_ENTRIES || bytes >= REPAIR_CHUNK_BYTES {
-                break;
-            }
-        }
+        let (chunk, full) = next_chunk(node, &cursor, &me.id)?;
         let Some((last, _)) = chunk.last() else { break };
         let next = last.wrapping_add(&HashKey::pow2(0));
         for (key, e) in &chunk {
@@ -580,7 +571,7 @@ pub async fn give_misplaced(node: &Node, ring: &RingState) -> Result<u64> {
                 kept += 1;
             }
         }
-        if next == me.id || chunk.len() < REPAIR_CHUNK_ENTRIES && bytes < REPAIR_CHUNK_BYTES {
+        if next == me.id || !full {
             break;
         }
         cursor = next;
@@ -595,6 +586,25 @@ pub async fn give_misplaced(node: &Node, ring: &RingState) -> Result<u64> {
 const REPAIR_CHUNK_BYTES: usize = 8 << 20;
 /// Most entries the repair pass holds at once.
 const REPAIR_CHUNK_ENTRIES: usize = 64;
+
+/// An entry the repair pass hands on.
+type Misplaced = (HashKey, Versioned<Value>);
+
+/// The next entries of `[from, to)` for the repair pass, at most a chunk's worth, and whether
+/// the chunk filled (more may follow).
+fn next_chunk(node: &Node, from: &HashKey, to: &HashKey) -> Result<(Vec<Misplaced>, bool)> {
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    for entry in node.storage.iter_arc_versioned(from, to) {
+        let (k, e) = entry?;
+        bytes += e.value.as_ref().map_or(0, |v| v.len());
+        chunk.push((k, e));
+        if chunk.len() >= REPAIR_CHUNK_ENTRIES || bytes >= REPAIR_CHUNK_BYTES {
+            return Ok((chunk, true));
+        }
+    }
+    Ok((chunk, false))
+}
 
 /// Hands every entry we hold but need not (outside our arc and our K successors' arcs, see
 /// `RingState::held_until`) to its owner.
@@ -632,16 +642,7 @@ async fn repair(node: &Node) -> Result<(u64, u64)> {
         if node.departed() || node.ring().held_until(k) != end {
             break; // the ring changed: the next pass starts from the new bounds
         }
-        let mut chunk: Vec<(HashKey, Versioned<Value>)> = Vec::new();
-        let mut bytes = 0;
-        for entry in node.storage.iter_arc_versioned(&cursor, &me.id) {
-            let (k, e) = entry?;
-            bytes += e.value.as_ref().map_or(0, |v| v.len());
-            chunk.push((k, e));
-            if chunk.len() >= REPAIR_CHUNK_ENTRIES || bytes >= REPAIR_CHUNK_BYTES {
-                break;
-            }
-        }
+        let (chunk, full) = next_chunk(node, &cursor, &me.id)?;
         let Some((last, _)) = chunk.last() else { break };
         let next = last.wrapping_add(&HashKey::pow2(0));
         for (key, e) in chunk {
@@ -674,7 +675,7 @@ async fn repair(node: &Node) -> Result<(u64, u64)> {
                 moved += 1;
             }
         }
-        if next == me.id {
+        if next == me.id || !full {
             break;
         }
         cursor = next;

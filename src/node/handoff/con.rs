@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use super::stream::{receive_arc, send_arc, Entries, Incoming};
@@ -331,29 +332,17 @@ async fn con_exchange(
     (how, fresh): (BatchWrite, bool),
     entries: Entries,
 ) -> Result<bool> {
-    let mut conn = connect(node, owner).await?;
     let request = match entries {
         Entries::Plain => Request::Con(me),
         Entries::Versioned => Request::Vcn(me),
     };
-    conn.write_request(&request).await?;
-    match conn.read_status().await? {
-        Status::T => {}
-        Status::N => return Ok(false),
-        Status::F => return Err(Error::Peer(format!("{owner} answered F to CON"))),
-    }
-    let s1 = Peer::new(walk::checked(owner, "CON", conn.read_addr().await?)?);
-    let s2 = Peer::new(walk::checked(owner, "CON", conn.read_addr().await?)?);
+    let Some((mut conn, s1, s2)) = open_exchange(node, owner, &request).await? else {
+        return Ok(false);
+    };
     fault::point("con-join:before-count").await;
     let n = conn.read_int().await?;
     let my = Peer::new(me);
-    let progress = node.begin_progress(Transfer {
-        exchange: "CON",
-        sending: false,
-        peer: owner,
-        from: my.id,
-        to: s1.id,
-    });
+    let progress = node.begin_progress(receiving(owner, my, s1));
     progress
         .total
         .store(n, std::sync::atomic::Ordering::Relaxed);
@@ -406,22 +395,10 @@ async fn compared_exchange(
             debug!("join: {owner}'s successor unknown, no comparison before the handoff: {e}")
         }
     }
-    let mut conn = connect(node, owner).await?;
-    conn.write_request(&Request::Vcc(me)).await?;
-    match conn.read_status().await? {
-        Status::T => {}
-        Status::N => return Ok(false),
-        Status::F => return Err(Error::Peer(format!("{owner} answered F to VCC"))),
-    }
-    let s1 = Peer::new(walk::checked(owner, "VCC", conn.read_addr().await?)?);
-    let s2 = Peer::new(walk::checked(owner, "VCC", conn.read_addr().await?)?);
-    let progress = node.begin_progress(Transfer {
-        exchange: "CON",
-        sending: false,
-        peer: owner,
-        from: my.id,
-        to: s1.id,
-    });
+    let Some((mut conn, s1, s2)) = open_exchange(node, owner, &Request::Vcc(me)).await? else {
+        return Ok(false);
+    };
+    let progress = node.begin_progress(receiving(owner, my, s1));
     fault::point("con-join:mid-compare").await;
     let synced = {
         let compare = sync::sync_range(
@@ -459,6 +436,37 @@ async fn compared_exchange(
         synced.differing, synced.segments, synced.pulled, synced.pulled_bytes, synced.pushed
     );
     become_member(node, &mut conn, owner, me, (s1, s2), fresh, progress).await
+}
+
+/// The start of a join on either path: `request` (CON, VCN or VCC) to `owner`, its first
+/// answer, and the two successors it names. `None`: answered `N`.
+async fn open_exchange(
+    node: &Node,
+    owner: PeerAddr,
+    request: &Request,
+) -> Result<Option<(Connection<TcpStream>, Peer, Peer)>> {
+    let mut conn = connect(node, owner).await?;
+    conn.write_request(request).await?;
+    let what = request.name();
+    match conn.read_status().await? {
+        Status::T => {}
+        Status::N => return Ok(None),
+        Status::F => return Err(Error::Peer(format!("{owner} answered F to {what}"))),
+    }
+    let s1 = Peer::new(walk::checked(owner, what, conn.read_addr().await?)?);
+    let s2 = Peer::new(walk::checked(owner, what, conn.read_addr().await?)?);
+    Ok(Some((conn, s1, s2)))
+}
+
+/// What a joiner's progress reports: `[id(me), id(S1))` coming from `owner`.
+fn receiving(owner: PeerAddr, my: Peer, s1: Peer) -> Transfer {
+    Transfer {
+        exchange: "CON",
+        sending: false,
+        peer: owner,
+        from: my.id,
+        to: s1.id,
+    }
 }
 
 /// The end of a join on either path, once we hold the arc durably: our ring state (with the
