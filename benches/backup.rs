@@ -107,11 +107,7 @@ async fn main() {
     let root = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into()))
         .expect("tempdir");
     let dir = root.path().join("node");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let addr = PeerAddr::new([127, 0, 0, 1].into(), port);
 
     // A stopped node's directory holding n entries of 10 KiB.

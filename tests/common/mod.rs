@@ -9,7 +9,6 @@ pub mod sample;
 
 pub use process::{dht_store_command, free_port_on};
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
@@ -289,8 +288,7 @@ pub fn loopback_addrs(n: usize) -> Vec<PeerAddr> {
     (0..n)
         .map(|i| {
             let ip = std::net::Ipv4Addr::new(127, 0, 0, 2 + i as u8);
-            let l = TcpListener::bind((ip, 0)).expect("bind a loopback address");
-            PeerAddr::new(ip, l.local_addr().expect("addr").port())
+            PeerAddr::new(ip, free_port_on(ip))
         })
         .collect()
 }

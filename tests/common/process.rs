@@ -41,12 +41,41 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
-/// A port nobody listens on right now on `ip` (bound and released).
+/// A port nobody listens on right now on `ip`, below the kernel's ephemeral range: a port
+/// from `bind(0)` lies inside that range, where any outgoing connection of a concurrent test
+/// may take it before the node binds it (metrics tests failed so in CI). Ports are handed out
+/// in turn from a start that differs per process, so no two calls of one process return the
+/// same port.
 pub fn free_port_on(ip: Ipv4Addr) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let end = ephemeral_start().max(FIRST + 1);
+    let span = end - FIRST;
+    let seed = std::process::id().wrapping_mul(7_919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    for _ in 0..span {
+        let turn = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = FIRST + (seed.wrapping_add(turn)) % span;
+        if TcpListener::bind((ip, port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
     TcpListener::bind((ip, 0))
         .and_then(|l| l.local_addr())
         .unwrap_or_else(|e| panic!("no free port on {ip}: {e}"))
         .port()
+}
+
+/// The first port of the kernel's ephemeral range (32768 where it cannot be read).
+fn ephemeral_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// A child process stopped (SIGTERM, then SIGKILL) when dropped, also on panic.
