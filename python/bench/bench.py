@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """The Python package's benchmark: the same get/put workload against one real dht-store node,
-by five clients in one run, so that every figure has its baselines beside it:
+by six clients in one run, so that every figure has its baselines beside it:
 
 - ``cpr``: a pure-Python client written here that opens a connection per request, as the
   classroom interface does (every OWN of the walk and the request itself on a new connection);
+- ``kept socket``: the same requests from pure Python on one connection kept open to the node
+  (a ring of one: no walk), one after another: the round trip that any client of one
+  request at a time pays, the floor of the ``Ring`` loop;
 - ``Ring loop``: ``ring.put`` / ``ring.get`` called in a Python ``for`` loop;
 - ``put_many`` / ``get_many``: the bulk calls;
 - ``Rust loop`` and ``Rust xC``: ``examples/rust_load.rs``, the crate's Router driven from Rust
@@ -96,6 +99,30 @@ class ConnPerRequest:
             return _recv(s, struct.unpack(">Q", _recv(s, 8))[0])
 
 
+class KeptConnection(ConnPerRequest):
+    """Every request on one open connection to the entry peer, which owns every key here."""
+
+    def __init__(self, peer):
+        super().__init__(peer)
+        self.s = self._conn(self.entry)
+
+    def put(self, key, value):
+        self.s.sendall(b"INS" + key)
+        if _recv(self.s, 1) != b"T":
+            return False
+        self.s.sendall(struct.pack(">Q", len(value)) + value)
+        return _recv(self.s, 1) == b"T"
+
+    def get(self, key):
+        self.s.sendall(b"GET" + key)
+        if _recv(self.s, 1) != b"T":
+            return None
+        return _recv(self.s, struct.unpack(">Q", _recv(self.s, 8))[0])
+
+    def close(self):
+        self.s.close()
+
+
 # ---- the node ----
 
 def free_port():
@@ -177,17 +204,29 @@ def check(got, want, what):
         raise Failed(f"{what}: {len(got)} answers, not the values put")
 
 
-def run_cpr(addr, prefix, n, size):
-    c = ConnPerRequest(addr)
+def run_raw(c, name, prefix, n, size):
+    """The requests of a pure-Python client `c` (cpr or kept socket), one after another."""
     ks = [hashlib.sha1(k.encode()).digest() for k in keys_of(prefix, n)]
     with Phase(n) as put:
         ok = sum(c.put(k, value(i, size)) for i, k in enumerate(ks))
     if ok != n:
-        raise Failed(f"cpr put: {n - ok} of {n} not stored")
+        raise Failed(f"{name} put: {n - ok} of {n} not stored")
     with Phase(n) as get:
         got = [c.get(k) for k in ks]
-    check(got, [value(i, size) for i in range(n)], "cpr get")
+    check(got, [value(i, size) for i in range(n)], f"{name} get")
     return {"put": put, "get": get}
+
+
+def run_cpr(addr, prefix, n, size):
+    return run_raw(ConnPerRequest(addr), "cpr", prefix, n, size)
+
+
+def run_kept(addr, prefix, n, size):
+    c = KeptConnection(addr)
+    try:
+        return run_raw(c, "kept socket", prefix, n, size)
+    finally:
+        c.close()
 
 
 def run_loop(addr, prefix, n, size):
@@ -282,6 +321,7 @@ def main():
     NODE_PID = proc.pid
     clients = [
         ("cpr", lambda pre: run_cpr(addr, pre, a.cpr_keys, a.value_size)),
+        ("kept socket", lambda pre: run_kept(addr, pre, a.loop_keys, a.value_size)),
         ("Ring loop", lambda pre: run_loop(addr, pre, a.loop_keys, a.value_size)),
         ("put_many/get_many", lambda pre: run_bulk(addr, pre, a.bulk_keys, a.value_size,
                                                    a.put_concurrency, a.get_concurrency)),
@@ -339,6 +379,12 @@ def main():
         x, spread = ratio(name, op)
         verdict = "met" if x >= want else "NOT met"
         print(f"goal {label} >= {want}x cpr: {x:.1f}x{spread}, {verdict}")
+    # What a loop of one request at a time can reach at all: the round trip on an open socket.
+    for op in ("put", "get"):
+        x, spread = ratio("kept socket", op)
+        of = statistics.median(a / k for a, k in zip(results["Ring loop"][op], results["kept socket"][op]))
+        print(f"floor of a loop, {op}: a kept pure-Python socket is {x:.1f}x{spread} cpr; "
+              f"the Ring loop reaches {of:.2f} of it")
     rust_bulk = f"Rust x{a.put_concurrency}"
     for op in ("put", "get"):
         loop = statistics.median(x / r for x, r in zip(results["Ring loop"][op], results["Rust loop"][op]))

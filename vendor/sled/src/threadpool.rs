@@ -68,7 +68,12 @@ impl Queue {
         // with the notify below.
         drop(queue);
 
-        self.cv.notify_all();
+        // dht-store patch: one task wakes one thread. `notify_all` woke every idle
+        // IO thread (7 or more) for each log write, and all but one went back to
+        // sleep: a third of a busy node's CPU went to those wake-ups
+        // (BENCHMARKS.md, issue 17). A thread that is not waiting takes further
+        // tasks from the queue before it waits again, so none is left behind.
+        self.cv.notify_one();
 
         len
     }
