@@ -445,7 +445,11 @@ impl Router {
         for _ in 0..self.max_hops {
             let next = match self.client(cur).await?.own(key).await {
                 Ok(next) => next,
-                Err(e @ Error::NoAnswer { .. }) => return Err(e),
+                Err(e @ Error::NoAnswer { .. }) => {
+                    // Its late answer would be read as the answer to our next request.
+                    self.conns.remove(&cur);
+                    return Err(e);
+                }
                 Err(_) => {
                     // A connection the peer had closed (the oldest peers close after every
                     // request): reopen it once.

@@ -205,6 +205,82 @@ fn peer_that_stops_reading() -> (TcpListener, std::thread::JoinHandle<()>) {
     (l, t)
 }
 
+/// A scripted peer: OWN names `own(n)` for its `n`th OWN (after `late(n)`), GET answers `T`
+/// and `value`. Its address comes back before anything is served.
+fn scripted_peer(
+    own: impl Fn(usize, std::net::SocketAddrV4) -> std::net::SocketAddrV4 + Send + Sync + 'static,
+    late: impl Fn(usize) -> Duration + Send + Sync + 'static,
+    value: &'static [u8],
+) -> std::net::SocketAddrV4 {
+    use std::io::Read;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let me = match l.local_addr().unwrap() {
+        std::net::SocketAddr::V4(a) => a,
+        _ => unreachable!(),
+    };
+    let owns = Arc::new(AtomicUsize::new(0));
+    let (own, late) = (Arc::new(own), Arc::new(late));
+    std::thread::spawn(move || {
+        while let Ok((mut s, _)) = l.accept() {
+            let (owns, own, late) = (owns.clone(), own.clone(), late.clone());
+            std::thread::spawn(move || {
+                let mut req = [0u8; 23];
+                while s.read_exact(&mut req).is_ok() {
+                    let answer = match &req[..3] {
+                        b"OWN" => {
+                            let n = owns.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(late(n));
+                            let named = own(n, me);
+                            let mut a = named.ip().octets().to_vec();
+                            a.extend(named.port().to_be_bytes());
+                            a
+                        }
+                        b"GET" => {
+                            let mut a = b"T".to_vec();
+                            a.extend((value.len() as u64).to_be_bytes());
+                            a.extend(value);
+                            a
+                        }
+                        _ => return,
+                    };
+                    if s.write_all(&answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    me
+}
+
+/// A Router whose OWN timed out does not read that OWN's late answer as the answer to its next
+/// request: the connection is dropped with the timeout. Before, the late answer (naming a
+/// peer that serves a wrong value) sent the next GET there.
+#[tokio::test]
+async fn a_late_answer_is_never_read_as_the_answer_to_the_next_request() {
+    use dht_store::client::Router;
+    use dht_store::protocol::{AddressEncoding, HashKey, PeerAddr};
+    let wrong = scripted_peer(|_, me| me, |_| Duration::ZERO, b"wrong");
+    // The entry owns every key; its first OWN answer comes late and names `wrong`.
+    let entry = scripted_peer(
+        move |n, me| if n == 0 { wrong } else { me },
+        |n| Duration::from_millis(if n == 0 { 1500 } else { 0 }),
+        b"right",
+    );
+    let entry: PeerAddr = entry.to_string().parse().unwrap();
+    let mut router =
+        Router::new(entry, AddressEncoding::Compact).with_timeout(Duration::from_millis(500));
+    let key = HashKey::of(b"apple");
+    let first = router.owner(&key).await;
+    assert!(first.is_err(), "the late OWN was taken: {first:?}");
+    // Past the late answer's time, so that it stands on the connection if that was kept.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = router.get(&key).await.expect("GET through the entry");
+    assert_eq!(got.as_deref(), Some(&b"right"[..]));
+}
+
 #[tokio::test]
 async fn a_peer_that_does_not_accept_or_stops_reading_is_not_asked_again() {
     // Connecting: before, each attempt waited its timeout and the request was routed again
