@@ -48,18 +48,23 @@ pub fn die_with_parent(cmd: &mut Command) {
 /// same port.
 pub fn free_port_on(ip: Ipv4Addr) -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
     const FIRST: u32 = 10_000;
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Chosen once: a start per call would let two calls meet.
+    static START: OnceLock<u32> = OnceLock::new();
     let end = ephemeral_start().max(FIRST + 1);
     let span = end - FIRST;
-    let seed = std::process::id().wrapping_mul(7_919)
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+    let start = *START.get_or_init(|| {
+        std::process::id().wrapping_mul(7_919)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+    });
     for _ in 0..span {
         let turn = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = FIRST + (seed.wrapping_add(turn)) % span;
+        let port = FIRST + start.wrapping_add(turn) % span;
         if TcpListener::bind((ip, port as u16)).is_ok() {
             return port as u16;
         }
