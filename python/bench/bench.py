@@ -83,20 +83,28 @@ class ConnPerRequest:
             cur = nxt
         raise RuntimeError("OWN walk did not end")
 
+    @staticmethod
+    def _put_on(s, key, value):
+        s.sendall(b"INS" + key)
+        if _recv(s, 1) != b"T":
+            return False
+        s.sendall(struct.pack(">Q", len(value)) + value)
+        return _recv(s, 1) == b"T"
+
+    @staticmethod
+    def _get_on(s, key):
+        s.sendall(b"GET" + key)
+        if _recv(s, 1) != b"T":
+            return None
+        return _recv(s, struct.unpack(">Q", _recv(s, 8))[0])
+
     def put(self, key, value):
         with self._conn(self.owner(key)) as s:
-            s.sendall(b"INS" + key)
-            if _recv(s, 1) != b"T":
-                return False
-            s.sendall(struct.pack(">Q", len(value)) + value)
-            return _recv(s, 1) == b"T"
+            return self._put_on(s, key, value)
 
     def get(self, key):
         with self._conn(self.owner(key)) as s:
-            s.sendall(b"GET" + key)
-            if _recv(s, 1) != b"T":
-                return None
-            return _recv(s, struct.unpack(">Q", _recv(s, 8))[0])
+            return self._get_on(s, key)
 
 
 class KeptConnection(ConnPerRequest):
@@ -107,17 +115,10 @@ class KeptConnection(ConnPerRequest):
         self.s = self._conn(self.entry)
 
     def put(self, key, value):
-        self.s.sendall(b"INS" + key)
-        if _recv(self.s, 1) != b"T":
-            return False
-        self.s.sendall(struct.pack(">Q", len(value)) + value)
-        return _recv(self.s, 1) == b"T"
+        return self._put_on(self.s, key, value)
 
     def get(self, key):
-        self.s.sendall(b"GET" + key)
-        if _recv(self.s, 1) != b"T":
-            return None
-        return _recv(self.s, struct.unpack(">Q", _recv(self.s, 8))[0])
+        return self._get_on(self.s, key)
 
     def close(self):
         self.s.close()
@@ -382,7 +383,7 @@ def main():
     # What a loop of one request at a time can reach at all: the round trip on an open socket.
     for op in ("put", "get"):
         x, spread = ratio("kept socket", op)
-        of = statistics.median(a / k for a, k in zip(results["Ring loop"][op], results["kept socket"][op]))
+        of = statistics.median(r / k for r, k in zip(results["Ring loop"][op], results["kept socket"][op]))
         print(f"floor of a loop, {op}: a kept pure-Python socket is {x:.1f}x{spread} cpr; "
               f"the Ring loop reaches {of:.2f} of it")
     rust_bulk = f"Rust x{a.put_concurrency}"
